@@ -1,0 +1,1 @@
+"""ml_assets: a Dagster-native MLOps pipeline for a card-fraud model."""

@@ -1,0 +1,18 @@
+"""The code location: every stage's definitions under defs/, plus what cuts across them.
+
+Importing this module is cheap: heavy libraries (mlflow, lightgbm, deltalake, dbt) are imported
+inside the functions that use them, and Dagster calls `defs()` when it loads the location.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
+        # In process: one import of the stack per run, instead of one per step (DESIGN.md).
+        dg.Definitions(executor=dg.in_process_executor),
+    )

@@ -1,0 +1,22 @@
+"""Partitioning and retry policies that every stage shares."""
+
+
+import os
+
+import dagster as dg
+
+DEFAULT_START_DATE = "2026-01-01"
+
+# Partitions are structure, read when the code location loads (not per run): change the first
+# day with ML_ASSETS_START_DATE. The simulator's demo days start on the same default.
+daily_partitions = dg.DailyPartitionsDefinition(
+    start_date=os.environ.get("ML_ASSETS_START_DATE", DEFAULT_START_DATE)
+)
+
+# One run may cover a range of days (backfills, `make run`): each asset loops over the days, and
+# records metadata for each one.
+one_run_per_range = dg.BackfillPolicy.single_run()
+
+# Steps that talk to storage or the registry retry transient faults with backoff, then fail
+# with the error they saw.
+storage_retry = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)

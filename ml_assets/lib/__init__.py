@@ -1,0 +1,1 @@
+"""Dagster-free logic: contracts, lake I/O, feature math, metrics. Tested without Dagster."""

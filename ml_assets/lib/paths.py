@@ -1,0 +1,53 @@
+"""Where local state lives. One root (`ML_ASSETS_DATA_DIR`), each path movable by its own variable.
+
+Every function reads the environment when called, never at import, so tests and the CLI can
+point a process at any data root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FEEDS = ("transactions", "labels")
+
+
+def _env_path(var: str, default: Path) -> Path:
+    value = os.environ.get(var)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def data_dir() -> Path:
+    return _env_path("ML_ASSETS_DATA_DIR", REPO_ROOT / "data")
+
+
+def landing_dir() -> Path:
+    return _env_path("ML_ASSETS_LANDING_DIR", data_dir() / "landing")
+
+
+def lake_uri() -> str:
+    """The lake root: a local folder by default, or an object-store URI such as s3://bucket/lake."""
+    return os.environ.get("ML_ASSETS_LAKE_URI") or str(data_dir() / "lake")
+
+
+def simulator_dir() -> Path:
+    return _env_path("ML_ASSETS_SIMULATOR_DIR", data_dir() / "simulator")
+
+
+def warehouse_path() -> Path:
+    return _env_path("ML_ASSETS_WAREHOUSE", data_dir() / "warehouse.duckdb")
+
+
+def mlflow_tracking_uri() -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{data_dir() / 'mlflow' / 'mlflow.db'}"
+
+
+def mlflow_artifact_root() -> str:
+    return os.environ.get("ML_ASSETS_MLFLOW_ARTIFACTS") or str(data_dir() / "mlflow" / "artifacts")
+
+
+def dagster_home() -> Path:
+    return _env_path("DAGSTER_HOME", data_dir() / "dagster_home")

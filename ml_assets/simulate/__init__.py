@@ -1,0 +1,1 @@
+"""The simulated upstream feed: `python -m ml_assets.simulate --help`."""
