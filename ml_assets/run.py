@@ -42,7 +42,10 @@ def main() -> int:
         (
             "ingestion_job",
             f"ingest {first}..{last} into bronze",
-            {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+            {
+                "dagster/asset_partition_range_start": first,
+                "dagster/asset_partition_range_end": last,
+            },
         ),
     ]
     summary = []

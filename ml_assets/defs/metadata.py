@@ -1,6 +1,5 @@
 """Helpers that turn results into Dagster UI metadata (tables, schemas, embedded images)."""
 
-
 import base64
 from collections.abc import Iterable, Sequence
 

@@ -1,6 +1,5 @@
 """Partitioning and retry policies that every stage shares."""
 
-
 import os
 
 import dagster as dg
@@ -19,4 +18,6 @@ one_run_per_range = dg.BackfillPolicy.single_run()
 
 # Steps that talk to storage or the registry retry transient faults with backoff, then fail
 # with the error they saw.
-storage_retry = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+storage_retry = dg.RetryPolicy(
+    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)

@@ -92,7 +92,9 @@ TRANSACTIONS = Feed(
         "event_time": Column(pl.Datetime("us", "UTC"), True, _TIMESTAMP, parse_timestamp),
         "card_id": Column(pl.String(), True, (_ID,)),
         "merchant_id": Column(pl.String(), True, (_ID,)),
-        "merchant_category": Column(pl.String(), True, (_matches(r"^\d{4}$", "must be exactly 4 digits (MCC)"),)),
+        "merchant_category": Column(
+            pl.String(), True, (_matches(r"^\d{4}$", "must be exactly 4 digits (MCC)"),)
+        ),
         "amount": Column(
             pl.Float64(),
             True,
@@ -108,10 +110,19 @@ TRANSACTIONS = Feed(
         "currency": Column(pl.String(), True, (_matches(r"^[A-Z]{3}$", "must be 3 uppercase letters"),)),
         "country": Column(pl.String(), True, (_matches(r"^[A-Z]{2}$", "must be 2 uppercase letters"),)),
         "channel": Column(
-            pl.String(), True, (Rule("must be one of pos, ecom, atm", lambda raw, _: raw.is_in(["pos", "ecom", "atm"])),)
+            pl.String(),
+            True,
+            (
+                Rule(
+                    "must be one of pos, ecom, atm",
+                    lambda raw, _: raw.is_in(["pos", "ecom", "atm"]),
+                ),
+            ),
         ),
         "device_id": Column(
-            pl.String(), False, (Rule("must be at most 64 chars", lambda raw, _: raw.str.len_chars() <= 64),)
+            pl.String(),
+            False,
+            (Rule("must be at most 64 chars", lambda raw, _: raw.str.len_chars() <= 64),),
         ),
     },
 )

@@ -76,7 +76,14 @@ def _quarantine(feed: Feed, partition: date, records: list[pl.DataFrame]) -> pl.
 def _file_record(name: str, problem: FileProblem) -> pl.DataFrame:
     rows = max(1, (problem.lines or 1) - 1)
     return pl.DataFrame(
-        {"source_file": [name], "line": [None], "level": ["file"], "reasons": [[problem.reason]], "raw": [None], "rows": [rows]},
+        {
+            "source_file": [name],
+            "line": [None],
+            "level": ["file"],
+            "reasons": [[problem.reason]],
+            "raw": [None],
+            "rows": [rows],
+        },
         schema=QUARANTINE_SCHEMA,
     )
 
@@ -191,9 +198,11 @@ def ingest_partition(
         typed, conflicts, dropped = _deduplicate(feed, typed, ingested_elsewhere)
         result.duplicates_dropped = dropped
         if conflicts is not None:
-            quarantine.append(conflicts.join(raw_good, on=[SOURCE, LINE]).pipe(
-                lambda f: _row_records(f, contract_columns, f["reason"])
-            ))
+            quarantine.append(
+                conflicts.join(raw_good, on=[SOURCE, LINE]).pipe(
+                    lambda f: _row_records(f, contract_columns, f["reason"])
+                )
+            )
         result.bronze = typed  # already in (file, line) order
     result.quarantine = _quarantine(feed, partition, quarantine)
     return result
@@ -206,7 +215,11 @@ def _deduplicate(feed: Feed, typed: pl.DataFrame, elsewhere: pl.DataFrame | None
     """
     key = list(feed.key)
     conflicts: list[pl.DataFrame] = []
-    copies = typed.select(pl.len().over(key) > 1).to_series()
+    # Hash the key first: exact duplicates share a hash, and a u64 groups far faster than text.
+    # Rows whose hash repeats are then compared exactly.
+    copies = typed.select(pl.struct(key).hash().is_duplicated()).to_series()
+    if copies.any():
+        copies = typed.select(pl.len().over(key) > 1).to_series()
     dropped = 0
     if copies.any():
         repeated = typed.filter(copies)
@@ -214,8 +227,12 @@ def _deduplicate(feed: Feed, typed: pl.DataFrame, elsewhere: pl.DataFrame | None
             pl.struct(list(feed.columns)).n_unique().alias("_versions"), pl.len().alias("_n")
         )
         clash = versions.filter(pl.col("_versions") > 1)
-        reason = pl.format("conflicting duplicate: {} copies of this {} disagree", "_n", pl.lit("/".join(key)))
-        conflicts.append(repeated.join(clash, on=key).select(SOURCE, LINE, pl.concat_list(reason).alias("reason")))
+        reason = pl.format(
+            "conflicting duplicate: {} copies of this {} disagree", "_n", pl.lit("/".join(key))
+        )
+        conflicts.append(
+            repeated.join(clash, on=key).select(SOURCE, LINE, pl.concat_list(reason).alias("reason"))
+        )
         keep = typed.join(clash.select(key), on=key, how="anti", maintain_order="left")
         first = keep.filter(pl.int_range(pl.len()).over(key) == 0)
         dropped = keep.height - first.height

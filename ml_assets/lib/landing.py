@@ -12,7 +12,9 @@ the bytes, so ragged rows and quoted newlines are caught exactly without a slow 
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,13 +97,28 @@ class _Records:
 
 
 def _simple_records(data: bytes, n_fields: int, total_lines: int) -> _Records | None:
-    """The common case, found without scanning every byte in Python: no quotes, no blank lines,
-    and as many commas as a rectangular file has. (polars itself rejects rows with too many
-    fields, so equal totals mean no row has too few.) None when the file needs `_records`."""
-    if b'"' in data or b"\n\n" in data or b"\n\r\n" in data or data[:1] in (b"\n", b"\r"):
+    """The common case, without scanning every record: one record per line (no blank lines, no
+    quoted newlines), and as many structural commas as a rectangular file has. polars rejects rows
+    with too many fields itself, so equal totals mean no row has too few. Commas inside quotes
+    are counted on the few lines that hold quotes. None when the file needs `_records`."""
+    if b"\n\n" in data or b"\n\r\n" in data or data[:1] in (b"\n", b"\r"):
         return None
     n = total_lines - 1 if data.endswith(b"\n") else total_lines
-    if data.count(b",") != (n_fields - 1) * n:
+    quoted_commas = 0
+    if b'"' in data:
+        buf = np.frombuffer(data, dtype=np.uint8)
+        quotes = np.flatnonzero(buf == ord('"'))
+        newlines = np.flatnonzero(buf == ord("\n"))
+        line_of_quote = np.searchsorted(newlines, quotes)
+        lines_with_quotes, per_line = np.unique(line_of_quote, return_counts=True)
+        if (per_line % 2).any():  # a quoted field spans lines
+            return None
+        bounds = np.concatenate(([-1], newlines, [len(data)]))
+        for i in lines_with_quotes:
+            text = data[bounds[i] + 1 : bounds[i + 1]].decode("utf-8", "replace").rstrip("\r")
+            fields = next(csv.reader([text]), [])
+            quoted_commas += text.count(",") - (len(fields) - 1)
+    if data.count(b",") - quoted_commas != (n_fields - 1) * n:
         return None
     lines = np.arange(1, n + 1)
     return _Records(lines, lines, lines, np.full(n, n_fields), False)
@@ -130,10 +147,12 @@ def _records(data: bytes) -> _Records | FileProblem:
     has_cr = length > 0
     has_cr[has_cr] = buf[ends[has_cr] - 1] == ord("\r")
     blank = (length - has_cr) == 0
+    # The empty "line" after a final newline is not a blank line polars would read as a row.
+    inner_blank = bool(blank[:-1].any()) or bool(blank[-1] and length[-1] > 0)
     starts, ends = starts[~blank], ends[~blank]
     fields = np.diff(np.searchsorted(commas, np.concatenate((starts, ends[-1:])))) + 1
     lines = np.searchsorted(newlines, starts) + 1
-    return _Records(starts, ends, lines, fields, bool(blank.any()))
+    return _Records(starts, ends, lines, fields, inner_blank)
 
 
 def read_file(path: Path) -> RawFile | FileProblem:
@@ -201,9 +220,6 @@ def _not_utf8(data: bytes, total_lines: int) -> FileProblem:
 
 def _header(data: bytes) -> list[str] | FileProblem:
     """The header row's names (the first record, which may itself hold quoted newlines)."""
-    import csv
-    import io
-
     first = data[: 1 << 16]
     try:
         text = first.decode("utf-8")

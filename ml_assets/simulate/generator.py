@@ -208,8 +208,18 @@ def _card_testing(w: _World, day: date, n_target: int) -> pl.DataFrame:
         device = np.full(k, rng.choice(w.fraud_devices))
         p = rng.uniform(0.85, 0.97, k)
         frames.append(
-            _frame(w, np.full(k, card), times, merchants, amounts, country, device,
-                   np.ones(k, dtype=int), p, "card_testing")  # fmt: skip
+            _frame(
+                w,
+                np.full(k, card),
+                times,
+                merchants,
+                amounts,
+                country,
+                device,
+                np.ones(k, dtype=int),
+                p,
+                "card_testing",
+            )  # fmt: skip
         )
         made += k
     return pl.concat(frames)
@@ -230,8 +240,18 @@ def _account_takeover(w: _World, day: date, n_target: int) -> pl.DataFrame:
         device = np.full(k, f"dev-{rng.integers(0, 2**48):012x}")
         p = rng.uniform(0.8, 0.95, k)
         frames.append(
-            _frame(w, np.full(k, card), times, merchants, amounts, country, device,
-                   np.ones(k, dtype=int), p, "account_takeover")  # fmt: skip
+            _frame(
+                w,
+                np.full(k, card),
+                times,
+                merchants,
+                amounts,
+                country,
+                device,
+                np.ones(k, dtype=int),
+                p,
+                "account_takeover",
+            )  # fmt: skip
         )
         made += k
     return pl.concat(frames)
@@ -312,9 +332,7 @@ def simulate_day(w: _World, cfg: SimulatorConfig, day_index: int) -> pl.DataFram
         merchant_id=pl.format("m-{}", pl.col("merchant").cast(pl.String).str.zfill(6)),
         merchant_category=pl.Series(w.merchant_mcc[df["merchant"].to_numpy()]),
         currency=pl.col("country").replace_strict(CURRENCY, default="USD"),
-        event_time=pl.from_epoch(pl.col("time_us"), time_unit="us").dt.strftime(
-            "%Y-%m-%dT%H:%M:%S%.3fZ"
-        ),
+        event_time=pl.from_epoch(pl.col("time_us"), time_unit="us").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"),
         is_fraud=pl.Series(is_fraud),
     )
 
@@ -406,9 +424,9 @@ def simulate(cfg: SimulatorConfig, landing: Path, truth: Path, log=print) -> dic
         if made:
             lab = pl.concat(made)
             lab = lab.with_columns(
-                labeled_at=pl.from_epoch(pl.Series(_times(w.rng, day, lab.height)), time_unit="us").dt.strftime(
-                    "%Y-%m-%dT%H:%M:%S%.3fZ"
-                )
+                labeled_at=pl.from_epoch(
+                    pl.Series(_times(w.rng, day, lab.height)), time_unit="us"
+                ).dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
             ).select("transaction_id", "labeled_at", "is_fraud")
             _write_partition(landing / "labels" / f"date={day}", lab, 1, w.rng)
             totals["labels"] += lab.height

@@ -5,7 +5,6 @@ reason; the checks in checks.py then judge the partition. Re-materializing a day
 that day in both tables, so the same landing files always give the same tables.
 """
 
-
 import time
 from collections import Counter
 from datetime import date
@@ -13,59 +12,73 @@ from datetime import date
 import dagster as dg
 import polars as pl
 
+from ml_assets.defs.metadata import markdown_table, table_schema
 from ml_assets.defs.policies import daily_partitions, one_run_per_range, storage_retry
 from ml_assets.defs.resources import LakeResource, LandingResource
 from ml_assets.lib import tables
 from ml_assets.lib.contract import LABELS, TRANSACTIONS, Feed
 from ml_assets.lib.ingest import QUARANTINE_SCHEMA, IngestResult, ingest_partition
-from ml_assets.defs.metadata import markdown_table, table_schema
+
+# Days are written to Delta in batches of about this many rows: one commit per batch, not per
+# day, keeps a long backfill from piling up thousands of tiny commits.
+BATCH_ROWS = 2_000_000
 
 
 def _ingest(context: dg.AssetExecutionContext, feed: Feed, lake: LakeResource, landing: LandingResource):
+    days = [date.fromisoformat(k) for k in context.partition_keys]
+    known = _keys_outside(feed, lake, days)
     totals: Counter = Counter()
-    bronze, quarantine = tables.BRONZE[feed.name], tables.QUARANTINE[feed.name]
-    for key in context.partition_keys:
+    batch: list[tuple[IngestResult, float]] = []
+    for day in days:
         started = time.perf_counter()
-        day = date.fromisoformat(key)
-        result = ingest_partition(
-            feed, landing.partition_dir(feed.name, key), day, _ingested_elsewhere(feed, lake, day)
-        )
-        bronze_version = lake.write_partition(
-            bronze, result.bronze, partition_column=feed.partition_column, partition=day,
-            schema=feed.bronze_schema(),
-        )  # fmt: skip
-        quarantine_version = lake.write_partition(
-            quarantine, result.quarantine, partition_column=feed.partition_column, partition=day,
-            schema={**QUARANTINE_SCHEMA, feed.partition_column: pl.Date()},
-        )  # fmt: skip
+        result = ingest_partition(feed, landing.partition_dir(feed.name, day.isoformat()), day, known)
+        if known is not None:
+            known = pl.concat([known, result.bronze.select(known.columns)])
         stats = result.stats()
         totals.update(stats)
-        context.log.info(f"{feed.name} {key}: {stats}")
-        context.add_asset_metadata(
-            _partition_metadata(result, lake.uri(bronze), bronze_version, quarantine_version)
-            | {"seconds": round(time.perf_counter() - started, 2)},
-            partition_key=key,
-        )
+        context.log.info(f"{feed.name} {day}: {stats}")
+        batch.append((result, time.perf_counter() - started))
+        if sum(r.bronze.height for r, _ in batch) >= BATCH_ROWS or day == days[-1]:
+            _write_batch(context, feed, lake, batch)
+            batch = []
     return dg.MaterializeResult(
         metadata={
-            "days": len(context.partition_keys),
+            "days": len(days),
             **{f"total_{k}": v for k, v in totals.items()},
-            "delta_version": lake.version(bronze),
+            "delta_version": lake.version(tables.BRONZE[feed.name]),
         }
     )
 
 
-def _ingested_elsewhere(feed: Feed, lake: LakeResource, day: date) -> pl.DataFrame | None:
-    """Keys already in bronze for other days, for feeds whose key must be unique across the feed."""
+def _write_batch(context, feed: Feed, lake: LakeResource, batch: list[tuple[IngestResult, float]]) -> None:
+    """Replace the batch's days in bronze and quarantine, then record each day's metadata."""
+    days = [r.partition for r, _ in batch]
+    bronze, quarantine = tables.BRONZE[feed.name], tables.QUARANTINE[feed.name]
+    bronze_version = lake.write_partitions(
+        bronze, pl.concat([r.bronze for r, _ in batch]), partition_column=feed.partition_column,
+        partitions=days, schema=feed.bronze_schema(),
+    )  # fmt: skip
+    quarantine_version = lake.write_partitions(
+        quarantine, pl.concat([r.quarantine for r, _ in batch]), partition_column=feed.partition_column,
+        partitions=days, schema={**QUARANTINE_SCHEMA, feed.partition_column: pl.Date()},
+    )  # fmt: skip
+    for result, seconds in batch:
+        context.add_asset_metadata(
+            _partition_metadata(result, lake.uri(bronze), bronze_version, quarantine_version)
+            | {"seconds": round(seconds, 2)},
+            partition_key=result.partition.isoformat(),
+        )
+
+
+def _keys_outside(feed: Feed, lake: LakeResource, days: list[date]) -> pl.DataFrame | None:
+    """Keys bronze holds for days outside this run, for a feed whose key is unique across days."""
     table = tables.BRONZE[feed.name]
-    if feed.name != TRANSACTIONS.name or not lake.exists(table):
+    if feed.name != TRANSACTIONS.name:
         return None
-    return (
-        lake.scan(table)
-        .filter(pl.col(feed.partition_column) != day)
-        .select(*feed.key, feed.partition_column)
-        .collect()
-    )
+    columns = [*feed.key, feed.partition_column]
+    if not lake.exists(table):
+        return pl.DataFrame(schema={c: feed.bronze_schema()[c] for c in columns})
+    return lake.scan(table).filter(~pl.col(feed.partition_column).is_in(days)).select(columns).collect()
 
 
 def _partition_metadata(result: IngestResult, uri: str, version: int, quarantine_version: int) -> dict:
@@ -79,7 +92,8 @@ def _partition_metadata(result: IngestResult, uri: str, version: int, quarantine
         "quarantine_delta_version": quarantine_version,
         "unknown_columns": ", ".join(
             f"{c} (in {', '.join(files)})" for c, files in result.unknown_columns.items()
-        ) or "none",
+        )
+        or "none",
         "files": dg.MetadataValue.md(
             markdown_table(
                 ["file", "outcome"],
@@ -88,7 +102,9 @@ def _partition_metadata(result: IngestResult, uri: str, version: int, quarantine
             )
         ),
         "quarantine_reasons": dg.MetadataValue.md(
-            markdown_table(["reason", "records"], reasons.most_common(10)) if reasons else "nothing quarantined"
+            markdown_table(["reason", "records"], reasons.most_common(10))
+            if reasons
+            else "nothing quarantined"
         ),
     }
 
@@ -120,7 +136,9 @@ def raw_transactions(
     kinds={"delta", "polars", "pandera"},
     owners=["team:ml-platform"],
 )
-def raw_labels(context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource) -> dg.MaterializeResult:
+def raw_labels(
+    context: dg.AssetExecutionContext, lake: LakeResource, landing: LandingResource
+) -> dg.MaterializeResult:
     """Fraud labels made on one day (chargebacks and analyst verdicts), validated like transactions.
 
     Labels arrive days after their transaction and may be revised: the one with the latest

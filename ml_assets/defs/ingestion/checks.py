@@ -5,7 +5,6 @@ quarantined share passes a configured limit, or the day is empty: that stops dow
 from using the day, and what was written stays for inspection.
 """
 
-
 from datetime import date
 
 import dagster as dg
@@ -38,7 +37,9 @@ def _per_day(lake: LakeResource, feed: Feed, days: list[date]) -> pl.DataFrame:
     quarantine = lake.read_partitions(tables.QUARANTINE[feed.name], col, days)
     frame = pl.DataFrame({"day": days})
     ingested = (
-        bronze.group_by(col).agg(pl.len().alias("ingested")) if bronze.height else pl.DataFrame(schema={col: pl.Date, "ingested": pl.UInt32})
+        bronze.group_by(col).agg(pl.len().alias("ingested"))
+        if bronze.height
+        else pl.DataFrame(schema={col: pl.Date, "ingested": pl.UInt32})
     )
     rejected = (
         quarantine.group_by(col).agg(pl.len().alias("records"), pl.col("rows").sum().alias("rejected_rows"))
@@ -62,7 +63,11 @@ def _examples(lake: LakeResource, feed: Feed, days: list[date], n: int = 5) -> s
     if not quarantine.height:
         return "nothing quarantined"
     rows = quarantine.head(n).select(
-        feed.partition_column, "source_file", "line", pl.col("reasons").list.join("; "), pl.col("raw").str.slice(0, 160)
+        feed.partition_column,
+        "source_file",
+        "line",
+        pl.col("reasons").list.join("; "),
+        pl.col("raw").str.slice(0, 160),
     )
     return markdown_table(["day", "file", "line", "reasons", "raw"], rows.rows())
 
@@ -113,10 +118,14 @@ def _quarantined_share(asset: str, feed: Feed) -> dg.AssetChecksDefinition:
                 "worst_share": float(per_day["share"].max() or 0.0),
                 "days_over_limit": over.height,
                 "days": dg.MetadataValue.md(
-                    markdown_table(["day", "ingested", "quarantined rows", "share"],
-                                   worst.select("day", "ingested", "rejected_rows", "share").rows())  # fmt: skip
+                    markdown_table(
+                        ["day", "ingested", "quarantined rows", "share"],
+                        worst.select("day", "ingested", "rejected_rows", "share").rows(),
+                    )  # fmt: skip
                 ),
-                "examples": dg.MetadataValue.md(_examples(lake, feed, over["day"].to_list())) if over.height else "none",
+                "examples": dg.MetadataValue.md(_examples(lake, feed, over["day"].to_list()))
+                if over.height
+                else "none",
             },
         )
 
@@ -168,7 +177,9 @@ def transaction_id_unique(lake: LakeResource) -> dg.AssetCheckResult:
         metadata={
             "rows": ids.height,
             "duplicated_rows": dupes.height,
-            "examples": dg.MetadataValue.md(markdown_table(["transaction_id", "event_date"], dupes.head(5).rows())),
+            "examples": dg.MetadataValue.md(
+                markdown_table(["transaction_id", "event_date"], dupes.head(5).rows())
+            ),
         },
     )
 
@@ -179,10 +190,14 @@ def transaction_id_unique(lake: LakeResource) -> dg.AssetCheckResult:
     additional_deps=["raw_transactions"],
     description="Warns when labels name transactions that bronze does not hold (yet).",
 )
-def labels_match_transactions(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+def labels_match_transactions(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource
+) -> dg.AssetCheckResult:
     labels = lake.read_partitions(tables.BRONZE["labels"], LABELS.partition_column, _days(context))
     if not labels.height or not lake.exists(tables.BRONZE["transactions"]):
-        return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, metadata={"labels": labels.height})
+        return dg.AssetCheckResult(
+            passed=True, severity=dg.AssetCheckSeverity.WARN, metadata={"labels": labels.height}
+        )
     known = lake.scan(tables.BRONZE["transactions"]).select("transaction_id")
     orphans = labels.lazy().join(known, on="transaction_id", how="anti").collect()
     return dg.AssetCheckResult(
@@ -192,6 +207,11 @@ def labels_match_transactions(context: dg.AssetCheckExecutionContext, lake: Lake
             "labels": labels.height,
             "labels_without_transaction": orphans.height,
             "share": orphans.height / labels.height,
-            "examples": dg.MetadataValue.md(markdown_table(["transaction_id", "label_date"], orphans.select("transaction_id", "label_date").head(5).rows())),
+            "examples": dg.MetadataValue.md(
+                markdown_table(
+                    ["transaction_id", "label_date"],
+                    orphans.select("transaction_id", "label_date").head(5).rows(),
+                )
+            ),
         },
     )

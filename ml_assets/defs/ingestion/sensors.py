@@ -6,7 +6,6 @@ key carries the fingerprint, so Dagster never launches the same delivery twice e
 fails after requesting runs (the cursor is only saved on a successful tick).
 """
 
-
 import hashlib
 import json
 from datetime import date, timedelta

@@ -1,0 +1,56 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is a convenience.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+UV := $(PYTHON) -m uv
+export ML_ASSETS_DATA_DIR ?= $(CURDIR)/data
+export DAGSTER_HOME ?= $(ML_ASSETS_DATA_DIR)/dagster_home
+# `dg` warns unless it runs inside the project's environment.
+export VIRTUAL_ENV := $(VENV)
+
+.PHONY: help setup run dev test lint bench lock clean mlflow-ui
+
+help:
+	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
+	@echo "make dev    the Dagster UI on http://127.0.0.1:3000"
+	@echo "make test   set up, lint, validate the definitions, run the tests"
+	@echo "make bench  the benchmarks in bench/ (minutes; big data)"
+	@echo "make lock   recompile requirements.lock from pyproject.toml"
+
+# The environment is rebuilt whenever the lock or the project changes.
+$(VENV)/.synced: requirements.lock pyproject.toml
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x $(PY) || $(UV) venv --quiet --python 3.11 $(VENV)
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	@touch $@
+
+setup: $(VENV)/.synced
+	@mkdir -p $(DAGSTER_HOME)
+
+run: setup
+	$(PY) -m ml_assets.simulate --if-empty
+	$(PY) -m ml_assets.run
+
+dev: setup
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+
+lint: setup
+	$(VENV)/bin/ruff check ml_assets ml_assets_tests bench
+	$(VENV)/bin/ruff format --check ml_assets ml_assets_tests bench
+
+test: lint
+	$(VENV)/bin/dg check defs
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(PY) -m bench
+
+lock:
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock
+
+clean:
+	rm -rf $(VENV) $(ML_ASSETS_DATA_DIR)/lake $(ML_ASSETS_DATA_DIR)/dagster_home
