@@ -4,6 +4,7 @@ This is the one place that decides where things live: local folders under `ML_AS
 by default, object storage and servers when the environment says so (see deploy/).
 """
 
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -110,9 +111,19 @@ class LandingResource(dg.ConfigurableResource):
 
 @dg.definitions
 def resources() -> dg.Definitions:
+    from dagster_dbt import DbtCliResource
+
+    from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
+
     return dg.Definitions(
         resources={
             "lake": LakeResource(root=paths.lake_uri()),
             "landing": LandingResource(root=str(paths.landing_dir())),
+            "dbt": DbtCliResource(
+                project_dir=str(DBT_PROJECT_DIR),
+                profiles_dir=str(DBT_PROJECT_DIR),
+                # The environment's own dbt, whether or not the venv is on PATH.
+                dbt_executable=str(Path(sys.executable).parent / "dbt"),
+            ),
         }
     )

@@ -1,0 +1,54 @@
+"""Features in dbt: bronze -> staging -> transaction_features, one run's days at a time.
+
+Every dbt model is an asset (partitioned by day like bronze) and every dbt test an asset check,
+including the leakage test that recomputes features from the past only. `dbt build` works the same
+inside dbt_project/ on its own; here Dagster passes each run's partition range as dbt vars.
+"""
+
+import json
+from datetime import timedelta
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from ml_assets.defs.policies import daily_partitions, one_run_per_range, storage_retry
+from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
+
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+# `dagster dev` re-parses the project when it starts; elsewhere `make setup` prepares the manifest.
+dbt_project.prepare_if_dev()
+
+
+class FeatureTranslator(DagsterDbtTranslator):
+    """dbt models keep their names as asset keys; bronze sources map to the ingestion assets."""
+
+    def get_asset_spec(self, manifest, unique_id, project):
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if unique_id.startswith("model."):
+            # Features follow new days (after their ingestion checks pass) without a schedule.
+            return spec.replace_attributes(
+                automation_condition=dg.AutomationCondition.eager()
+                & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+                owners=["team:ml-platform"],
+            )
+        return spec
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    dagster_dbt_translator=FeatureTranslator(),
+    partitions_def=daily_partitions,
+    backfill_policy=one_run_per_range,
+    retry_policy=storage_retry,
+)
+def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    """Run `dbt build` for the run's days: load them into the warehouse, compute their features
+    from the lookback they need, and run every dbt test (as Dagster asset checks)."""
+    window = context.partition_time_window
+    days = {
+        "min_date": window.start.date().isoformat(),
+        "max_date": (window.end - timedelta(days=1)).date().isoformat(),
+    }
+    context.log.info(f"dbt build for event days {days['min_date']}..{days['max_date']}")
+    yield from dbt.cli(["build", "--vars", json.dumps(days)], context=context).stream().fetch_row_counts()
