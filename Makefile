@@ -28,7 +28,15 @@ $(VENV)/.synced: requirements.lock pyproject.toml
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 	@touch $@
 
-setup: $(VENV)/.synced
+# dagster-dbt reads dbt's manifest when the code location loads: parse the project whenever it
+# changes (dbt parse reads no data).
+MANIFEST := dbt_project/target/manifest.json
+DBT_FILES := $(shell find dbt_project/models dbt_project/tests dbt_project/macros -type f) \
+	dbt_project/dbt_project.yml dbt_project/profiles.yml
+$(MANIFEST): $(VENV)/.synced $(DBT_FILES)
+	cd dbt_project && $(VENV)/bin/dbt parse --profiles-dir . --quiet
+
+setup: $(VENV)/.synced $(MANIFEST)
 	@mkdir -p $(DAGSTER_HOME)
 
 run: setup
