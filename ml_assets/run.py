@@ -44,21 +44,34 @@ def main() -> int:
     first, last = span
     days = {RANGE_START: first, RANGE_END: last}
     steps = [
-        ("ingestion_job", f"ingest {first}..{last} into bronze", days),
-        ("features_job", f"build the dbt features of {first}..{last}", days),
+        ("ingestion_job", f"ingest {first}..{last} into bronze", days, {}),
+        ("features_job", f"build the dbt features of {first}..{last}", days, {}),
+        ("retraining_job", "snapshot, train, tune and validate a model", {}, {}),
     ]
     summary = []
-    for job_name, what, tags in steps:
+
+    def run(job_name: str, what: str, tags: dict, config: dict) -> bool:
         t0 = time.perf_counter()
         print(f"==> {what} ({job_name})", flush=True)
         result = definitions.resolve_job_def(job_name).execute_in_process(
-            instance=instance, tags=tags, raise_on_error=False, run_config=QUIET
+            instance=instance, tags=tags, raise_on_error=False, run_config=QUIET | config
         )
         summary.append((job_name, result.success, time.perf_counter() - t0, result.run_id))
         if not result.success:
             failed = [e.message for e in result.all_events if e.is_failure][:3]
             print(f"    {job_name} did not succeed: " + " | ".join(failed), file=sys.stderr)
-            break
+        return result.success
+
+    ok = all(run(*step) for step in steps)  # all() stops at the first failure
+    if ok:
+        # What the running promotion sensor would do in `make dev`: one tick, and its run requests.
+        sensor = definitions.get_sensor_def("model_promotion_sensor")
+        tick = sensor(dg.build_sensor_context(instance=instance, definitions=definitions))
+        for request in tick.run_requests or []:
+            reason = request.run_config["ops"]["deployed_model"]["config"]["reason"]
+            run("promotion_job", f"promote: {reason}", request.tags, request.run_config)
+        if not tick.run_requests:
+            print(f"==> no promotion: {tick.skip_reason}")
     print("\nWhat ran (open `make dev`, then http://127.0.0.1:3000/runs):")
     for job_name, ok, seconds, run_id in summary:
         print(f"  {'ok  ' if ok else 'FAIL'} {job_name:<28} {seconds:6.1f}s  run {run_id[:8]}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,36 @@ def check_results(result) -> dict[str, object]:
             ev = e.event_specific_data
             out[f"{ev.asset_key.to_user_string()}:{ev.check_name}"] = ev
     return out
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    """A small simulated world, ingested and featurized: 24 days x 1,500 transactions, 3% fraud.
+
+    Module-scoped: the tests of one module share it (and may build on each other's state, in file
+    order). Yields (data root, definitions, a persistent Dagster instance).
+    """
+    import dagster as dg
+
+    from ml_assets.simulate.generator import SimulatorConfig, simulate
+
+    root = tmp_path_factory.mktemp("world") / "data"
+    saved = {k: os.environ.get(k) for k in ("ML_ASSETS_DATA_DIR", "DAGSTER_HOME")}
+    os.environ["ML_ASSETS_DATA_DIR"] = str(root)
+    os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
+    (root / "dagster_home").mkdir(parents=True)
+    cfg = SimulatorConfig(days=24, transactions_per_day=1500, base_fraud_rate=0.03, drift_day=None)
+    simulate(cfg, root / "landing", root / "simulator" / "truth", log=lambda _: None)
+    instance = dg.DagsterInstance.get()
+    definitions = load_defs()
+    days = ("2026-01-01", "2026-01-24")
+    for job in ("ingestion_job", "features_job"):
+        result = run_job(definitions, job, instance=instance, days=days)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+    yield root, definitions, instance
+    instance.dispose()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

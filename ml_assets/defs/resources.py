@@ -4,15 +4,19 @@ This is the one place that decides where things live: local folders under `ML_AS
 by default, object storage and servers when the environment says so (see deploy/).
 """
 
+import os
 import sys
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from ml_assets.lib import paths
+from ml_assets.lib.gates import Thresholds
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -83,6 +87,22 @@ class LakeResource(dg.ConfigurableResource):
         )
         return self.version(table)
 
+    def replace_table(self, table: str, frame: pl.DataFrame) -> int:
+        """Replace a whole (unpartitioned) table with `frame`, as a new version; return it.
+
+        Older versions stay readable by time travel: that is what pins a training snapshot.
+        """
+        from deltalake import write_deltalake
+
+        write_deltalake(
+            self.uri(table),
+            frame.to_arrow(compat_level=pl.CompatLevel.oldest()),
+            mode="overwrite",
+            schema_mode="overwrite",
+            storage_options=self._options(),
+        )
+        return self.version(table)
+
     def scan(self, table: str, version: int | None = None) -> pl.LazyFrame:
         return pl.scan_delta(self.uri(table), version=version, storage_options=self._options())
 
@@ -109,6 +129,127 @@ class LandingResource(dg.ConfigurableResource):
         return sorted(p.name.removeprefix("date=") for p in base.glob("date=*") if p.is_dir())
 
 
+class WarehouseResource(dg.ConfigurableResource):
+    """The dbt warehouse (DuckDB locally). Python assets read dbt models from it, read-only."""
+
+    path: str = Field(description="DuckDB database file dbt builds into.")
+
+    def query(self, sql: str) -> pl.DataFrame:
+        import duckdb
+
+        with duckdb.connect(self.path, read_only=True) as con:
+            return con.sql(sql).pl()
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking and the model registry.
+
+    Training steps track through dagster-mlflow's `mlflow_tracking` (one MLflow run per Dagster
+    run, tagged `dagster_run_id`), wrapped once here as a typed resource that imports mlflow
+    only in the steps that use it. The run is ended by `tracked_run` itself: `materialize()` and
+    `dagster asset materialize` attach no job hooks, so the upstream hook would not.
+    """
+
+    tracking_uri: str = Field(
+        description="MLflow tracking URI (SQLite file locally, a server in production)."
+    )
+    artifact_location: str = Field(description="Where new experiments keep artifacts (a folder or s3://...).")
+    experiment_name: str = Field(default="fraud_detector", description="MLflow experiment of training runs.")
+    registered_model_name: str = Field(default="fraud_detector", description="Registered model name.")
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI, for links in metadata.")
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self) -> str:
+        client = self.client()
+        found = client.get_experiment_by_name(self.experiment_name)
+        if found:
+            return found.experiment_id
+        return client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
+
+    def load_booster(self, version: str):
+        """The LightGBM booster of a registered version (native, not pyfunc: no pandas round trip)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        return mlflow.lightgbm.load_model(f"models:/{self.registered_model_name}/{version}")
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    @contextmanager
+    def tracked_run(self, context: dg.AssetExecutionContext, tags: dict[str, str] | None = None):
+        """An active MLflow run for this Dagster run; FINISHED on success, FAILED on error."""
+        import mlflow
+        from dagster_mlflow.resources import MlFlow
+
+        try:
+            self.experiment_id()  # create it with our artifact location before dagster-mlflow does
+        except Exception as e:  # the store's own exceptions vary by backend
+            raise dg.Failure(f"MLflow tracking store {self.tracking_uri} is unreachable: {e}") from e
+        init = SimpleNamespace(
+            log=context.log,
+            dagster_run=context.run,
+            run_id=context.run_id,
+            resource_config={
+                "experiment_name": self.experiment_name,
+                "mlflow_tracking_uri": self.tracking_uri,
+                "extra_tags": tags or {},
+            },
+        )
+        tracker = MlFlow(init)
+        try:
+            yield tracker
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.end_run()
+
+
+class QualityGatesResource(dg.ConfigurableResource):
+    """Thresholds of the validation gates. A challenger failing any of them is never promoted."""
+
+    max_roc_auc_drop: float = Field(
+        default=Thresholds.max_roc_auc_drop,
+        description="Fail when the challenger's ROC-AUC is below the champion's by more than this, "
+        "even at the top of the 95% bootstrap interval of the difference.",
+    )
+    max_pr_auc_drop: float = Field(
+        default=Thresholds.max_pr_auc_drop, description="The same tolerance for PR-AUC."
+    )
+    min_roc_auc: float = Field(default=Thresholds.min_roc_auc, description="Absolute ROC-AUC floor.")
+    min_pr_auc: float = Field(default=Thresholds.min_pr_auc, description="Absolute PR-AUC floor.")
+    max_slice_roc_auc_drop: float = Field(
+        default=Thresholds.max_slice_roc_auc_drop,
+        description="Largest ROC-AUC regression allowed in any slice (channel, country, MCC, amount band).",
+    )
+    max_ece: float = Field(default=Thresholds.max_ece, description="Largest expected calibration error.")
+
+
+class AlertsResource(dg.ConfigurableResource):
+    """Where alerts go: always the Dagster log, and a webhook (JSON POST) when one is set."""
+
+    webhook_url: str | None = Field(default=None, description="Webhook for alerts (ML_ASSETS_ALERT_WEBHOOK).")
+
+    def send(self, log, title: str, text: str) -> None:
+        import json
+        import urllib.request
+
+        log.error(f"{title}: {text}")
+        if not self.webhook_url:
+            return
+        body = json.dumps({"title": title, "text": text}).encode()
+        request = urllib.request.Request(self.webhook_url, body, {"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+        except OSError as e:  # an alert that can't be delivered must not fail anything else
+            log.warning(f"could not post the alert to the webhook: {e}")
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
     from dagster_dbt import DbtCliResource
@@ -119,6 +260,12 @@ def resources() -> dg.Definitions:
         resources={
             "lake": LakeResource(root=paths.lake_uri()),
             "landing": LandingResource(root=str(paths.landing_dir())),
+            "warehouse": WarehouseResource(path=str(paths.warehouse_path())),
+            "mlflow": MlflowResource(
+                tracking_uri=paths.mlflow_tracking_uri(), artifact_location=paths.mlflow_artifact_root()
+            ),
+            "quality_gates": QualityGatesResource(),
+            "alerts": AlertsResource(webhook_url=os.environ.get("ML_ASSETS_ALERT_WEBHOOK")),
             "dbt": DbtCliResource(
                 project_dir=str(DBT_PROJECT_DIR),
                 profiles_dir=str(DBT_PROJECT_DIR),

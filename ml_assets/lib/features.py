@@ -4,8 +4,17 @@ Training, the validation report, batch scoring and the serving service all take 
 from here, so a feature added to dbt is added to the model in one place.
 """
 
-# Identity and context columns of transaction_features: not model inputs.
-KEY_COLUMNS = ["transaction_id", "event_time", "event_date", "card_id", "merchant_id", "channel"]
+# Identity and context columns of transaction_features (for joins and report slices), not inputs.
+KEY_COLUMNS = [
+    "transaction_id",
+    "event_time",
+    "event_date",
+    "card_id",
+    "merchant_id",
+    "channel",
+    "country",
+    "merchant_category",
+]
 
 FEATURE_COLUMNS = [
     "amount",

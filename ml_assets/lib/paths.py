@@ -42,7 +42,9 @@ def warehouse_path() -> Path:
 def mlflow_tracking_uri() -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{data_dir() / 'mlflow' / 'mlflow.db'}"
+    folder = data_dir() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def mlflow_artifact_root() -> str:

@@ -2,3 +2,4 @@
 
 BRONZE = {"transactions": "bronze/transactions", "labels": "bronze/labels"}
 QUARANTINE = {"transactions": "quarantine/transactions", "labels": "quarantine/labels"}
+TRAINING_SET = "training/training_set"

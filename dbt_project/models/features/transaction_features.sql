@@ -119,6 +119,8 @@ select
     c.card_id,
     c.merchant_id,
     c.channel,
+    c.country,
+    c.merchant_category,
     c.amount,
     case c.channel when 'pos' then 0 when 'ecom' then 1 when 'atm' then 2 end as channel_code,
     cast(c.merchant_category as integer) as merchant_category_code,

@@ -51,4 +51,4 @@ def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
         "max_date": (window.end - timedelta(days=1)).date().isoformat(),
     }
     context.log.info(f"dbt build for event days {days['min_date']}..{days['max_date']}")
-    yield from dbt.cli(["build", "--vars", json.dumps(days)], context=context).stream().fetch_row_counts()
+    yield from dbt.cli(["build", "--vars", json.dumps(days)], context=context).stream()

@@ -1,0 +1,34 @@
+import dagster as dg
+
+# The promotion sensor launches this with the version that passed every gate.
+promotion_job = dg.define_asset_job(
+    "promotion_job",
+    selection=dg.AssetSelection.assets("deployed_model"),
+    description="Make a validated model version the champion (previous champion kept for rollback).",
+)
+
+rollback_job = dg.define_asset_job(
+    "rollback_job",
+    selection=dg.AssetSelection.assets("deployed_model"),
+    description="Put previous_champion back as champion. Say who and why in the launchpad.",
+    config={
+        "ops": {
+            "deployed_model": {
+                "config": {"action": "rollback", "reason": "manual rollback from the UI", "actor": "ui"}
+            }
+        }
+    },
+)
+
+# Retraining: a new snapshot, a tuned model, and its report; the promotion sensor then gates it.
+retraining_job = dg.define_asset_job(
+    "retraining_job",
+    selection=dg.AssetSelection.assets("training_set", "fraud_model", "model_validation_report"),
+    description="Snapshot -> model -> validation report. Promotion follows only if every gate passes.",
+)
+
+weekly_retraining_schedule = dg.ScheduleDefinition(
+    job=retraining_job,
+    cron_schedule="0 3 * * 1",  # Mondays 03:00 UTC, after the night's ingestion and features
+    execution_timezone="UTC",
+)

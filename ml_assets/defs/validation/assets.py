@@ -1,0 +1,154 @@
+"""model_validation_report: the challenger against the champion on the same holdout, and the gates.
+
+Each gate is a blocking asset check on the report, computed from the report's own numbers, so
+nothing downstream (the promotion sensor, `deployed_model`) sees a challenger that failed one.
+"""
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from ml_assets.defs.metadata import frame_markdown, markdown_table, png_markdown
+from ml_assets.defs.policies import storage_retry
+from ml_assets.defs.resources import LakeResource, MlflowResource, QualityGatesResource
+from ml_assets.lib import gates, registry, tables
+from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
+from ml_assets.lib.training import matrix
+
+REPORT_KEY = "model_validation_report"
+METRICS = ["roc_auc", "pr_auc", "recall_at_1pct_fpr", "log_loss", "brier", "ece"]
+
+
+def _metrics_table(report: dict) -> str:
+    rows = []
+    for m in METRICS:
+        ch = report["challenger"][m]
+        cp = report["champion"][m] if report["champion"] else None
+        rows.append((m, ch, cp if cp is not None else "-", ch - cp if cp is not None else "-"))
+    return markdown_table(["metric", "challenger", "champion", "difference"], rows)
+
+
+def _differences_table(report: dict) -> str:
+    if not report["differences"]:
+        return "No champion yet: the first model is judged on absolute floors only."
+    rows = [(m, d["estimate"], d["low"], d["high"], d["n_boot"]) for m, d in report["differences"].items()]
+    return markdown_table(["challenger - champion", "estimate", "95% low", "95% high", "bootstrap"], rows)
+
+
+@dg.asset(
+    deps=["fraud_model"],
+    kinds={"mlflow", "matplotlib"},
+    retry_policy=storage_retry,
+    owners=["team:ml-platform"],
+    check_specs=[
+        dg.AssetCheckSpec(gate, asset=REPORT_KEY, blocking=True, description=text)
+        for gate, text in gates.GATES.items()
+    ],
+)
+def model_validation_report(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+    quality_gates: QualityGatesResource,
+) -> dg.MaterializeResult:
+    """Evaluates `fraud_detector@challenger` and `@champion` on the challenger's holdout rows:
+    ROC-AUC, PR-AUC, recall at 1% FPR, log loss, Brier, calibration error, a bootstrap interval
+    for the difference, metrics by slice (worst regression first) and plots. Each quality gate is
+    a blocking check; the verdict and its reasons are written as tags on the challenger version,
+    and the whole report as one HTML page on its MLflow run.
+    """
+    from ml_assets.lib.report_html import render_report
+
+    from ml_assets.lib.report import build_report
+
+    started = time.perf_counter()
+    client = mlflow.client()
+    name = mlflow.registered_model_name
+    challenger = registry.alias_version(client, name, registry.CHALLENGER)
+    if challenger is None:
+        raise dg.Failure(f"{name} has no '{registry.CHALLENGER}' alias: materialize fraud_model first")
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    version = client.get_model_version(name, challenger)
+    snapshot = int(version.tags[registry.TAG_TRAINING_SET_VERSION])
+    holdout = lake.scan(tables.TRAINING_SET, version=snapshot).filter(pl.col("split") == "holdout").collect()
+    x, y = matrix(holdout), holdout[LABEL].to_numpy()
+    boosters = {v: mlflow.load_booster(v) for v in {challenger, champion} if v is not None}
+    p_challenger = boosters[challenger].predict(x)
+    p_champion = boosters[champion].predict(x) if champion is not None else None
+    gains = boosters[challenger].feature_importance(importance_type="gain").tolist()
+    report = build_report(holdout, y, p_challenger, p_champion, FEATURE_COLUMNS, gains)
+    verdicts = gates.evaluate(report, quality_gates)
+    verdict, reasons = gates.summary(verdicts)
+    client.set_model_version_tag(name, challenger, registry.TAG_VERDICT, verdict)
+    client.set_model_version_tag(name, challenger, registry.TAG_VERDICT_REASONS, reasons)
+    client.set_model_version_tag(name, challenger, "validation_report_run", context.run_id)
+
+    images, slices = report["images"], report["slice_table"]
+    sections = [
+        ("Verdict", f"{verdict.upper()}: {reasons}"),
+        ("Models", f"challenger v{challenger} vs champion {('v' + champion) if champion else 'none'}, "
+                   f"{y.size:,} holdout rows ({int(y.sum())} frauds), training snapshot v{snapshot}"),
+    ]  # fmt: skip
+    html = render_report(
+        f"{name} v{challenger}: validation report",
+        sections,
+        images,
+        {
+            "metrics": pl.DataFrame(
+                [
+                    {
+                        "metric": m,
+                        "challenger": report["challenger"][m],
+                        "champion": report["champion"][m] if report["champion"] else None,
+                    }  # fmt: skip
+                    for m in METRICS
+                ]
+            ),
+            "slices (worst regression first)": slices,
+            "gates": pl.DataFrame(
+                [{"gate": v.gate, "passed": v.passed, "reason": v.reason} for v in verdicts]
+            ),
+        },
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "validation_report.html"
+        path.write_text(html)
+        client.log_artifact(version.run_id, str(path))
+        (Path(tmp) / "validation_report.json").write_text(
+            json.dumps(
+                {k: report[k] for k in ("challenger", "champion", "differences", "slices")}, default=str
+            )
+        )
+        client.log_artifact(version.run_id, str(Path(tmp) / "validation_report.json"))
+
+    plots_md = "\n\n".join(f"**{k}**\n\n{png_markdown(v, k)}" for k, v in images.items())
+    context.log.info(f"v{challenger} vs {champion or 'no champion'}: {verdict} ({reasons[:300]})")
+    return dg.MaterializeResult(
+        metadata={
+            "challenger_version": challenger,
+            "champion_version": champion or "none",
+            "verdict": verdict,
+            "holdout_rows": int(y.size),
+            "holdout_frauds": int(y.sum()),
+            "challenger_roc_auc": float(report["challenger"]["roc_auc"]),
+            "challenger_pr_auc": float(report["challenger"]["pr_auc"]),
+            "metrics": dg.MetadataValue.md(_metrics_table(report)),
+            "difference_ci": dg.MetadataValue.md(_differences_table(report)),
+            "worst_slices": dg.MetadataValue.md(frame_markdown(slices, 15)),
+            "plots": dg.MetadataValue.md(plots_md),
+            "html_report": dg.MetadataValue.url(mlflow.run_url(version.run_id)),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=v.gate,
+                passed=v.passed,
+                metadata={"reason": v.reason, **{k: float(x) for k, x in v.metadata.items()}},
+            )
+            for v in verdicts
+        ],
+    )

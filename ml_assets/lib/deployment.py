@@ -1,0 +1,50 @@
+"""Moving registry aliases: promotion and rollback, as the registry contract says. No Dagster.
+
+The serving service polls the aliases, so moving `champion` is the deployment (blue-green: the
+switch is instant, and `previous_champion` stays loaded for an instant rollback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ml_assets.lib.registry import CHAMPION, PREVIOUS_CHAMPION, alias_version
+
+
+class NothingToRollBack(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Move:
+    action: str  # "promote", "rollback" or "none"
+    champion: str | None  # the version serving after the move
+    replaced: str | None  # the version it replaced
+    previous_champion: str | None  # the rollback target after the move
+
+
+def promote(client, name: str, version: str) -> Move:
+    """Make `version` the champion; the old champion becomes previous_champion."""
+    old = alias_version(client, name, CHAMPION)
+    if old == str(version):
+        return Move("none", old, None, alias_version(client, name, PREVIOUS_CHAMPION))
+    if old is not None:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, old)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    return Move("promote", str(version), old, old)
+
+
+def rollback(client, name: str, reason: str) -> Move:
+    """Put previous_champion back as champion. The rolled-back version is tagged with why."""
+    previous = alias_version(client, name, PREVIOUS_CHAMPION)
+    current = alias_version(client, name, CHAMPION)
+    if previous is None:
+        raise NothingToRollBack(
+            f"nothing to roll back to: {name} has no '{PREVIOUS_CHAMPION}' alias "
+            f"(champion is {current or 'unset'})"
+        )
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+    if current is not None:
+        client.set_model_version_tag(name, current, "rolled_back_because", reason[:4900])
+    return Move("rollback", previous, current, None)

@@ -1,0 +1,210 @@
+"""Training set assembly and LightGBM training, without Dagster.
+
+The training set joins each transaction's features with its label as known at the cutoff (the
+latest label made on or before the cutoff day wins; transactions without one are left out), then
+splits by event day: train, then a validation window for early stopping, then the most recent
+labelled days as the holdout the validation report judges on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import polars as pl
+
+from ml_assets.lib.features import CATEGORICAL_FEATURES, FEATURE_COLUMNS, KEY_COLUMNS, LABEL
+
+SPLITS = ("train", "validation", "holdout")
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Event-day windows of one training set (inclusive)."""
+
+    train: tuple[date, date]
+    validation: tuple[date, date]
+    holdout: tuple[date, date]
+    cutoff: date  # labels made after this day are not used
+
+    def as_dict(self) -> dict[str, str]:
+        out = {
+            f"{name}_{end}": str(d)
+            for name in SPLITS
+            for end, d in zip(("start", "end"), getattr(self, name), strict=True)
+        }
+        return out | {"label_cutoff": str(self.cutoff)}
+
+
+def labels_as_of(labels: pl.DataFrame, cutoff: date) -> pl.DataFrame:
+    """Each transaction's latest label made on or before `cutoff` (one row per transaction)."""
+    return (
+        labels.filter(pl.col("label_date") <= cutoff)
+        .sort("labeled_at")
+        .group_by("transaction_id")
+        .agg(pl.col("is_fraud").last().alias(LABEL), pl.col("label_date").last())
+    )
+
+
+def choose_windows(labelled_days: list[date], cutoff: date, holdout_days: int, validation_days: int,
+                   max_train_days: int) -> Windows:  # fmt: skip
+    """Windows over the event days that have matured labels, most recent first."""
+    days = sorted(labelled_days)
+    needed = holdout_days + validation_days + 1
+    if len(days) < needed:
+        raise ValueError(
+            f"only {len(days)} event days have labels by {cutoff}; need at least {needed} "
+            f"({holdout_days} holdout + {validation_days} validation + 1 train)"
+        )
+    holdout = days[-holdout_days:]
+    validation = days[-(holdout_days + validation_days) : -holdout_days]
+    train = days[: -(holdout_days + validation_days)][-max_train_days:]
+    return Windows((train[0], train[-1]), (validation[0], validation[-1]), (holdout[0], holdout[-1]), cutoff)
+
+
+def build_training_set(
+    features: pl.DataFrame,
+    labels: pl.DataFrame,
+    cutoff: date,
+    holdout_days: int,
+    validation_days: int,
+    max_train_days: int,
+    min_labelled_share: float = 0.5,
+) -> tuple[pl.DataFrame, Windows]:
+    """Features joined with labels known at `cutoff`, each row tagged with its split.
+
+    An event day counts as labelled when at least `min_labelled_share` of its transactions have a
+    label by the cutoff: the last few days before the cutoff are still waiting for theirs.
+    """
+    known = labels_as_of(labels, cutoff)
+    joined = features.join(known, on="transaction_id", how="left")
+    coverage = joined.group_by("event_date").agg(pl.col(LABEL).is_not_null().mean().alias("share"))
+    labelled_days = coverage.filter(pl.col("share") >= min_labelled_share)["event_date"].to_list()
+    windows = choose_windows(labelled_days, cutoff, holdout_days, validation_days, max_train_days)
+    split = (
+        pl.when(pl.col("event_date").is_between(*windows.train))
+        .then(pl.lit("train"))
+        .when(pl.col("event_date").is_between(*windows.validation))
+        .then(pl.lit("validation"))
+        .when(pl.col("event_date").is_between(*windows.holdout))
+        .then(pl.lit("holdout"))
+    )
+    frame = (
+        joined.filter(pl.col(LABEL).is_not_null())
+        .with_columns(split.alias("split"))
+        .filter(pl.col("split").is_not_null())
+        .select(*KEY_COLUMNS, *FEATURE_COLUMNS, pl.col(LABEL).cast(pl.Int8), "label_date", "split")
+        .with_columns(pl.col(FEATURE_COLUMNS).cast(pl.Float64))
+        .sort("event_time", "transaction_id")
+    )
+    return frame, windows
+
+
+def default_cutoff(labels: pl.DataFrame) -> date:
+    """The latest day labels were made: everything known so far."""
+    return labels["label_date"].max()
+
+
+def matrix(frame: pl.DataFrame) -> np.ndarray:
+    """The feature matrix LightGBM trains and predicts on: float64, NaN for missing, one copy."""
+    return frame.select(FEATURE_COLUMNS).to_numpy(order="c").astype(np.float64, copy=False)
+
+
+def base_params(num_threads: int, seed: int) -> dict:
+    """Parameters every model shares. Deterministic, so a version can be retrained exactly."""
+    return {
+        "objective": "binary",
+        "metric": ["average_precision", "auc"],
+        "verbosity": -1,
+        "num_threads": num_threads,
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+    }
+
+
+def dataset(x: np.ndarray, y: np.ndarray, reference=None):
+    import lightgbm as lgb
+
+    categorical = [FEATURE_COLUMNS.index(c) for c in CATEGORICAL_FEATURES]
+    return lgb.Dataset(x, label=y, feature_name=FEATURE_COLUMNS, categorical_feature=categorical,
+                       reference=reference, free_raw_data=False)  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    booster: object
+    params: dict
+    best_iteration: int
+    history: dict[str, list[float]]  # validation metric name -> value per iteration
+    seconds: float
+
+
+def train_booster(
+    params: dict, train, valid, num_boost_round: int, early_stopping_rounds: int
+) -> TrainResult:
+    """One LightGBM fit with early stopping on the validation set."""
+    import lightgbm as lgb
+
+    history: dict = {}
+    started = time.perf_counter()
+    booster = lgb.train(
+        params,
+        train,
+        num_boost_round=num_boost_round,
+        valid_sets=[valid],
+        valid_names=["validation"],
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False), lgb.record_evaluation(history)],
+    )
+    return TrainResult(
+        booster, params, booster.best_iteration, history["validation"], time.perf_counter() - started
+    )
+
+
+def tune(
+    base: dict,
+    train,
+    valid,
+    n_trials: int,
+    num_boost_round: int,
+    early_stopping_rounds: int,
+    seed: int,
+    on_trial: Callable[[int, dict, TrainResult], None] = lambda *_: None,
+) -> tuple[TrainResult, list[dict]]:
+    """Optuna search over the usual LightGBM knobs; the best trial's booster is the model.
+
+    Returns the best result and one summary per trial (params, best iteration, validation PR-AUC).
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results: dict[int, TrainResult] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = base | {
+            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+            "num_leaves": trial.suggest_int("num_leaves", 15, 127, log=True),
+            "min_child_samples": trial.suggest_int("min_child_samples", 10, 200, log=True),
+            "feature_fraction": trial.suggest_float("feature_fraction", 0.6, 1.0),
+            "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
+        }
+        result = train_booster(params, train, valid, num_boost_round, early_stopping_rounds)
+        results[trial.number] = result
+        on_trial(trial.number, params, result)
+        return result.history["average_precision"][result.best_iteration - 1]
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(objective, n_trials=n_trials)
+    trials = [
+        {
+            "trial": t.number,
+            **t.params,
+            "best_iteration": results[t.number].best_iteration,
+            "validation_pr_auc": t.value,
+        }  # fmt: skip
+        for t in study.trials
+    ]
+    return results[study.best_trial.number], trials

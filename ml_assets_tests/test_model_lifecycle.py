@@ -1,0 +1,181 @@
+"""A model's life on a real MLflow registry: train, report, gate, promote, block, roll back.
+
+The tests share one small world and build on each other in file order: v1 (first model, becomes
+champion), v2 (shuffled labels: blocked), v3 (good: promoted, v1 kept as previous_champion),
+rollback to v1, then v4 promoted through a registry outage.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from ml_assets.defs.promotion.sensors import model_promotion_sensor
+from ml_assets.defs.resources import LakeResource, MlflowResource
+from ml_assets.lib import paths, registry, tables
+from ml_assets.lib.gates import GATES
+from ml_assets_tests.conftest import check_results, run_job
+
+FAST = {"ops": {"fraud_model": {"config": {"n_trials": 2, "num_boost_round": 200}}}}
+
+
+def _retrain(definitions, instance, **model_config):
+    config = {"ops": {"fraud_model": {"config": FAST["ops"]["fraud_model"]["config"] | model_config}}}
+    return run_job(definitions, "retraining_job", instance=instance, run_config=config)
+
+
+def _mlflow(definitions) -> MlflowResource:
+    return definitions.get_repository_def().get_top_level_resources()["mlflow"]
+
+
+def _aliases(definitions) -> dict[str, str | None]:
+    mlflow = _mlflow(definitions)
+    client = mlflow.client()
+    return {a: registry.alias_version(client, mlflow.registered_model_name, a) for a in registry.ALIASES}
+
+
+def _tick(definitions, instance, cursor=None, mlflow: MlflowResource | None = None):
+    resources = {"mlflow": mlflow or _mlflow(definitions)}
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    return model_promotion_sensor(context)
+
+
+def _promote(definitions, instance, tick) -> dg.ExecuteInProcessResult:
+    (request,) = tick.run_requests
+    result = run_job(definitions, "promotion_job", instance=instance, run_config=request.run_config)
+    assert result.success
+    return result
+
+
+@pytest.fixture(scope="module")
+def state():
+    return {}
+
+
+def test_first_model_is_registered_reported_and_promoted(small_world, state):
+    root, definitions, instance = small_world
+    result = _retrain(definitions, instance)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+
+    mlflow = _mlflow(definitions)
+    client = mlflow.client()
+    version = _aliases(definitions)[registry.CHALLENGER]
+    tags = client.get_model_version(mlflow.registered_model_name, version).tags
+    assert tags[registry.TAG_DAGSTER_RUN] == result.run_id
+    assert tags[registry.TAG_CODE_VERSION] and tags[registry.TAG_VERDICT] == "passed"
+    assert int(tags[registry.TAG_TRAINING_SET_VERSION]) == LakeResource(root=paths.lake_uri()).version(
+        tables.TRAINING_SET
+    )
+    assert set(json.loads(tags[registry.TAG_BRONZE_VERSIONS])) == {"bronze_transactions", "bronze_labels"}
+    assert json.loads(tags[registry.TAG_WINDOWS])["holdout_end"] <= "2026-01-24"
+
+    model_meta = result.asset_materializations_for_node("fraud_model")[0].metadata
+    assert model_meta["model_version"].value == version
+    assert model_meta["holdout_roc_auc"].value > 0.8
+    assert "simulator oracle" in model_meta["holdout_vs_oracle"].value
+
+    report = result.asset_materializations_for_node("model_validation_report")[0].metadata
+    assert "data:image/png;base64," in report["plots"].value
+    checks = check_results(result)
+    assert {c.split(":")[1] for c in checks if c.startswith("model_validation_report")} == set(GATES)
+    assert all(checks[f"model_validation_report:{g}"].passed for g in GATES)
+
+    # The MLflow run is finished, and holds the HTML report.
+    run = client.get_run(client.get_model_version(mlflow.registered_model_name, version).run_id)
+    assert run.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"validation_report.html"}
+
+    tick = _tick(definitions, instance)
+    promoted = _promote(definitions, instance, tick)
+    deployed = promoted.asset_materializations_for_node("deployed_model")[0].metadata
+    assert (deployed["champion"].value, deployed["replaced"].value) == (version, "none")
+    assert deployed["actor"].value == "model_promotion_sensor"
+    assert _aliases(definitions)[registry.CHAMPION] == version
+    state.update(v1=version, cursor=tick.cursor, first_request=tick.run_requests[0])
+
+
+def test_the_sensor_never_promotes_twice(small_world, state):
+    _, definitions, instance = small_world
+    again = _tick(definitions, instance, cursor=state["cursor"])
+    assert again.run_requests == []
+    # Even with its cursor lost, it asks nothing new: the version is already the champion.
+    lost = _tick(definitions, instance, cursor=None)
+    assert lost.run_requests == []
+
+
+def test_a_worse_challenger_is_blocked(small_world, state):
+    _, definitions, instance = small_world
+    result = _retrain(definitions, instance, shuffle_labels=True)
+    assert not result.success  # the blocking gates fail the run: the intended signal
+    checks = check_results(result)
+    assert checks["model_validation_report:not_worse_than_champion"].passed is False
+    assert checks["model_validation_report:above_absolute_floors"].passed is False
+    assert "worse by at least" in checks["model_validation_report:not_worse_than_champion"].metadata["reason"].value
+
+    mlflow = _mlflow(definitions)
+    v2 = _aliases(definitions)[registry.CHALLENGER]
+    assert v2 != state["v1"]
+    assert mlflow.client().get_model_version(mlflow.registered_model_name, v2).tags[registry.TAG_VERDICT] == "failed"
+    tick = _tick(definitions, instance, cursor=state["cursor"])
+    assert tick.run_requests == [] and "not promoted" in tick.skip_reason
+    assert _aliases(definitions)[registry.CHAMPION] == state["v1"]
+    state["cursor"] = tick.cursor
+
+
+def test_a_second_good_model_is_promoted(small_world, state):
+    _, definitions, instance = small_world
+    assert _retrain(definitions, instance, seed=11).success
+    tick = _tick(definitions, instance, cursor=state["cursor"])
+    _promote(definitions, instance, tick)
+    aliases = _aliases(definitions)
+    assert aliases[registry.PREVIOUS_CHAMPION] == state["v1"]
+    assert aliases[registry.CHAMPION] == aliases[registry.CHALLENGER] != state["v1"]
+    state.update(v3=aliases[registry.CHAMPION], cursor=tick.cursor)
+
+
+def test_rollback_restores_the_previous_champion_and_then_refuses(small_world, state):
+    _, definitions, instance = small_world
+    config = {"ops": {"deployed_model": {"config": {"action": "rollback", "reason": "test", "actor": "pytest"}}}}
+    result = run_job(definitions, "rollback_job", instance=instance, run_config=config)
+    assert result.success
+    meta = result.asset_materializations_for_node("deployed_model")[0].metadata
+    assert (meta["champion"].value, meta["replaced"].value, meta["actor"].value) == (state["v1"], state["v3"], "pytest")
+    assert _aliases(definitions)[registry.CHAMPION] == state["v1"]
+    again = run_job(definitions, "rollback_job", instance=instance)
+    assert not again.success
+    assert any("nothing to roll back to" in (e.message or "") for e in again.all_events if e.is_failure)
+
+
+def test_a_registry_outage_does_not_lose_a_pending_promotion(small_world, state, tmp_path):
+    _, definitions, instance = small_world
+    assert _retrain(definitions, instance, seed=23).success
+    unreachable = MlflowResource(
+        tracking_uri="http://127.0.0.1:9/", artifact_location=str(tmp_path), registered_model_name="fraud_detector"
+    )
+    with pytest.raises(Exception):  # noqa: B017  the tick fails, so Dagster keeps the old cursor
+        _tick(definitions, instance, cursor=state["cursor"], mlflow=unreachable)
+    tick = _tick(definitions, instance, cursor=state["cursor"])
+    _promote(definitions, instance, tick)
+    assert _aliases(definitions)[registry.CHAMPION] == _aliases(definitions)[registry.CHALLENGER]
+
+
+def test_retrain_command_reproduces_a_version(small_world, state):
+    from ml_assets.retrain import retrain
+
+    result = retrain(state["v1"], "fraud_detector")
+    assert result["max_prediction_difference"] == 0.0
+    assert result["retrained_holdout_roc_auc"] == pytest.approx(result["logged_holdout_roc_auc"], abs=1e-12)
+
+
+def test_training_snapshots_stay_readable_by_time_travel(small_world, state):
+    mlflow = _mlflow(small_world[1])
+    tags = mlflow.client().get_model_version(mlflow.registered_model_name, state["v1"]).tags
+    lake = LakeResource(root=paths.lake_uri())
+    pinned = int(tags[registry.TAG_TRAINING_SET_VERSION])
+    assert lake.version(tables.TRAINING_SET) > pinned  # later retrainings wrote newer snapshots
+    old = lake.scan(tables.TRAINING_SET, version=pinned).collect()
+    assert old.height > 0 and set(old["split"].unique()) == {"train", "validation", "holdout"}
+    assert old.filter(pl.col("split") == "holdout")["event_date"].max().isoformat() <= "2026-01-24"
