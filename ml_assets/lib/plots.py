@@ -1,0 +1,156 @@
+"""Plots for the model validation and monitoring reports, each returned as PNG bytes.
+
+Figures are small (5 x 3.5 inches at 90 dpi, 450 x 315 px) so they embed well in Markdown metadata
+and in the HTML report. matplotlib costs about a second to import, so it is imported inside the
+functions, and figures are drawn with the Agg renderer through `matplotlib.figure.Figure` directly:
+no pyplot, no global backend switch, no figure left open between calls.
+
+Plots never raise on degenerate data (one class only, empty input): a curve that is undefined is
+left out and its legend says "n/a", because a missing line is better than a failed report.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ml_assets.lib.evaluation import calibration_bins, pr_curve, roc_curve, score_metrics
+
+WIDTH, HEIGHT, DPI = 5.0, 3.5, 90
+FONT_SIZE = 8
+
+
+def _png(draw: Callable, height: float = HEIGHT) -> bytes:
+    """Draw on one new axes with `draw(ax)` and return the figure as PNG bytes."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    with rc_context({"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE + 1}):
+        # A constrained layout fits labels inside the canvas, so the PNG keeps its exact pixel size.
+        fig = Figure(figsize=(WIDTH, height), dpi=DPI, layout="constrained")
+        draw(fig.add_subplot())
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _bar_height(n: int) -> float:
+    """Tall enough for n readable horizontal bars, never smaller than the standard figure."""
+    return max(HEIGHT, 0.9 + 0.17 * n)
+
+
+def roc_curve_png(y: np.ndarray, curves: dict[str, np.ndarray]) -> bytes:
+    """ROC curves, one line per model name (scores in `curves`), with each ROC AUC in the legend."""
+
+    def draw(ax):
+        ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+        for name, p in curves.items():
+            fpr, tpr = roc_curve(y, p)
+            ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUC {_fmt(score_metrics(y, p)['roc_auc'])})")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="recall", title="ROC")
+        if curves:
+            ax.legend(loc="lower right")
+
+    return _png(draw)
+
+
+def pr_curve_png(y: np.ndarray, curves: dict[str, np.ndarray]) -> bytes:
+    """Precision-recall curves, one step line per model, with average precision in the legend.
+
+    The dotted line is the fraud rate: the precision of a model that flags at random.
+    """
+
+    def draw(ax):
+        y_arr = np.asarray(y)
+        if len(y_arr):
+            ax.axhline(float(np.mean(y_arr)), linestyle=":", color="grey", linewidth=1)
+        for name, p in curves.items():
+            recall, precision = pr_curve(y, p)
+            label = f"{name} (AP {_fmt(score_metrics(y, p)['pr_auc'])})"
+            ax.step(recall, precision, where="pre", linewidth=1.5, label=label)
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title="Precision-recall")
+        if curves:
+            ax.legend(loc="upper right")
+
+    return _png(draw)
+
+
+def calibration_png(y: np.ndarray, curves: dict[str, np.ndarray]) -> bytes:
+    """Reliability diagram: observed fraud rate against mean score in 10 equal-frequency bins.
+
+    The same bins as the `ece` metric (evaluation.calibration_bins); the diagonal is perfect
+    calibration. Fraud scores crowd near zero, so the square axes zoom to the largest bin value; they
+    stay linear because a log axis would hide the bins with no fraud at all.
+    """
+
+    def draw(ax):
+        top = 0.0
+        for name, p in curves.items():
+            mean_p, mean_y, _ = calibration_bins(y, p)
+            top = max([top, *mean_p, *mean_y])
+            ece = _fmt(score_metrics(y, p)["ece"])
+            ax.plot(mean_p, mean_y, marker="o", markersize=3, linewidth=1.2, label=f"{name} (ECE {ece})")
+        top = min(1.0, top * 1.05) or 1.0
+        ax.plot([0, top], [0, top], linestyle=":", color="grey", linewidth=1)
+        ax.set(xlim=(0, top), ylim=(0, top))
+        ax.set(xlabel="mean score in bin", ylabel="observed fraud rate", title="Calibration")
+        if curves:
+            ax.legend(loc="upper left")
+
+    return _png(draw)
+
+
+def score_distribution_png(y: np.ndarray, p: np.ndarray, title: str) -> bytes:
+    """Histograms of the scores of legitimate and fraudulent rows on shared bins, log-scaled counts."""
+    y_arr, p_arr = np.asarray(y), np.asarray(p, dtype=np.float64)
+
+    def draw(ax):
+        if len(p_arr):
+            bins = np.linspace(min(0.0, p_arr.min()), max(1.0, p_arr.max()), 41)
+            for cls, name in ((0, "legitimate"), (1, "fraud")):
+                scores = p_arr[y_arr == cls]
+                ax.hist(
+                    scores, bins=bins, histtype="stepfilled", alpha=0.5, label=f"{name} ({len(scores):,})"
+                )
+            ax.set_yscale("log")
+            ax.legend(loc="upper right")
+        ax.set(xlabel="score", ylabel="rows", title=title)
+
+    return _png(draw)
+
+
+def feature_importance_png(names: list[str], gains: list[float], top: int = 20) -> bytes:
+    """Horizontal bars of the `top` features by gain, largest on top."""
+    ranked = sorted(zip(names, gains, strict=True), key=lambda item: item[1], reverse=True)[:top]
+
+    def draw(ax):
+        # barh draws bottom-up: reverse so the largest gain ends up on top.
+        ax.barh([n for n, _ in reversed(ranked)], [g for _, g in reversed(ranked)], color="tab:blue")
+        ax.set(xlabel="total gain", title=f"Feature importance (top {len(ranked)})")
+
+    return _png(draw, height=_bar_height(len(ranked)))
+
+
+def drift_png(psi_by_feature: dict[str, float], threshold: float) -> bytes:
+    """PSI per feature as horizontal bars, largest on top; bars past `threshold` are red."""
+    # NaN (no data on one side) sorts last and draws as an empty bar.
+    ranked = sorted(
+        psi_by_feature.items(), key=lambda item: -item[1] if not math.isnan(item[1]) else math.inf
+    )
+
+    def draw(ax):
+        values = [v for _, v in reversed(ranked)]
+        colors = ["tab:red" if v > threshold else "tab:grey" for v in values]
+        ax.barh([n for n, _ in reversed(ranked)], values, color=colors)
+        ax.axvline(threshold, linestyle="--", color="black", linewidth=1, label=f"threshold {threshold:g}")
+        ax.set(xlabel="population stability index", title="Feature drift")
+        ax.legend(loc="lower right")
+
+    return _png(draw, height=_bar_height(len(ranked)))
