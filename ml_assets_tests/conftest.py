@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Test instances don't send telemetry (nor log every step's telemetry event).
+DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+
 TX_COLUMNS = [
     "transaction_id", "event_time", "card_id", "merchant_id", "merchant_category", "amount",
     "currency", "country", "channel", "device_id",
@@ -67,6 +70,7 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("ML_ASSETS_LANDING_DIR", raising=False)
     home = tmp_path / "dagster_home"
     home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return root
 
@@ -130,6 +134,7 @@ def small_world(tmp_path_factory):
     os.environ["ML_ASSETS_DATA_DIR"] = str(root)
     os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
     (root / "dagster_home").mkdir(parents=True)
+    (root / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
     cfg = SimulatorConfig(days=24, transactions_per_day=1500, base_fraud_rate=0.03, drift_day=None)
     simulate(cfg, root / "landing", root / "simulator" / "truth", log=lambda _: None)
     instance = dg.DagsterInstance.get()

@@ -32,7 +32,10 @@ def world(tmp_path_factory):
     old = os.environ.get("ML_ASSETS_DATA_DIR")
     os.environ["ML_ASSETS_DATA_DIR"] = str(root)
     rows = {
-        "2026-01-15": [_tx(1, "2026-01-15", "09:00:00", merchant_id="m1"), _tx(2, "2026-01-15", "09:00:00", card="c2", merchant_id="m1")],
+        "2026-01-15": [
+            _tx(1, "2026-01-15", "09:00:00", merchant_id="m1"),
+            _tx(2, "2026-01-15", "09:00:00", card="c2", merchant_id="m1"),
+        ],
         "2026-01-16": [_tx(3, "2026-01-16", "09:00:00", card="c3", merchant_id="m1")],
         "2026-01-19": [_tx(9, "2026-01-19", "08:00:00", card="c9", merchant_id="m1")],
         D: [
@@ -103,9 +106,15 @@ def test_merchant_risk_uses_only_matured_labels(world):
     # 01-16: no label made before it.
     assert f["t3"]["merchant_labels_window"] == 0
     # 01-19: t2's fraud label (01-17) and t1's (01-18) are known; t2's revision (01-19) is not yet.
-    assert (f["t9"]["merchant_labels_window"], f["t9"]["merchant_fraud_rate"]) == (2, pytest.approx(rate(2, 2)))
+    assert (f["t9"]["merchant_labels_window"], f["t9"]["merchant_fraud_rate"]) == (
+        2,
+        pytest.approx(rate(2, 2)),
+    )
     # 01-20: t2's revision to legit now wins; t3's label made on 01-20 is not known yet.
-    assert (f["t15"]["merchant_labels_window"], f["t15"]["merchant_fraud_rate"]) == (2, pytest.approx(rate(1, 2)))
+    assert (f["t15"]["merchant_labels_window"], f["t15"]["merchant_fraud_rate"]) == (
+        2,
+        pytest.approx(rate(1, 2)),
+    )
 
 
 def test_leakage_test_catches_a_planted_leak(world, tmp_path):
@@ -117,11 +126,19 @@ def test_leakage_test_catches_a_planted_leak(world, tmp_path):
     sql = model.read_text()
     assert "and p.event_ts < c.event_ts" in sql
     model.write_text(sql.replace("and p.event_ts < c.event_ts", "and p.event_ts <= c.event_ts"))
-    env = {**os.environ, "ML_ASSETS_DATA_DIR": str(root), "ML_ASSETS_WAREHOUSE": str(tmp_path / "leak.duckdb")}
+    env = {
+        **os.environ,
+        "ML_ASSETS_DATA_DIR": str(root),
+        "ML_ASSETS_WAREHOUSE": str(tmp_path / "leak.duckdb"),
+    }
     dbt = str(Path(sys.executable).parent / "dbt")
     vars_ = '{"min_date": "2026-01-15", "max_date": "2026-01-20", "leakage_test_sample_modulo": 1}'
     out = subprocess.run(
-        [dbt, "build", "--profiles-dir", ".", "--vars", vars_], cwd=project, env=env, capture_output=True, text=True
+        [dbt, "build", "--profiles-dir", ".", "--vars", vars_],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode != 0
     assert "FAIL" in out.stdout and "transaction_features_use_only_the_past" in out.stdout

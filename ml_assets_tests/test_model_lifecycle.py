@@ -28,7 +28,10 @@ def _retrain(definitions, instance, **model_config):
 
 
 def _mlflow(definitions) -> MlflowResource:
-    return definitions.get_repository_def().get_top_level_resources()["mlflow"]
+    """The registry the location uses (resources() builds it from the same paths)."""
+    return MlflowResource(
+        tracking_uri=paths.mlflow_tracking_uri(), artifact_location=paths.mlflow_artifact_root()
+    )
 
 
 def _aliases(definitions) -> dict[str, str | None]:
@@ -113,14 +116,20 @@ def test_a_worse_challenger_is_blocked(small_world, state):
     checks = check_results(result)
     assert checks["model_validation_report:not_worse_than_champion"].passed is False
     assert checks["model_validation_report:above_absolute_floors"].passed is False
-    assert "worse by at least" in checks["model_validation_report:not_worse_than_champion"].metadata["reason"].value
+    assert (
+        "worse by at least"
+        in checks["model_validation_report:not_worse_than_champion"].metadata["reason"].value
+    )
 
     mlflow = _mlflow(definitions)
     v2 = _aliases(definitions)[registry.CHALLENGER]
     assert v2 != state["v1"]
-    assert mlflow.client().get_model_version(mlflow.registered_model_name, v2).tags[registry.TAG_VERDICT] == "failed"
+    assert (
+        mlflow.client().get_model_version(mlflow.registered_model_name, v2).tags[registry.TAG_VERDICT]
+        == "failed"
+    )
     tick = _tick(definitions, instance, cursor=state["cursor"])
-    assert tick.run_requests == [] and "not promoted" in tick.skip_reason
+    assert tick.run_requests == [] and "not promoted" in tick.skip_reason.skip_message
     assert _aliases(definitions)[registry.CHAMPION] == state["v1"]
     state["cursor"] = tick.cursor
 
@@ -138,22 +147,31 @@ def test_a_second_good_model_is_promoted(small_world, state):
 
 def test_rollback_restores_the_previous_champion_and_then_refuses(small_world, state):
     _, definitions, instance = small_world
-    config = {"ops": {"deployed_model": {"config": {"action": "rollback", "reason": "test", "actor": "pytest"}}}}
+    config = {
+        "ops": {"deployed_model": {"config": {"action": "rollback", "reason": "test", "actor": "pytest"}}}
+    }
     result = run_job(definitions, "rollback_job", instance=instance, run_config=config)
     assert result.success
     meta = result.asset_materializations_for_node("deployed_model")[0].metadata
-    assert (meta["champion"].value, meta["replaced"].value, meta["actor"].value) == (state["v1"], state["v3"], "pytest")
+    assert (meta["champion"].value, meta["replaced"].value, meta["actor"].value) == (
+        state["v1"],
+        state["v3"],
+        "pytest",
+    )
     assert _aliases(definitions)[registry.CHAMPION] == state["v1"]
     again = run_job(definitions, "rollback_job", instance=instance)
     assert not again.success
-    assert any("nothing to roll back to" in (e.message or "") for e in again.all_events if e.is_failure)
+    failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "nothing to roll back to" in failure.step_failure_data.user_failure_data.description
 
 
 def test_a_registry_outage_does_not_lose_a_pending_promotion(small_world, state, tmp_path):
     _, definitions, instance = small_world
     assert _retrain(definitions, instance, seed=23).success
     unreachable = MlflowResource(
-        tracking_uri="http://127.0.0.1:9/", artifact_location=str(tmp_path), registered_model_name="fraud_detector"
+        tracking_uri="http://127.0.0.1:9/",
+        artifact_location=str(tmp_path),
+        registered_model_name="fraud_detector",
     )
     with pytest.raises(Exception):  # noqa: B017  the tick fails, so Dagster keeps the old cursor
         _tick(definitions, instance, cursor=state["cursor"], mlflow=unreachable)

@@ -83,18 +83,18 @@ def evaluate(report: dict, t: Thresholds) -> list[Verdict]:
         )
     )
 
-    slices = [s for s in report["slices"] if s.get("roc_auc_difference") is not None]
-    regressed = [s for s in slices if s["roc_auc_difference"] < -t.max_slice_roc_auc_drop]
-    worst = min(slices, key=lambda s: s["roc_auc_difference"]) if slices else None
+    slices = [s for s in report["slices"] if s.get("roc_auc_diff") is not None]
+    regressed = [s for s in slices if s["roc_auc_diff"] < -t.max_slice_roc_auc_drop]
+    worst = min(slices, key=lambda s: s["roc_auc_diff"]) if slices else None
     out.append(
         Verdict(
             "no_slice_regression",
             not regressed,
             (
-                "; ".join(f"{s['slice']}={s['value']}: {s['roc_auc_difference']:+.4f}" for s in regressed[:5])
+                "; ".join(f"{s['slice']}={s['value']}: {s['roc_auc_diff']:+.4f}" for s in regressed[:5])
                 if regressed
                 else (
-                    f"worst slice {worst['slice']}={worst['value']} at {worst['roc_auc_difference']:+.4f}, "
+                    f"worst slice {worst['slice']}={worst['value']} at {worst['roc_auc_diff']:+.4f}, "
                     f"bound -{t.max_slice_roc_auc_drop}"
                     if worst
                     else "no champion (or no slice large enough) to compare"

@@ -41,15 +41,16 @@ def deployed_model(
         try:
             move = rollback(client, name, f"{config.reason} (by {config.actor})")
         except NothingToRollBack as e:
-            raise dg.Failure(str(e)) from e
+            raise dg.Failure(str(e), allow_retries=False) from e
     else:
         if not config.version:
-            raise dg.Failure("promote needs a version: set `version` in the run config")
+            raise dg.Failure("promote needs a version: set `version` in the run config", allow_retries=False)
         tags = client.get_model_version(name, config.version).tags
         if tags.get(registry.TAG_VERDICT) != "passed":
             raise dg.Failure(
                 f"refusing to promote {name} v{config.version}: its validation verdict is "
-                f"{tags.get(registry.TAG_VERDICT, 'missing')!r}, not 'passed'"
+                f"{tags.get(registry.TAG_VERDICT, 'missing')!r}, not 'passed'",
+                allow_retries=False,  # a refusal, not a fault: retrying changes nothing
             )
         move = promote(client, name, config.version)
     if move.champion:

@@ -47,7 +47,9 @@ def training_set(
         lake.scan(labels_table).select("transaction_id", "labeled_at", "label_date", "is_fraud").collect()
     )
     if labels.is_empty():
-        raise dg.Failure("no labels in bronze yet: ingest labels before building a training set")
+        raise dg.Failure(
+            "no labels in bronze yet: ingest labels before building a training set", allow_retries=False
+        )
     cutoff = date.fromisoformat(config.label_cutoff) if config.label_cutoff else default_cutoff(labels)
     features = warehouse.query(
         f"select * from transaction_features where event_date <= date '{cutoff}'"  # labels can't be older

@@ -7,13 +7,13 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
-from ml_assets.lib.evaluation import score_metrics
 from pydantic import Field
 
 from ml_assets.defs.metadata import markdown_table, png_markdown
 from ml_assets.defs.policies import storage_retry
 from ml_assets.defs.resources import LakeResource, MlflowResource
 from ml_assets.lib import oracle, registry, tables, tracking
+from ml_assets.lib.evaluation import score_metrics
 from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
 from ml_assets.lib.training import SPLITS, base_params, dataset, matrix, tune
 
@@ -66,6 +66,7 @@ def fraud_model(
     the champion before anything serves it.
     """
     import mlflow as mlflow_api
+
     from ml_assets.lib.plots import feature_importance_png
 
     snapshot = lake.version(tables.TRAINING_SET)

@@ -61,16 +61,17 @@ def model_validation_report(
     a blocking check; the verdict and its reasons are written as tags on the challenger version,
     and the whole report as one HTML page on its MLflow run.
     """
-    from ml_assets.lib.report_html import render_report
-
     from ml_assets.lib.report import build_report
+    from ml_assets.lib.report_html import render_report
 
     started = time.perf_counter()
     client = mlflow.client()
     name = mlflow.registered_model_name
     challenger = registry.alias_version(client, name, registry.CHALLENGER)
     if challenger is None:
-        raise dg.Failure(f"{name} has no '{registry.CHALLENGER}' alias: materialize fraud_model first")
+        raise dg.Failure(
+            f"{name} has no '{registry.CHALLENGER}' alias: materialize fraud_model first", allow_retries=False
+        )
     champion = registry.alias_version(client, name, registry.CHAMPION)
     version = client.get_model_version(name, challenger)
     snapshot = int(version.tags[registry.TAG_TRAINING_SET_VERSION])
