@@ -32,6 +32,7 @@ def main() -> int:
 
     from ml_assets.definitions import defs
     from ml_assets.defs.policies import daily_partitions
+    from ml_assets.defs.resources import build_resources
     from ml_assets.lib import paths
 
     started = time.perf_counter()
@@ -65,19 +66,22 @@ def main() -> int:
     ok = all(run(*step) for step in steps)  # all() stops at the first failure
     if ok:
         # What the running promotion sensor would do in `make dev`: one tick, and its run requests.
-        sensor = definitions.get_sensor_def("model_promotion_sensor")
-        tick = sensor(dg.build_sensor_context(instance=instance, definitions=definitions))
+        from ml_assets.defs.promotion.sensors import model_promotion_sensor as sensor
+
+        resources = {"mlflow": build_resources()["mlflow"]}
+        tick = sensor(dg.build_sensor_context(instance=instance, resources=resources))
         for request in tick.run_requests or []:
             reason = request.run_config["ops"]["deployed_model"]["config"]["reason"]
             run("promotion_job", f"promote: {reason}", request.tags, request.run_config)
         if not tick.run_requests:
-            print(f"==> no promotion: {tick.skip_reason}")
+            print(f"==> no promotion: {tick.skip_reason.skip_message if tick.skip_reason else ''}")
+        ok = run("monitoring_job", f"score, drift and live performance for {first}..{last}", days, {})
     print("\nWhat ran (open `make dev`, then http://127.0.0.1:3000/runs):")
     for job_name, ok, seconds, run_id in summary:
         print(f"  {'ok  ' if ok else 'FAIL'} {job_name:<28} {seconds:6.1f}s  run {run_id[:8]}")
     print(f"\nlake:      {paths.lake_uri()}\nwarehouse: {paths.warehouse_path()}")
     print(f"total {time.perf_counter() - started:.1f}s")
-    return 0 if all(ok for _, ok, _, _ in summary) else 1
+    return 0 if ok and all(ok for _, ok, _, _ in summary) else 1
 
 
 if __name__ == "__main__":

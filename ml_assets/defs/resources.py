@@ -230,6 +230,30 @@ class QualityGatesResource(dg.ConfigurableResource):
     max_ece: float = Field(default=Thresholds.max_ece, description="Largest expected calibration error.")
 
 
+class MonitoringResource(dg.ConfigurableResource):
+    """Windows and thresholds of monitoring, and of the sensors that act on it."""
+
+    psi_threshold: float = Field(
+        default=0.2, description="PSI above which a feature (or the score) counts as drifted."
+    )
+    window_days: int = Field(default=7, description="Days of scored traffic live performance looks at.")
+    live_roc_auc_floor: float = Field(
+        default=0.85, description="Champion live ROC-AUC below this asks for retraining."
+    )
+    min_live_positives: int = Field(
+        default=20, description="Labelled frauds needed before live performance is trusted."
+    )
+    retraining_cooldown_hours: float = Field(
+        default=24.0, description="At most one retraining request per this many hours."
+    )
+    canary_min_positives: int = Field(
+        default=30, description="Labelled frauds the candidate must have scored before it is judged."
+    )
+    canary_max_pr_auc_drop: float = Field(
+        default=0.05, description="Candidate is rolled back if its live PR-AUC trails the champion's by more."
+    )
+
+
 class AlertsResource(dg.ConfigurableResource):
     """Where alerts go: always the Dagster log, and a webhook (JSON POST) when one is set."""
 
@@ -250,27 +274,31 @@ class AlertsResource(dg.ConfigurableResource):
             log.warning(f"could not post the alert to the webhook: {e}")
 
 
-@dg.definitions
-def resources() -> dg.Definitions:
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    """Every resource, configured from the environment (read now, when the location loads)."""
     from dagster_dbt import DbtCliResource
 
     from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 
-    return dg.Definitions(
-        resources={
-            "lake": LakeResource(root=paths.lake_uri()),
-            "landing": LandingResource(root=str(paths.landing_dir())),
-            "warehouse": WarehouseResource(path=str(paths.warehouse_path())),
-            "mlflow": MlflowResource(
-                tracking_uri=paths.mlflow_tracking_uri(), artifact_location=paths.mlflow_artifact_root()
-            ),
-            "quality_gates": QualityGatesResource(),
-            "alerts": AlertsResource(webhook_url=os.environ.get("ML_ASSETS_ALERT_WEBHOOK")),
-            "dbt": DbtCliResource(
-                project_dir=str(DBT_PROJECT_DIR),
-                profiles_dir=str(DBT_PROJECT_DIR),
-                # The environment's own dbt, whether or not the venv is on PATH.
-                dbt_executable=str(Path(sys.executable).parent / "dbt"),
-            ),
-        }
-    )
+    return {
+        "lake": LakeResource(root=paths.lake_uri()),
+        "landing": LandingResource(root=str(paths.landing_dir())),
+        "warehouse": WarehouseResource(path=str(paths.warehouse_path())),
+        "mlflow": MlflowResource(
+            tracking_uri=paths.mlflow_tracking_uri(), artifact_location=paths.mlflow_artifact_root()
+        ),
+        "quality_gates": QualityGatesResource(),
+        "monitoring": MonitoringResource(),
+        "alerts": AlertsResource(webhook_url=os.environ.get("ML_ASSETS_ALERT_WEBHOOK")),
+        "dbt": DbtCliResource(
+            project_dir=str(DBT_PROJECT_DIR),
+            profiles_dir=str(DBT_PROJECT_DIR),
+            # The environment's own dbt, whether or not the venv is on PATH.
+            dbt_executable=str(Path(sys.executable).parent / "dbt"),
+        ),
+    }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources=build_resources())

@@ -3,3 +3,7 @@
 BRONZE = {"transactions": "bronze/transactions", "labels": "bronze/labels"}
 QUARANTINE = {"transactions": "quarantine/transactions", "labels": "quarantine/labels"}
 TRAINING_SET = "training/training_set"
+BATCH_PREDICTIONS = "predictions/batch_predictions"
+INFERENCE_LOG = "serving/inference_log"
+DRIFT = "monitoring/drift"
+LIVE_PERFORMANCE = "monitoring/live_performance"

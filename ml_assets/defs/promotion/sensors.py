@@ -37,7 +37,7 @@ def model_promotion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowRe
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=REPORT, after_storage_id=after), limit=20, ascending=True
     ).records
-    requests, notes, cursor = [], [], after
+    notes, cursor, candidate = [], after, None
     for record in records:
         meta = record.asset_materialization.metadata
         version = str(meta["challenger_version"].value)
@@ -49,34 +49,40 @@ def model_promotion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowRe
         if failed:
             notes.append(f"v{version} not promoted: failed {', '.join(failed)}")
         else:
-            # The registry is asked, so an outage raises here and the cursor stays put.
-            champion = registry.alias_version(
-                mlflow.client(), mlflow.registered_model_name, registry.CHAMPION
+            if candidate:
+                notes.append(f"v{candidate[0]} superseded by v{version}, a newer challenger that passed")
+            candidate = (version, record.run_id)
+        cursor = record.storage_id
+    requests = []
+    if candidate:
+        version, report_run = candidate
+        # The registry is asked, so an outage raises here and the cursor stays put.
+        champion = registry.alias_version(mlflow.client(), mlflow.registered_model_name, registry.CHAMPION)
+        if champion == version:
+            notes.append(f"v{version} is already the champion")
+        else:
+            reason = (
+                f"v{version} passed every gate (report run {report_run[:8]}); replaces v{champion or 'none'}"
             )
-            if champion == version:
-                notes.append(f"v{version} is already the champion")
-            else:
-                requests.append(
-                    dg.RunRequest(
-                        run_key=f"promote-{mlflow.registered_model_name}-v{version}",
-                        run_config={
-                            "ops": {
-                                "deployed_model": {
-                                    "config": {
-                                        "action": "promote",
-                                        "version": version,
-                                        "reason": f"v{version} passed every gate "
-                                        f"(report run {record.run_id[:8]}); replaces v{champion or 'none'}",
-                                        "actor": "model_promotion_sensor",
-                                    }
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"promote-{mlflow.registered_model_name}-v{version}",
+                    run_config={
+                        "ops": {
+                            "deployed_model": {
+                                "config": {
+                                    "action": "promote",
+                                    "version": version,
+                                    "reason": reason,
+                                    "actor": "model_promotion_sensor",
                                 }
                             }
-                        },
-                        tags={"model_version": version},
-                    )
+                        }
+                    },
+                    tags={"model_version": version},
                 )
-                notes.append(f"v{version} passed every gate: promoting over v{champion or 'none'}")
-        cursor = record.storage_id
+            )
+            notes.append(reason)
     for note in notes:
         context.log.info(note)
     new_cursor = str(cursor) if cursor is not None else context.cursor

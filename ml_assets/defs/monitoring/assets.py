@@ -1,0 +1,263 @@
+"""Monitoring: score every day, watch drift against the champion's training data, and measure live
+performance per arm as labels mature. The retraining and canary sensors act on these tables."""
+
+import time
+from datetime import date, timedelta
+
+import dagster as dg
+import polars as pl
+
+from ml_assets.defs.metadata import frame_markdown, png_markdown
+from ml_assets.defs.policies import daily_partitions, one_run_per_range, storage_retry
+from ml_assets.defs.resources import LakeResource, MlflowResource, MonitoringResource, WarehouseResource
+from ml_assets.lib import registry, tables
+from ml_assets.lib.features import FEATURE_COLUMNS
+from ml_assets.lib.monitoring import ARM_PERFORMANCE_SCHEMA, SCORE, arm_performance, drift, feature_drift
+from ml_assets.lib.training import labels_as_of, matrix
+
+PREDICTION_SCHEMA = {
+    "transaction_id": pl.String(),
+    "event_date": pl.Date(),
+    "alias": pl.String(),
+    "model_version": pl.String(),
+    SCORE: pl.Float64(),
+}
+SCORED_ALIASES = (registry.CHAMPION, registry.CANARY, registry.SHADOW)
+
+
+def _days(context: dg.AssetExecutionContext) -> list[date]:
+    return [date.fromisoformat(k) for k in context.partition_keys]
+
+
+def _deployed(mlflow: MlflowResource) -> dict[str, str]:
+    """Alias -> version for the aliases that score traffic (champion, and canary / shadow if set)."""
+    client = mlflow.client()
+    found = {a: registry.alias_version(client, mlflow.registered_model_name, a) for a in SCORED_ALIASES}
+    if not found[registry.CHAMPION]:
+        raise dg.Failure("no champion yet: nothing serves, so nothing to score", allow_retries=False)
+    return {a: v for a, v in found.items() if v}
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=one_run_per_range,
+    deps=["transaction_features", "deployed_model"],
+    kinds={"lightgbm", "delta"},
+    retry_policy=storage_retry,
+    owners=["team:ml-platform"],
+)
+def batch_predictions(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Every transaction of the day scored by the champion, and by the candidate too while one is
+    deployed as canary or shadow, into `predictions/batch_predictions` (one row per transaction
+    and alias, with the model version)."""
+    days = _days(context)
+    deployed = _deployed(mlflow)
+    boosters = {v: mlflow.load_booster(v) for v in set(deployed.values())}
+    features = warehouse.query(
+        f"select transaction_id, event_date, {', '.join(FEATURE_COLUMNS)} from transaction_features "
+        f"where event_date between date '{days[0]}' and date '{days[-1]}' order by event_time, transaction_id"
+    )
+    x = matrix(features)
+    scored, rates = [], {}
+    for alias, version in deployed.items():
+        started = time.perf_counter()
+        scores = boosters[version].predict(x)
+        rates[alias] = round(x.shape[0] / max(time.perf_counter() - started, 1e-9))
+        scored.append(
+            features.select("transaction_id", "event_date").with_columns(
+                pl.lit(alias).alias("alias"), pl.lit(version).alias("model_version"), pl.Series(SCORE, scores)
+            )
+        )
+    out = pl.concat(scored)
+    version = lake.write_partitions(
+        tables.BATCH_PREDICTIONS,
+        out,
+        partition_column="event_date",
+        partitions=days,
+        schema=PREDICTION_SCHEMA,
+    )
+    summary = out.group_by("event_date", "alias", "model_version").agg(
+        pl.len().alias("rows"),
+        pl.col(SCORE).mean().alias("mean_score"),
+        (pl.col(SCORE) > 0.5).mean().alias("flagged"),
+    )
+    for day in days:
+        part = summary.filter(pl.col("event_date") == day).drop("event_date").sort("alias")
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": int(part["rows"].sum()) if part.height else 0,
+                "by_model": dg.MetadataValue.md(frame_markdown(part)),
+            },  # fmt: skip
+            partition_key=day.isoformat(),
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "delta_version": version,
+            "deployed": dg.MetadataValue.json(deployed),
+            "rows_per_second": dg.MetadataValue.json(rates),
+        }
+    )
+
+
+def _champion_reference(lake: LakeResource, mlflow: MlflowResource, version: str) -> pl.DataFrame:
+    """What drift is measured against: the most recent days of the champion's training snapshot
+    (its validation and holdout windows), features and the champion's own scores. Not the train
+    window: its first days precede a full lookback, so their history features are still warming up.
+    """
+    tags = mlflow.client().get_model_version(mlflow.registered_model_name, version).tags
+    snapshot = int(tags[registry.TAG_TRAINING_SET_VERSION])
+    recent = (
+        lake.scan(tables.TRAINING_SET, version=snapshot)
+        .filter(pl.col("split").is_in(["validation", "holdout"]))
+        .collect()
+    )
+    scores = mlflow.load_booster(version).predict(matrix(recent))
+    return recent.select(FEATURE_COLUMNS).with_columns(pl.Series(SCORE, scores))
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=one_run_per_range,
+    deps=["batch_predictions"],
+    kinds={"delta", "matplotlib"},
+    retry_policy=storage_retry,
+    owners=["team:ml-platform"],
+)
+def drift_report(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
+    monitoring: MonitoringResource,
+) -> dg.MaterializeResult:
+    """Population stability (PSI) of every feature and of the champion's score for the day,
+    against the champion's own training rows, into `monitoring/drift`. Large PSI means the world
+    the model learned no longer looks like the one it scores."""
+    from ml_assets.lib.plots import drift_png
+
+    days = _days(context)
+    champion = registry.alias_version(mlflow.client(), mlflow.registered_model_name, registry.CHAMPION)
+    if champion is None:
+        raise dg.Failure("no champion yet: nothing to measure drift against", allow_retries=False)
+    reference = _champion_reference(lake, mlflow, champion)
+    features = warehouse.query(
+        f"select event_date, {', '.join(FEATURE_COLUMNS)} from transaction_features "
+        f"where event_date between date '{days[0]}' and date '{days[-1]}'"
+    )
+    scores = (
+        lake.scan(tables.BATCH_PREDICTIONS)
+        .filter(pl.col("event_date").is_in(days) & (pl.col("alias") == registry.CHAMPION))
+        .select("event_date", SCORE)
+        .collect()
+    )
+    rows = []
+    for day in days:
+        table = pl.concat(
+            [
+                feature_drift(reference, features.filter(pl.col("event_date") == day)),
+                drift(reference, scores.filter(pl.col("event_date") == day), [SCORE]),
+            ]
+        ).sort("psi", descending=True)
+        rows.append(
+            table.with_columns(pl.lit(day).alias("event_date"), pl.lit(champion).alias("champion_version"))
+        )
+        feature_psi = table.filter(pl.col("feature") != SCORE)
+        score_psi = table.filter(pl.col("feature") == SCORE)["psi"]
+        context.add_asset_metadata(
+            {
+                "max_feature_psi": float(feature_psi["psi"].max() or 0.0),
+                "worst_feature": feature_psi["feature"][0] if feature_psi.height else "none",
+                "score_psi": float(score_psi[0]) if score_psi.len() else float("nan"),
+                "psi": dg.MetadataValue.md(frame_markdown(table, 25)),
+                "plot": dg.MetadataValue.md(
+                    png_markdown(drift_png(dict(table.rows()), monitoring.psi_threshold), "PSI by feature")
+                ),
+            },
+            partition_key=day.isoformat(),
+        )
+    out = pl.concat(rows)
+    schema = {
+        "feature": pl.String(),
+        "psi": pl.Float64(),
+        "event_date": pl.Date(),
+        "champion_version": pl.String(),
+    }
+    version = lake.write_partitions(
+        tables.DRIFT, out.select(schema.keys()), partition_column="event_date", partitions=days, schema=schema
+    )
+    return dg.MaterializeResult(metadata={"delta_version": version, "champion_version": champion})
+
+
+def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:
+    """Scores of the window: batch predictions (arm "batch:<alias>") and, when the service has
+    logged traffic, what it served (arm "live:<arm>")."""
+    batch = (
+        lake.scan(tables.BATCH_PREDICTIONS)
+        .filter(pl.col("event_date").is_in(days))
+        .select("transaction_id", (pl.lit("batch:") + pl.col("alias")).alias("arm"), "model_version", SCORE)
+        .collect()
+    )
+    if not lake.exists(tables.INFERENCE_LOG):
+        return batch
+    served = (
+        lake.scan(tables.INFERENCE_LOG)
+        .filter(pl.col("scored_date").is_in(days))
+        .select(
+            "transaction_id",
+            (pl.lit("live:") + pl.col("arm")).alias("arm"),
+            pl.col("model_version").cast(pl.String),
+            SCORE,
+        )  # fmt: skip
+        .collect()
+    )
+    return pl.concat([batch, served])
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=one_run_per_range,
+    deps=["batch_predictions", "raw_labels"],
+    kinds={"delta"},
+    retry_policy=storage_retry,
+    owners=["team:ml-platform"],
+)
+def live_performance(
+    context: dg.AssetExecutionContext, lake: LakeResource, monitoring: MonitoringResource
+) -> dg.MaterializeResult:
+    """How the deployed models actually did: ROC-AUC, PR-AUC and recall at 1% FPR per arm, over
+    the last `window_days` of scored transactions whose labels had matured by the day, into
+    `monitoring/live_performance`. Labels arrive days late, so the newest days count later."""
+    days = _days(context)
+    labels = (
+        lake.scan(tables.BRONZE["labels"])
+        .select("transaction_id", "labeled_at", "label_date", "is_fraud")
+        .collect()
+    )
+    rows = []
+    for day in days:
+        window = [day - timedelta(days=i) for i in range(monitoring.window_days)]
+        perf = arm_performance(
+            _scored(lake, window), labels_as_of(labels, day).select("transaction_id", "is_fraud")
+        )
+        rows.append(perf.with_columns(pl.lit(day).alias("as_of_date")))
+        champion = perf.filter(pl.col("arm") == f"batch:{registry.CHAMPION}")
+        context.add_asset_metadata(
+            {
+                "champion_roc_auc": float(champion["roc_auc"][0]) if champion.height else float("nan"),
+                "champion_labelled_positives": int(champion["positives"][0]) if champion.height else 0,
+                "by_arm": dg.MetadataValue.md(frame_markdown(perf)),
+            },
+            partition_key=day.isoformat(),
+        )
+    out = pl.concat(rows).with_columns(pl.col("roc_auc", "pr_auc", "recall_at_1pct_fpr").fill_nan(None))
+    schema = dict(ARM_PERFORMANCE_SCHEMA) | {"as_of_date": pl.Date()}
+    version = lake.write_partitions(
+        tables.LIVE_PERFORMANCE, out.select(schema.keys()), partition_column="as_of_date", partitions=days,
+        schema=schema,
+    )  # fmt: skip
+    return dg.MaterializeResult(metadata={"delta_version": version, "window_days": monitoring.window_days})
