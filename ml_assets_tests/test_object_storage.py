@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from ml_assets.defs.resources import LakeResource
-from ml_assets.lib import tables
+from ml_assets.lib import paths, tables
 from ml_assets_tests.conftest import check_results, csv_bytes, load_defs, run_job, tx, write_landing
 
 DAY = date(2026, 1, 15)
@@ -93,6 +93,18 @@ def _rows(day: date, n: int, writer: str = "A") -> pl.DataFrame:
 
 
 SCHEMA = dict(_rows(DAY, 0).schema)
+
+
+def test_lake_storage_options_come_from_json_in_the_environment(monkeypatch):
+    var = "ML_ASSETS_LAKE_STORAGE_OPTIONS"
+    monkeypatch.delenv(var, raising=False)
+    assert paths.lake_storage_options() == {}
+    monkeypatch.setenv(var, '{"AWS_REGION": "eu-west-1", "conditional_put": "etag"}')
+    assert paths.lake_storage_options() == {"AWS_REGION": "eu-west-1", "conditional_put": "etag"}
+    for bad, why in [("{AWS_REGION: x}", "not valid JSON"), ('{"AWS_ALLOW_HTTP": true}', "of strings")]:
+        monkeypatch.setenv(var, bad)
+        with pytest.raises(ValueError, match=why):
+            paths.lake_storage_options()
 
 
 def test_lake_writes_reads_replaces_and_time_travels_on_s3(bucket):
