@@ -36,7 +36,7 @@ def retrain(version: str, model_name: str) -> dict:
     params = json.loads(tags[registry.TAG_PARAMS])
     rounds = int(tags[registry.TAG_BEST_ITERATION])
 
-    lake = LakeResource(root=paths.lake_uri())
+    lake = LakeResource.from_env()
     frame = lake.scan(tables.TRAINING_SET, version=snapshot).collect()
     train = frame.filter(pl.col("split") == "train")
     holdout = frame.filter(pl.col("split") == "holdout")

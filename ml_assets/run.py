@@ -79,7 +79,7 @@ def main() -> int:
     print("\nWhat ran (open `make dev`, then http://127.0.0.1:3000/runs):")
     for job_name, ok, seconds, run_id in summary:
         print(f"  {'ok  ' if ok else 'FAIL'} {job_name:<28} {seconds:6.1f}s  run {run_id[:8]}")
-    print(f"\nlake:      {paths.lake_uri()}\nwarehouse: {paths.warehouse_path()}")
+    print(f"\nlake:      {paths.lake_uri()}\nwarehouse: {paths.warehouse_uri()}")
     print(f"total {time.perf_counter() - started:.1f}s")
     return 0 if ok and all(ok for _, ok, _, _ in summary) else 1
 

@@ -67,6 +67,8 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("ML_ASSETS_DATA_DIR", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("ML_ASSETS_LAKE_URI", raising=False)
+    monkeypatch.delenv("ML_ASSETS_LAKE_STORAGE_OPTIONS", raising=False)
+    monkeypatch.delenv("ML_ASSETS_DBT_TARGET", raising=False)
     monkeypatch.delenv("ML_ASSETS_LANDING_DIR", raising=False)
     home = tmp_path / "dagster_home"
     home.mkdir()

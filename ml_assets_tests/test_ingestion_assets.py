@@ -70,7 +70,7 @@ def test_ingestion_writes_bronze_quarantine_and_metadata(feed):
         "rows_in": 42, "rows_ingested": 39, "rows_quarantined": 1, "files_quarantined": 1,
         "duplicates_dropped": 1, "files_read": 3, "files_ignored": 2,
     }  # fmt: skip
-    assert meta["delta_version"].value == 0
+    assert meta["delta_version"].value == 1  # version 0 creates the table, empty (LakeResource)
     assert [c.name for c in meta["dagster/column_schema"].value.columns][:2] == [
         "transaction_id",
         "event_time",

@@ -24,13 +24,23 @@ class LakeResource(dg.ConfigurableResource):
 
     Writes replace exactly one partition (a predicate overwrite on a table partitioned by that
     column), after checking the frame's schema: delta-rs casts some mismatches silently.
+
+    On S3, delta-rs 1.6 commits with a conditional PUT (If-None-Match: *, storage option
+    `conditional_put=etag`, its default), so concurrent writers never overwrite each other's
+    commit. The store must support conditional writes (AWS S3 does; so do MinIO and R2). It no
+    longer offers a DynamoDB lock, and AWS_S3_ALLOW_UNSAFE_RENAME changes nothing.
     """
 
     root: str = Field(description="Root of the lake: a folder, or a URI such as s3://bucket/lake.")
     storage_options: dict[str, str] = Field(
         default_factory=dict,
-        description="delta-rs storage options (endpoint, credentials, locking or conditional put).",
+        description="delta-rs and polars storage options for object stores (endpoint, conditional put).",
     )
+
+    @classmethod
+    def from_env(cls) -> "LakeResource":
+        """The lake the environment names: `ML_ASSETS_LAKE_URI` and `ML_ASSETS_LAKE_STORAGE_OPTIONS`."""
+        return cls(root=paths.lake_uri(), storage_options=paths.lake_storage_options())
 
     def uri(self, table: str) -> str:
         return f"{self.root.rstrip('/')}/{table}"
@@ -59,9 +69,11 @@ class LakeResource(dg.ConfigurableResource):
         partitions: list[date],
         schema: dict[str, pl.DataType],
     ) -> int:
-        """Replace the given partitions of `table` with `frame`, in one commit; return the version.
+        """Replace the given partitions of `table` with `frame`, in one commit; return its version.
 
-        Partitions with no rows in `frame` end up empty: that is what replacing them means.
+        Partitions with no rows in `frame` end up empty: that is what replacing them means. A
+        concurrent writer of the same partitions makes one of the two fail with deltalake's
+        CommitFailedError (nothing of it is committed); the step's retry policy runs it again.
         """
         from deltalake import ColumnProperties, WriterProperties, write_deltalake
 
@@ -71,21 +83,20 @@ class LakeResource(dg.ConfigurableResource):
         if stray:
             raise ValueError(f"refusing to write {table}: {stray} rows outside {partitions}")
         days = ", ".join(f"'{d.isoformat()}'" for d in partitions)
+        data = _arrow(frame)
+        handle = self._open_or_create(table, data.schema, partition_by=[partition_column])
         write_deltalake(
-            self.uri(table),
-            # Plain (not large/view) string arrays: delta-rs writes them ~1.5x faster.
-            frame.to_arrow(compat_level=pl.CompatLevel.oldest()),
+            handle,
+            data,
             mode="overwrite",
-            partition_by=[partition_column],
             predicate=f"{partition_column} IN ({days})",
-            storage_options=self._options(),
             # Dictionary encoding costs ~40% of write time on high-cardinality columns (ids,
             # timestamps, amounts) and buys little there; snappy still compresses the rest.
             writer_properties=WriterProperties(
                 compression="SNAPPY", default_column_properties=ColumnProperties(dictionary_enabled=False)
             ),
         )
-        return self.version(table)
+        return handle.version()
 
     def replace_table(self, table: str, frame: pl.DataFrame) -> int:
         """Replace a whole (unpartitioned) table with `frame`, as a new version; return it.
@@ -94,14 +105,38 @@ class LakeResource(dg.ConfigurableResource):
         """
         from deltalake import write_deltalake
 
-        write_deltalake(
-            self.uri(table),
-            frame.to_arrow(compat_level=pl.CompatLevel.oldest()),
-            mode="overwrite",
-            schema_mode="overwrite",
-            storage_options=self._options(),
-        )
-        return self.version(table)
+        data = _arrow(frame)
+        handle = self._open_or_create(table, data.schema, partition_by=None)
+        # A predicate, though it matches every row: delta-rs 1.6 lets a plain overwrite of a table
+        # with no files yet commit over a concurrent writer's (both frames stay). With a predicate
+        # one of them gets CommitFailedError. It costs ~0.05 s per million rows.
+        write_deltalake(handle, data, mode="overwrite", schema_mode="overwrite", predicate="true")
+        return handle.version()
+
+    def _open_or_create(self, table: str, schema, partition_by: list[str] | None):
+        """A handle on `table`, created empty first if it doesn't exist yet.
+
+        Writing through the handle makes `handle.version()` this commit's version, not that of
+        whoever committed next. Creating first, as its own commit: two writers that both create
+        a table with their data in the same instant both succeed on delta-rs 1.6 (the second
+        retries as version 1 without removing the first one's files), so a partition could hold
+        both frames. Against an existing table the second gets CommitFailedError instead.
+        """
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.uri(table), storage_options=self._options())
+        except TableNotFoundError:
+            DeltaTable.create(
+                self.uri(table),
+                schema,
+                mode="ignore",
+                partition_by=partition_by,
+                storage_options=self._options(),
+            )
+            # Opened again: if another writer created it first, this sees its table.
+            return DeltaTable(self.uri(table), storage_options=self._options())
 
     def scan(self, table: str, version: int | None = None) -> pl.LazyFrame:
         return pl.scan_delta(self.uri(table), version=version, storage_options=self._options())
@@ -111,6 +146,11 @@ class LakeResource(dg.ConfigurableResource):
         if not self.exists(table):
             return pl.DataFrame()
         return self.scan(table).filter(pl.col(partition_column).is_in(partitions)).collect()
+
+
+def _arrow(frame: pl.DataFrame):
+    # Plain (not large/view) string arrays: delta-rs writes them ~1.5x faster.
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
 class LandingResource(dg.ConfigurableResource):
@@ -281,9 +321,9 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 
     return {
-        "lake": LakeResource(root=paths.lake_uri()),
+        "lake": LakeResource.from_env(),
         "landing": LandingResource(root=str(paths.landing_dir())),
-        "warehouse": WarehouseResource(path=str(paths.warehouse_path())),
+        "warehouse": WarehouseResource(path=paths.warehouse_uri()),
         "mlflow": MlflowResource(
             tracking_uri=paths.mlflow_tracking_uri(), artifact_location=paths.mlflow_artifact_root()
         ),
@@ -295,6 +335,8 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             profiles_dir=str(DBT_PROJECT_DIR),
             # The environment's own dbt, whether or not the venv is on PATH.
             dbt_executable=str(Path(sys.executable).parent / "dbt"),
+            # An output of dbt_project/profiles.yml: `local` DuckDB, or `prod` (deploy/).
+            target=paths.dbt_target(),
         ),
     }
 

@@ -6,6 +6,7 @@ point a process at any data root.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -31,12 +32,43 @@ def lake_uri() -> str:
     return os.environ.get("ML_ASSETS_LAKE_URI") or str(data_dir() / "lake")
 
 
+def lake_storage_options() -> dict[str, str]:
+    """delta-rs/polars storage options for the lake, from `ML_ASSETS_LAKE_STORAGE_OPTIONS` (a JSON
+    object of strings), e.g. {"AWS_ENDPOINT_URL": "http://minio:9000", "conditional_put": "etag"}.
+
+    Keep credentials out of it: delta-rs, polars, boto3 and MLflow all read the standard AWS_*
+    variables (or the pod's IAM role) themselves.
+    """
+    raw = os.environ.get("ML_ASSETS_LAKE_STORAGE_OPTIONS", "").strip()
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"ML_ASSETS_LAKE_STORAGE_OPTIONS is not valid JSON: {e}") from e
+    # delta-rs takes strings only ("true", not true): say so here rather than deep in Rust.
+    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+        raise ValueError('ML_ASSETS_LAKE_STORAGE_OPTIONS must be a JSON object of strings: {"key": "value"}')
+    return options
+
+
 def simulator_dir() -> Path:
     return _env_path("ML_ASSETS_SIMULATOR_DIR", data_dir() / "simulator")
 
 
 def warehouse_path() -> Path:
     return _env_path("ML_ASSETS_WAREHOUSE", data_dir() / "warehouse.duckdb")
+
+
+def warehouse_uri() -> str:
+    """The DuckDB database dbt builds into: a file, or a MotherDuck database ("md:name") in production."""
+    value = os.environ.get("ML_ASSETS_WAREHOUSE", "")
+    return value if value.startswith("md:") else str(warehouse_path())
+
+
+def dbt_target() -> str:
+    """The dbt target (an output in dbt_project/profiles.yml): `local` DuckDB, or `prod`."""
+    return os.environ.get("ML_ASSETS_DBT_TARGET") or "local"
 
 
 def mlflow_tracking_uri() -> str:

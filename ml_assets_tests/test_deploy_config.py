@@ -1,0 +1,155 @@
+"""deploy/ loads and validates: the Dagster instance against Dagster's own schema, the code location
+with the production environment. No cluster, database or server is contacted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from ml_assets.lib.paths import REPO_ROOT
+from ml_assets_tests.conftest import load_defs
+
+DEPLOY = REPO_ROOT / "deploy"
+
+
+def _env_file(name: str) -> dict[str, str]:
+    """KEY=VALUE lines, read the way `kubectl create configmap --from-env-file` reads them."""
+    pairs = {}
+    for line in (DEPLOY / name).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value
+    return pairs
+
+
+PRODUCTION = _env_file("production.env.example")
+SECRETS = _env_file("secrets.env.example")
+
+
+def _env_refs(node) -> set[str]:
+    """Every `{env: NAME}` in a parsed dagster.yaml."""
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            return {node["env"]}
+        return set().union(*(_env_refs(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_env_refs(v) for v in node))
+    return set()
+
+
+@pytest.fixture
+def production_env(data_dir, monkeypatch):
+    """The production environment (secrets with stand-in values) over a fresh data root."""
+    for key, value in {**PRODUCTION, **{k: f"stand-in-{k}" for k in SECRETS}}.items():
+        monkeypatch.setenv(key, value)
+    return data_dir
+
+
+def _instance_parts(tmp_path, config_dir=DEPLOY):
+    """dagster.yaml read the way DagsterInstance reads it: (ref, {part: (class, its config result)})."""
+    from dagster._config import process_config, resolve_to_config_type
+    from dagster._core.instance.ref import InstanceRef
+
+    # Validates the whole file against the instance schema, as DagsterInstance.get() does.
+    ref = InstanceRef.from_dir(str(tmp_path), config_dir=str(config_dir))
+    parts = {}
+    for part, data in {
+        "storage": ref.storage_data,
+        "run_launcher": ref.run_launcher_data,
+        "run_coordinator": ref.run_coordinator_data,
+        "compute_logs": ref.compute_logs_data,
+    }.items():
+        klass = getattr(importlib.import_module(data.module_name), data.class_name)
+        # What ConfigurableClassData.rehydrate does before it builds the class (which would
+        # connect to the database or the cluster): check the class's config, resolve env vars.
+        config = yaml.safe_load(data.config_yaml)
+        parts[part] = (klass, process_config(resolve_to_config_type(klass.config_type()), config))
+    return ref, parts
+
+
+def test_every_variable_deploy_reads_is_documented():
+    refs = _env_refs(yaml.safe_load((DEPLOY / "dagster.yaml").read_text()))
+    assert refs, "dagster.yaml takes its settings from the environment"
+    assert refs <= PRODUCTION.keys() | SECRETS.keys(), refs - PRODUCTION.keys() - SECRETS.keys()
+    assert not PRODUCTION.keys() & SECRETS.keys()
+    assert all(value == "" for value in SECRETS.values()), "secrets.env.example holds names only"
+
+
+def test_dagster_yaml_validates_and_names_the_production_classes(production_env, tmp_path):
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+    from dagster_k8s import K8sRunLauncher
+    from dagster_postgres import DagsterPostgresStorage
+
+    ref, parts = _instance_parts(tmp_path)
+    assert {part: klass for part, (klass, _) in parts.items()} == {
+        "storage": DagsterPostgresStorage,
+        "run_launcher": K8sRunLauncher,
+        "run_coordinator": QueuedRunCoordinator,
+        "compute_logs": S3ComputeLogManager,
+    }
+    failed = {part: [e.message for e in r.errors] for part, (_, r) in parts.items() if not r.success}
+    assert not failed
+    # Env references resolved to the values production sets (ints too).
+    config = {part: result.value for part, (_, result) in parts.items()}
+    db = config["storage"]["postgres_db"]
+    assert (db["hostname"], db["port"], db["password"]) == (
+        PRODUCTION["DAGSTER_PG_HOST"], int(PRODUCTION["DAGSTER_PG_PORT"]), "stand-in-DAGSTER_PG_PASSWORD",
+    )  # fmt: skip
+    assert config["run_launcher"]["job_namespace"] == PRODUCTION["DAGSTER_K8S_JOB_NAMESPACE"]
+    assert config["run_launcher"]["env_config_maps"] == [PRODUCTION["ML_ASSETS_ENV_CONFIG_MAP"]]
+    queue = int(PRODUCTION["DAGSTER_MAX_CONCURRENT_RUNS"])
+    assert config["run_coordinator"]["max_concurrent_runs"] == queue
+    assert config["compute_logs"]["bucket"] == PRODUCTION["DAGSTER_COMPUTE_LOG_BUCKET"]
+    assert ref.settings["run_monitoring"]["enabled"] and ref.settings["telemetry"] == {"enabled": False}
+
+
+def test_dagster_yaml_is_rejected_when_wrong(production_env, tmp_path, monkeypatch):
+    from dagster._core.errors import DagsterInvalidConfigError
+
+    monkeypatch.delenv("DAGSTER_PG_HOST")
+    _, parts = _instance_parts(tmp_path)
+    assert not parts["storage"][1].success
+    assert "DAGSTER_PG_HOST" in " ".join(e.message for e in parts["storage"][1].errors)
+
+    typo = tmp_path / "typo"
+    typo.mkdir()
+    text = (DEPLOY / "dagster.yaml").read_text()
+    (typo / "dagster.yaml").write_text(text.replace("run_launcher:", "run_lancher:"))
+    with pytest.raises(DagsterInvalidConfigError, match="run_lancher"):
+        _instance_parts(tmp_path, config_dir=typo)
+
+
+def test_the_code_location_takes_the_production_environment(production_env):
+    resources = load_defs().resources
+    lake, mlflow, dbt = resources["lake"], resources["mlflow"], resources["dbt"]
+    assert lake.root == "s3://ml-assets-prod/lake"
+    assert lake.storage_options == json.loads(PRODUCTION["ML_ASSETS_LAKE_STORAGE_OPTIONS"])
+    assert lake.storage_options["conditional_put"] == "etag"
+    assert lake.uri("bronze/transactions") == "s3://ml-assets-prod/lake/bronze/transactions"
+    assert mlflow.tracking_uri == "http://mlflow.ml-platform.svc.cluster.local:5000"
+    assert mlflow.artifact_location == "s3://ml-assets-prod/mlflow-artifacts"
+    assert dbt.target == "prod"
+    assert resources["warehouse"].path == "md:ml_assets"
+    assert resources["landing"].root == "/mnt/landing"
+    assert resources["alerts"].webhook_url == "stand-in-ML_ASSETS_ALERT_WEBHOOK"
+    assert not (production_env / "lake").exists() and not (production_env / "mlflow").exists()
+
+
+def test_dbt_parses_with_the_production_target(production_env, tmp_path):
+    """dbt renders the `prod` output of profiles.yml and parses the project with it (no connection)."""
+    dbt = load_defs().resources["dbt"]
+    out = subprocess.run(
+        [dbt.dbt_executable, "parse", "--project-dir", dbt.project_dir, "--profiles-dir", dbt.profiles_dir,
+         "--target", dbt.target, "--target-path", str(tmp_path / "target"), "--no-partial-parse"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    nodes = json.loads((tmp_path / "target" / "manifest.json").read_text())["nodes"].values()
+    # The models land in the MotherDuck database the prod output names (locally: "warehouse").
+    assert {n["database"] for n in nodes if n["resource_type"] == "model"} == {"ml_assets"}
