@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 UV := $(PYTHON) -m uv
 export ML_ASSETS_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(ML_ASSETS_DATA_DIR)/dagster_home
-# `dg` warns unless it runs inside the project's environment.
+# `dg` warns unless it runs inside the project's environment, and dagster-dbt finds dbt on PATH.
 export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
 
 .PHONY: help setup run dev test lint bench lock clean mlflow-ui
 

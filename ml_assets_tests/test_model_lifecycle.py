@@ -69,7 +69,7 @@ def test_first_model_is_registered_reported_and_promoted(small_world, state):
     tags = client.get_model_version(mlflow.registered_model_name, version).tags
     assert tags[registry.TAG_DAGSTER_RUN] == result.run_id
     assert tags[registry.TAG_CODE_VERSION] and tags[registry.TAG_VERDICT] == "passed"
-    assert int(tags[registry.TAG_TRAINING_SET_VERSION]) == LakeResource(root=paths.lake_uri()).version(
+    assert int(tags[registry.TAG_TRAINING_SET_VERSION]) == LakeResource.from_env().version(
         tables.TRAINING_SET
     )
     assert set(json.loads(tags[registry.TAG_BRONZE_VERSIONS])) == {"bronze_transactions", "bronze_labels"}
@@ -191,7 +191,7 @@ def test_retrain_command_reproduces_a_version(small_world, state):
 def test_training_snapshots_stay_readable_by_time_travel(small_world, state):
     mlflow = _mlflow(small_world[1])
     tags = mlflow.client().get_model_version(mlflow.registered_model_name, state["v1"]).tags
-    lake = LakeResource(root=paths.lake_uri())
+    lake = LakeResource.from_env()
     pinned = int(tags[registry.TAG_TRAINING_SET_VERSION])
     assert lake.version(tables.TRAINING_SET) > pinned  # later retrainings wrote newer snapshots
     old = lake.scan(tables.TRAINING_SET, version=pinned).collect()
