@@ -276,15 +276,19 @@ class MonitoringResource(dg.ConfigurableResource):
     psi_threshold: float = Field(
         default=0.2, description="PSI above which a feature (or the score) counts as drifted."
     )
-    window_days: int = Field(default=7, description="Days of scored traffic live performance looks at.")
+    window_days: int = Field(default=3, description="Days of scored traffic live performance looks at.")
     live_roc_auc_floor: float = Field(
         default=0.85, description="Champion live ROC-AUC below this asks for retraining."
     )
     min_live_positives: int = Field(
         default=20, description="Labelled frauds needed before live performance is trusted."
     )
-    retraining_cooldown_hours: float = Field(
-        default=24.0, description="At most one retraining request per this many hours."
+    retraining_cooldown_days: int = Field(
+        default=3, description="At least this many days of data between two retraining requests."
+    )
+    max_live_pr_auc_relative_drop: float = Field(
+        default=0.25,
+        description="Champion live PR-AUC this much below its holdout PR-AUC (relative) asks for retraining.",
     )
     canary_min_positives: int = Field(
         default=30, description="Labelled frauds the candidate must have scored before it is judged."
@@ -292,6 +296,24 @@ class MonitoringResource(dg.ConfigurableResource):
     canary_max_pr_auc_drop: float = Field(
         default=0.05, description="Candidate is rolled back if its live PR-AUC trails the champion's by more."
     )
+
+
+class ServingResource(dg.ConfigurableResource):
+    """How a validated model version reaches traffic. The promotion jobs write it to the registry
+    as tags, and the serving service follows them."""
+
+    strategy: str = Field(
+        default="canary",
+        description="single, blue_green, canary, shadow or ab. Under canary and shadow a validated "
+        "version first serves beside the champion and is promoted only if it holds up live.",
+    )
+    canary_share: float = Field(default=0.1, description="Share of transactions the canary scores.")
+    ab_share: float = Field(default=0.5, description="Share of cards on arm B (the challenger) under ab.")
+
+    def config(self):
+        from ml_assets.lib.serving_config import ServingConfig, Strategy
+
+        return ServingConfig(Strategy(self.strategy), self.canary_share, self.ab_share)
 
 
 class AlertsResource(dg.ConfigurableResource):
@@ -329,6 +351,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "quality_gates": QualityGatesResource(),
         "monitoring": MonitoringResource(),
+        "serving": ServingResource(strategy=os.environ.get("ML_ASSETS_SERVING_STRATEGY", "canary")),
         "alerts": AlertsResource(webhook_url=os.environ.get("ML_ASSETS_ALERT_WEBHOOK")),
         "dbt": DbtCliResource(
             project_dir=str(DBT_PROJECT_DIR),

@@ -48,3 +48,31 @@ def rollback(client, name: str, reason: str) -> Move:
     if current is not None:
         client.set_model_version_tag(name, current, "rolled_back_because", reason[:4900])
     return Move("rollback", previous, current, None)
+
+
+def start_candidate(client, name: str, version: str, alias: str) -> Move:
+    """Deploy `version` beside the champion under a strategy alias (canary or shadow)."""
+    client.set_registered_model_alias(name, alias, str(version))
+    champion = alias_version(client, name, CHAMPION)
+    return Move(f"start_{alias}", champion, None, alias_version(client, name, PREVIOUS_CHAMPION))
+
+
+def promote_candidate(client, name: str, alias: str) -> Move:
+    """The candidate held up on live traffic: it becomes the champion."""
+    candidate = alias_version(client, name, alias)
+    if candidate is None:
+        raise NothingToRollBack(f"no '{alias}' candidate to promote")
+    move = promote(client, name, candidate)
+    client.delete_registered_model_alias(name, alias)
+    return move
+
+
+def abort_candidate(client, name: str, alias: str, reason: str) -> Move:
+    """The candidate did not hold up: take it off traffic, and say why on the version."""
+    candidate = alias_version(client, name, alias)
+    if candidate is None:
+        raise NothingToRollBack(f"no '{alias}' candidate to roll back")
+    client.delete_registered_model_alias(name, alias)
+    client.set_model_version_tag(name, candidate, "rolled_back_because", reason[:4900])
+    champion = alias_version(client, name, CHAMPION)
+    return Move(f"abort_{alias}", champion, candidate, alias_version(client, name, PREVIOUS_CHAMPION))

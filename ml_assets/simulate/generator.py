@@ -48,7 +48,7 @@ HOUR_CURVE = np.array(
 )  # fmt: skip
 WEEKDAY_CURVE = np.array([0.95, 0.97, 1.0, 1.02, 1.12, 1.15, 0.79])
 PATTERN_SHARES = {"card_testing": 0.35, "account_takeover": 0.35, "compromised_merchant": 0.30}
-DRIFT_SHARE = 1.5  # the drift pattern adds this many times the base fraud rate
+DRIFT_SHARE = 3.0  # the drift pattern adds this many times the base fraud rate
 
 
 @dataclass(frozen=True)
@@ -298,7 +298,8 @@ def _atm_cashout(w: _World, day: date, n_target: int) -> pl.DataFrame:
     times = np.maximum.accumulate(times) + (np.arange(n) % 3) * rng.integers(60_000_000, 900_000_000, n)
     country = w.card_country[cards]
     merchants = _pick_merchant(w, 2, country)
-    amounts = rng.choice([200, 300, 400, 500], n).astype(float)
+    # Ordinary amounts for the card's ATM habit: only the hour, the channel and the burst give it away.
+    amounts = np.maximum(20, np.round(np.exp(w.card_spend[cards]) * 2 * rng.uniform(1.0, 2.5, n) / 20) * 20)
     p = rng.uniform(0.85, 0.97, n)
     return _frame(w, cards, times, merchants, amounts, country, np.full(n, ""),
                   np.full(n, 2), p, "atm_cashout")  # fmt: skip

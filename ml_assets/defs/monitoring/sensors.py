@@ -1,0 +1,160 @@
+"""The closed loop: retrain when the world drifts or live performance falls; promote a canary (or
+shadow) candidate that holds up on live outcomes, and take one off that does not.
+
+Both read the monitoring tables (Delta), decide on the newest monitored day, and keep that day in
+their cursor: a day is decided once, and a failed tick (the cursor is saved only on success) is
+decided again. Run keys carry the day or the version, so Dagster never runs a decision twice.
+"""
+
+import json
+from datetime import date, timedelta
+
+import dagster as dg
+import polars as pl
+
+from ml_assets.defs.resources import LakeResource, MlflowResource, MonitoringResource
+from ml_assets.lib import registry, tables
+
+CHAMPION_ARM = f"batch:{registry.CHAMPION}"
+
+
+def _latest(lake: LakeResource, table: str, column: str) -> tuple[date | None, pl.DataFrame]:
+    if not lake.exists(table):
+        return None, pl.DataFrame()
+    frame = lake.scan(table)
+    day = frame.select(pl.col(column).max()).collect().item()
+    return day, frame.filter(pl.col(column) == day).collect() if day else pl.DataFrame()
+
+
+def retraining_reasons(lake: LakeResource, mlflow: MlflowResource, monitoring: MonitoringResource):
+    """(newest monitored day, reasons to retrain on it)."""
+    drift_day, drift = _latest(lake, tables.DRIFT, "event_date")
+    perf_day, perf = _latest(lake, tables.LIVE_PERFORMANCE, "as_of_date")
+    reasons = []
+    if drift.height:
+        over = drift.filter(pl.col("psi") > monitoring.psi_threshold).sort("psi", descending=True)
+        reasons += [
+            f"{r['feature']} PSI {r['psi']:.3f} > {monitoring.psi_threshold} on {drift_day}"
+            for r in over.head(3).iter_rows(named=True)
+        ]
+    champion = perf.filter(pl.col("arm") == CHAMPION_ARM) if perf.height else perf
+    if champion.height and champion["positives"][0] >= monitoring.min_live_positives:
+        live = champion.row(0, named=True)
+        version = str(live["model_version"])
+        client = mlflow.client()
+        run_id = client.get_model_version(mlflow.registered_model_name, version).run_id
+        expected = client.get_run(run_id).data.metrics.get("holdout_pr_auc")
+        if live["roc_auc"] is not None and live["roc_auc"] < monitoring.live_roc_auc_floor:
+            reasons.append(
+                f"champion v{version} live ROC-AUC {live['roc_auc']:.3f} < {monitoring.live_roc_auc_floor}"
+            )
+        floor = expected * (1 - monitoring.max_live_pr_auc_relative_drop) if expected else None
+        if floor and live["pr_auc"] is not None and live["pr_auc"] < floor:
+            reasons.append(
+                f"champion v{version} live PR-AUC {live['pr_auc']:.3f} < {floor:.3f} "
+                f"({1 - monitoring.max_live_pr_auc_relative_drop:.0%} of its holdout {expected:.3f})"
+            )
+    days = [d for d in (drift_day, perf_day) if d]
+    return (max(days) if days else None), reasons
+
+
+@dg.sensor(
+    job_name="retraining_job",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests retraining when features or scores drift, or the champion's live "
+    "performance falls; at most once per cooldown, never while a candidate is being judged.",
+)
+def retraining_sensor(
+    context: dg.SensorEvaluationContext,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+    monitoring: MonitoringResource,
+) -> dg.SensorResult:
+    cursor = json.loads(context.cursor or "{}")
+    day, reasons = retraining_reasons(lake, mlflow, monitoring)
+    if day is None or not reasons:
+        return dg.SensorResult(skip_reason=f"no reason to retrain as of {day}", cursor=context.cursor)
+    client = mlflow.client()
+    candidate = [
+        a
+        for a in (registry.CANARY, registry.SHADOW)
+        if registry.alias_version(client, mlflow.registered_model_name, a)
+    ]
+    if candidate:
+        return dg.SensorResult(
+            skip_reason=f"a {candidate[0]} candidate is still being judged", cursor=context.cursor
+        )
+    last = cursor.get("last_request_day")
+    if last and day < date.fromisoformat(last) + timedelta(days=monitoring.retraining_cooldown_days):
+        return dg.SensorResult(
+            skip_reason=f"cooling down since {last} ({'; '.join(reasons)})", cursor=context.cursor
+        )
+    context.log.info(f"retraining as of {day}: {'; '.join(reasons)}")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=f"retrain-as-of-{day}", tags={"retrain_reason": "; ".join(reasons)[:1000]})
+        ],
+        cursor=json.dumps({"last_request_day": day.isoformat()}),
+    )
+
+
+def candidate_verdict(
+    perf: pl.DataFrame, alias: str, monitoring: MonitoringResource
+) -> tuple[str, str] | None:
+    """("promote_candidate" | "abort_candidate", why), or None while outcomes are too few."""
+    mine = perf.filter(pl.col("arm") == f"batch:{alias}")
+    champion = perf.filter(pl.col("arm") == CHAMPION_ARM)
+    if not mine.height or not champion.height or mine["positives"][0] < monitoring.canary_min_positives:
+        return None
+    c, m = champion.row(0, named=True), mine.row(0, named=True)
+    gap = c["pr_auc"] - m["pr_auc"]
+    summary = (
+        f"{alias} v{m['model_version']} live PR-AUC {m['pr_auc']:.3f} vs champion v{c['model_version']} "
+        f"{c['pr_auc']:.3f} over {m['positives']} labelled frauds"
+    )
+    if gap > monitoring.canary_max_pr_auc_drop:
+        return "abort_candidate", f"{summary}: trails by {gap:.3f} > {monitoring.canary_max_pr_auc_drop}"
+    return "promote_candidate", f"{summary}: holds up"
+
+
+@dg.sensor(
+    job_name="promotion_job",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Promotes a canary or shadow candidate once it has enough labelled outcomes and "
+    "holds up against the champion; rolls it back automatically if it does not.",
+)
+def canary_sensor(
+    context: dg.SensorEvaluationContext,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+    monitoring: MonitoringResource,
+) -> dg.SensorResult:
+    client = mlflow.client()
+    name = mlflow.registered_model_name
+    deployed = {a: registry.alias_version(client, name, a) for a in (registry.CANARY, registry.SHADOW)}
+    deployed = {a: v for a, v in deployed.items() if v}
+    if not deployed:
+        return dg.SensorResult(skip_reason="no canary or shadow candidate deployed", cursor=context.cursor)
+    alias, version = next(iter(deployed.items()))
+    day, perf = _latest(lake, tables.LIVE_PERFORMANCE, "as_of_date")
+    verdict = candidate_verdict(perf, alias, monitoring) if perf.height else None
+    if verdict is None:
+        return dg.SensorResult(
+            skip_reason=f"{alias} v{version}: not enough labelled outcomes yet (as of {day})",
+            cursor=context.cursor,
+        )
+    action, reason = verdict
+    context.log.info(f"{action}: {reason}")
+    config = {"action": action, "reason": reason, "actor": "canary_sensor"}
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"{action}-{name}-v{version}",
+                run_config={"ops": {"deployed_model": {"config": config}}},
+                tags={"model_version": version},
+            )
+        ],
+        cursor=str(day),
+    )
