@@ -132,3 +132,14 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+
+
+def service_and_server(registry: SharedRegistry, model_name: str, lake: str, **settings):
+    """A Service on the shared registry and `lake`, polling fast, and a Server for it (not started)."""
+    from ml_assets.serving.app import create_app
+    from ml_assets.serving.service import Service
+    from ml_assets.serving.settings import ServingSettings
+
+    options = {"poll_seconds": 0.2, "log_flush_seconds": 0.5, **settings}
+    service = Service(ServingSettings(registry.tracking_uri, lake, model_name=model_name, **options))
+    return service, Server(create_app(service))
