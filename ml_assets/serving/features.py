@@ -1,0 +1,311 @@
+"""Online features: for each transaction, the values dbt's `transaction_features` computes in batch.
+
+`transaction_features` is the pure function of one transaction, its card's past and its
+merchant's label counts; it follows dbt_project/models/features/transaction_features.sql term by
+term, and the skew test holds the two to the same values. The windows and the merchant prior come
+from the dbt project's vars, so the two can't drift apart by configuration either.
+
+`FeatureState` keeps what the features need between requests: each card's transactions over the
+lookback (loaded from bronze at startup, then every transaction the service scores) and the
+merchant risk per event day (from bronze labels and transactions, computed when a new day is
+first seen and again when new labels land in bronze).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime, timedelta
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+
+from ml_assets.lib import tables
+from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
+from ml_assets.lib.features import FEATURE_COLUMNS
+
+US = 1_000_000  # timestamps are integer microseconds since the epoch (UTC), as bronze stores them
+HOUR = 3600 * US
+DAY = 24 * HOUR
+EPOCH = date(1970, 1, 1)
+CHANNEL_CODES = {"pos": 0, "ecom": 1, "atm": 2}
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """The dbt vars the features depend on (dbt_project/dbt_project.yml)."""
+
+    card_lookback_days: int
+    merchant_label_window_days: int
+    label_join_horizon_days: int
+    merchant_prior_rate: float
+    merchant_prior_weight: float
+
+    @classmethod
+    def from_dbt_project(cls) -> FeatureParams:
+        import yaml
+
+        dbt_vars = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+        return cls(**{f.name: dbt_vars[f.name] for f in fields(cls)})
+
+
+class Tx(NamedTuple):
+    """A validated transaction, as the features need it."""
+
+    transaction_id: str
+    ts: int  # event time, microseconds since the epoch (UTC)
+    card_id: str
+    merchant_id: str
+    merchant_category: str
+    amount: float
+    country: str
+    channel: str
+    device_id: str | None
+
+
+class Past(NamedTuple):
+    """One earlier transaction of a card."""
+
+    ts: int
+    amount: float
+    device_id: str | None
+    country: str
+    channel: str
+    transaction_id: str
+
+
+def event_day(ts: int) -> date:
+    return EPOCH + timedelta(days=ts // DAY)
+
+
+def transaction_features(
+    tx: Tx, past: Iterable[Past], merchant: tuple[int, int], params: FeatureParams
+) -> dict[str, float | None]:
+    """The features of `tx`, as dbt computes them (None where dbt gives NULL).
+
+    `past`: its card's transactions in any order; only those strictly before `tx` (a transaction
+    at the same instant is not history) and within the lookback count. `merchant`: its merchant's
+    (labels, frauds) counting on tx's event day (see `merchant_risk`).
+    """
+    t = tx.ts
+    start = t - params.card_lookback_days * DAY
+    n = n_1h = n_24h = n_7d = device_seen = country_seen = channel_seen = 0
+    total = sum_1h = sum_24h = sum_7d = 0.0
+    last = None
+    for p in past:
+        if not start <= p.ts < t:
+            continue
+        n += 1
+        total += p.amount
+        last = p.ts if last is None or p.ts > last else last
+        if p.ts >= t - 7 * DAY:
+            n_7d += 1
+            sum_7d += p.amount
+            if p.ts >= t - DAY:
+                n_24h += 1
+                sum_24h += p.amount
+                if p.ts >= t - HOUR:
+                    n_1h += 1
+                    sum_1h += p.amount
+        # NULL never equals NULL in SQL: a missing device matches nothing.
+        device_seen += p.device_id is not None and p.device_id == tx.device_id
+        country_seen += p.country == tx.country
+        channel_seen += p.channel == tx.channel
+    avg = total / n if n else None
+    labels, frauds = merchant
+    weight = params.merchant_prior_weight
+    return {
+        "amount": tx.amount,
+        "channel_code": CHANNEL_CODES[tx.channel],
+        "merchant_category_code": int(tx.merchant_category),
+        "hour_of_day": (t // HOUR) % 24,
+        "day_of_week": (t // DAY + 3) % 7 + 1,  # ISO: Monday 1 .. Sunday 7; 1970-01-01 was a Thursday
+        "card_tx_count_1h": n_1h,
+        "card_amount_sum_1h": sum_1h,
+        "card_tx_count_24h": n_24h,
+        "card_amount_sum_24h": sum_24h,
+        "card_tx_count_7d": n_7d,
+        "card_amount_sum_7d": sum_7d,
+        "card_amount_avg_lookback": avg,
+        "amount_to_card_avg": tx.amount / avg if avg else None,
+        "seconds_since_card_last_tx": (t - last) / US if last is not None else None,
+        "is_new_card_device": int(device_seen == 0) if tx.device_id is not None else None,
+        "is_new_card_country": int(country_seen == 0),
+        "is_new_card_channel": int(channel_seen == 0),
+        "merchant_labels_window": labels,
+        "merchant_fraud_rate": (frauds + params.merchant_prior_rate * weight) / (labels + weight),
+    }
+
+
+def as_vector(features: dict[str, float | None]) -> list[float]:
+    """FEATURE_COLUMNS order, NaN for missing: the model's input row."""
+    return [math.nan if (v := features[c]) is None else float(v) for c in FEATURE_COLUMNS]
+
+
+def merchant_risk(
+    labels: pl.LazyFrame, transactions: pl.LazyFrame, day: date, params: FeatureParams
+) -> dict[str, tuple[int, int]]:
+    """Each merchant's (labels, frauds) counting on `day`, with dbt's semantics.
+
+    A label made on day L counts for days L+1 .. L+window, until a newer label of the same
+    transaction (made before `day`) replaces it; only labels of transactions from at most
+    window + horizon days before `day` are joined back to their merchant. `labels`: bronze labels
+    (transaction_id, labeled_at, label_date, is_fraud); `transactions`: bronze transactions
+    (transaction_id, merchant_id, event_date).
+    """
+    first = day - timedelta(days=params.merchant_label_window_days)
+    # A newer label is made on the same day or later, so labels made before `first` can neither
+    # count nor replace one that does: the latest label of each transaction within the window is
+    # the one that counts.
+    latest = labels.filter(pl.col("label_date").is_between(first, day - timedelta(days=1))).filter(
+        pl.col("labeled_at") == pl.col("labeled_at").max().over("transaction_id")
+    )
+    horizon = first - timedelta(days=params.label_join_horizon_days)
+    merchants = transactions.filter(pl.col("event_date") >= horizon).select("transaction_id", "merchant_id")
+    counts = (
+        latest.join(merchants, on="transaction_id")
+        .group_by("merchant_id")
+        .agg(pl.len().alias("labels"), pl.col("is_fraud").cast(pl.Int64).sum().alias("frauds"))
+        .collect()
+    )
+    return {m: (n, f) for m, n, f in counts.iter_rows()}
+
+
+def transactions_of(frame: pl.DataFrame) -> list[Tx]:
+    """Validated transactions (bronze columns and dtypes) as `Tx`."""
+    cols = frame.select(
+        "transaction_id", pl.col("event_time").dt.epoch("us"), "card_id", "merchant_id",
+        "merchant_category", "amount", "country", "channel", "device_id",
+    )  # fmt: skip
+    return [Tx(*row) for row in cols.iter_rows()]
+
+
+class FeatureState:
+    """Card history and merchant risk between requests, for one service process.
+
+    Not thread-safe for writers: the service scores on one thread (its event loop). `refresh`
+    may run on another thread; it only replaces the risk cache with a new dict.
+    """
+
+    RISK_DAYS_KEPT = 3  # event days whose merchant risk stays cached (late events of yesterday)
+
+    def __init__(self, params: FeatureParams, lake_uri: str | None = None):
+        self.params = params
+        self.lake_uri = lake_uri
+        self.cards: dict[str, list[Past]] = {}
+        self.history_until: date | None = None  # the last bronze day loaded
+        self._risk: dict[date, dict[str, tuple[int, int]]] = {}
+        self._labels_version: int | None = None
+
+    # -- bronze ------------------------------------------------------------------------------
+
+    def _table(self, feed: str) -> pl.LazyFrame | None:
+        from deltalake import DeltaTable
+
+        uri = f"{self.lake_uri.rstrip('/')}/{tables.BRONZE[feed]}" if self.lake_uri else None
+        if uri is None or not DeltaTable.is_deltatable(uri):
+            return None
+        return pl.scan_delta(uri)
+
+    def _labels_table_version(self) -> int | None:
+        from deltalake import DeltaTable
+
+        uri = f"{self.lake_uri.rstrip('/')}/{tables.BRONZE['labels']}" if self.lake_uri else None
+        return DeltaTable(uri).version() if uri and DeltaTable.is_deltatable(uri) else None
+
+    def load_history(self, until: date | None = None) -> int:
+        """Load each card's transactions of the lookback ending on `until` (default: bronze's last
+        day) from bronze; return how many."""
+        bronze = self._table("transactions")
+        if bronze is None:
+            return 0
+        until = until or bronze.select(pl.col("event_date").max()).collect().item()
+        if until is None:
+            return 0
+        first = until - timedelta(days=self.params.card_lookback_days + 1)
+        frame = (
+            bronze.filter(pl.col("event_date").is_between(first, until))
+            .select(
+                "card_id",
+                pl.col("event_time").dt.epoch("us"),
+                "amount",
+                "device_id",
+                "country",
+                "channel",
+                "transaction_id",
+            )  # fmt: skip
+            .sort("event_time")
+            .collect()
+        )
+        for card, *past in frame.iter_rows():
+            self.cards.setdefault(card, []).append(Past(*past))
+        self.history_until = until
+        return frame.height
+
+    # -- merchant risk -----------------------------------------------------------------------
+
+    def _compute_risk(self, day: date) -> dict[str, tuple[int, int]]:
+        labels, transactions = self._table("labels"), self._table("transactions")
+        if labels is None or transactions is None:
+            return {}
+        return merchant_risk(labels, transactions, day, self.params)
+
+    def risk(self, day: date) -> dict[str, tuple[int, int]]:
+        """Merchant risk on `day`: cached, or computed now (once per new day)."""
+        table = self._risk.get(day)
+        if table is None:
+            if self._labels_version is None:
+                self._labels_version = self._labels_table_version()
+            table = self._compute_risk(day)
+            kept = sorted(self._risk)[-(self.RISK_DAYS_KEPT - 1) :]
+            self._risk = {**{d: self._risk[d] for d in kept}, day: table}
+            self._forget_idle_cards(day)
+        return table
+
+    def refresh(self) -> bool:
+        """Recompute the cached days' merchant risk if bronze labels changed; True if they did."""
+        version = self._labels_table_version()
+        if version == self._labels_version:
+            return False
+        self._risk = {day: self._compute_risk(day) for day in list(self._risk)}
+        self._labels_version = version
+        return True
+
+    # -- card history ------------------------------------------------------------------------
+
+    def _horizon(self, day: date) -> int:
+        """The oldest instant a transaction of `day` or later can look back on (a day of slack for
+        late events)."""
+        return ((day - EPOCH).days - self.params.card_lookback_days - 1) * DAY
+
+    def _record(self, tx: Tx) -> None:
+        past = self.cards.setdefault(tx.card_id, [])
+        if any(p.transaction_id == tx.transaction_id for p in past):
+            return  # a retried transaction is history once
+        past.append(Past(tx.ts, tx.amount, tx.device_id, tx.country, tx.channel, tx.transaction_id))
+        horizon = self._horizon(event_day(tx.ts))
+        if past[0].ts < horizon:  # lists are (nearly) in time order: the first is the oldest
+            past[:] = [p for p in past if p.ts >= horizon]
+
+    def _forget_idle_cards(self, day: date) -> None:
+        # Event times come from requests: never past today's wall clock, so that one transaction
+        # dated far ahead can't wipe every card's history.
+        horizon = self._horizon(min(day, datetime.now(UTC).date()))
+        for card in [c for c, past in self.cards.items() if max(p.ts for p in past) < horizon]:
+            del self.cards[card]
+
+    def features(self, txs: list[Tx]) -> np.ndarray:
+        """Feature rows (FEATURE_COLUMNS, NaN for missing) of `txs`, which then become history.
+
+        In event-time order, so a batch is scored as if its transactions had come one by one.
+        """
+        out = np.empty((len(txs), len(FEATURE_COLUMNS)))
+        for i in sorted(range(len(txs)), key=lambda i: txs[i].ts):
+            tx = txs[i]
+            merchant = self.risk(event_day(tx.ts)).get(tx.merchant_id, (0, 0))
+            values = transaction_features(tx, self.cards.get(tx.card_id, ()), merchant, self.params)
+            out[i] = as_vector(values)
+            self._record(tx)
+        return out

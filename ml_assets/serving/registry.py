@@ -1,0 +1,150 @@
+"""What the service deploys: the registry's aliases and strategy tags, resolved to loaded models.
+
+The service never loads a model a request names: only versions the registered model's aliases
+point at. A `Deployment` is immutable; the poller builds the next one beside the current one
+(loading any new version first) and the service swaps one reference, so a request is scored
+entirely by one deployment and none waits for a load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ml_assets.lib.serving_config import CHAMPION, SPLIT_KEYS, ArmSpec, ServingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arm:
+    spec: ArmSpec
+    version: str
+    booster: Any  # lightgbm.Booster
+    share: float  # of the transactions it scores, after arms with a missing alias are dropped
+
+    @property
+    def role(self) -> str:
+        if not self.spec.returned:
+            return "shadow"  # scores its share, never returned
+        return "serving" if self.share > 0 else "standby"  # standby: loaded, for an instant switch
+
+    def describe(self) -> dict:
+        return {
+            "arm": self.spec.name,
+            "alias": self.spec.alias,
+            "version": self.version,
+            "traffic_share": round(self.share, 6),
+            "role": self.role,
+        }
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One consistent view of the registry: a strategy and its arms, each with a loaded model."""
+
+    model_name: str
+    config: ServingConfig
+    arms: tuple[Arm, ...]  # arms[0] is the champion's
+    problems: tuple[str, ...] = ()
+    resolved_at: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> tuple:
+        """What makes two deployments the same: config and which version each arm serves."""
+        return (self.config, tuple((a.spec, a.version, a.share) for a in self.arms))
+
+    @property
+    def serving_arms(self) -> list[Arm]:
+        return [a for a in self.arms if a.role == "serving"]
+
+    @property
+    def shadow_arms(self) -> list[Arm]:
+        return [a for a in self.arms if a.role == "shadow"]
+
+    @property
+    def split_key(self) -> str | None:
+        """The transaction field whose hash picks the serving arm (None: one arm serves all)."""
+        return SPLIT_KEYS.get(self.config.strategy) if len(self.serving_arms) > 1 else None
+
+    def route(self, split_values: list[str]) -> np.ndarray:
+        """Index into `serving_arms` for each transaction, by a stable hash of its split value."""
+        arms = self.serving_arms
+        if len(arms) == 1:
+            return np.zeros(len(split_values), dtype=np.intp)
+        bounds = np.cumsum([a.share for a in arms])[:-1]
+        return np.searchsorted(bounds, [unit_hash(v) for v in split_values], side="right")
+
+    def describe(self) -> dict:
+        return {
+            "model_name": self.model_name,
+            "strategy": self.config.strategy.value,
+            "config": self.config.to_tags(),
+            "split_by": self.split_key,
+            "arms": [a.describe() for a in self.arms],
+            "problems": list(self.problems),
+            "resolved_at": self.resolved_at,
+        }
+
+
+def unit_hash(value: str, salt: str = "ml_assets.serving") -> float:
+    """A stable, uniform number in [0, 1) for `value`: the same card lands on the same arm in every
+    process and after every restart (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b(value.encode(), digest_size=8, key=salt.encode()).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class Registry:
+    """Reads the registered model's aliases and tags, and loads the versions they name (once each)."""
+
+    def __init__(self, tracking_uri: str, model_name: str):
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._loaded: dict[str, Any] = {}  # version -> booster
+        self.loads = 0  # how many times a version was loaded (a switch to a warm one loads none)
+
+    def _booster(self, version: str):
+        if version not in self._loaded:
+            import mlflow
+
+            # models:/<name>/<version>, never the alias: the alias may move between read and load.
+            mlflow.set_tracking_uri(self.tracking_uri)
+            self._loaded[version] = mlflow.lightgbm.load_model(f"models:/{self.model_name}/{version}")
+            self.loads += 1
+            log.info("loaded %s version %s", self.model_name, version)
+        return self._loaded[version]
+
+    def resolve(self, current: Deployment | None = None) -> Deployment | None:
+        """The deployment the registry asks for now (None if there is no champion). Versions
+        already loaded are reused; others are loaded before this returns."""
+        model = self.client.get_registered_model(self.model_name)
+        aliases = {alias: str(v) for alias, v in (model.aliases or {}).items()}
+        config, problems = ServingConfig.from_tags(dict(model.tags or {}))
+        specs = config.arms()
+        if CHAMPION not in aliases:
+            return None
+        present = [s for s in specs if s.alias in aliases]
+        for s in specs:
+            if s.alias not in aliases:
+                problems.append(f"alias {s.alias!r} is not set: arm {s.name!r} is not deployed")
+        # A missing arm's share goes to the champion.
+        returned_share = sum(s.share for s in present[1:] if s.returned)
+        arms = []
+        for i, s in enumerate(present):
+            share = 1 - returned_share if i == 0 else s.share
+            arms.append(Arm(s, aliases[s.alias], self._booster(aliases[s.alias]), share))
+        deployment = Deployment(self.model_name, config, tuple(arms), tuple(problems))
+        if current is not None and deployment.key == current.key:
+            return current
+        # Free the models no arm uses any more.
+        used = {a.version for a in arms}
+        self._loaded = {v: b for v, b in self._loaded.items() if v in used}
+        return deployment

@@ -1,0 +1,161 @@
+"""Request bodies to validated transactions, by the landing contract's own rules.
+
+A request carries landing-contract fields as JSON: one transaction object, or
+`{"transactions": [...]}`. Values are the text the feed would carry (JSON strings; `amount` may
+also be a JSON number, `device_id` null). Each value is then judged by exactly the rules
+`ml_assets.lib.contract` declares for the feed, evaluated the same way ingestion evaluates them
+(raw text plus its parsed twin, empty = null, a missing required value reported once), so a
+transaction the service accepts is one ingestion would accept, with the same reasons otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import polars as pl
+
+from ml_assets.lib.contract import TRANSACTIONS, Column
+
+FIELDS = list(TRANSACTIONS.columns)
+NUMERIC_FIELDS = {"amount"}  # fields a JSON number may stand for (written as decimal text)
+MAX_PROBLEMS = 100  # listed in one error response; the count says how many there were
+
+
+@dataclass
+class RequestError(Exception):
+    """A request the service refuses: an HTTP status, a reason, and the rows and fields at fault."""
+
+    status: int
+    reason: str
+    problems: list[dict] = field(default_factory=list)  # {"row", "field", "reason"}
+
+    def body(self) -> dict:
+        return {
+            "error": self.reason,
+            "problem_count": len(self.problems),
+            "problems": self.problems[:MAX_PROBLEMS],
+        }
+
+
+def _problem(row: int | None, field_name: str | None, reason: str) -> dict:
+    return {"row": row, "field": field_name, "reason": reason}
+
+
+def _decimal_text(value: int | float) -> str:
+    """A JSON number as the decimal text a feed would carry (no exponent): 1e-05 -> 0.00001."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # "nan" / "inf": the contract rejects them as it would in a file
+    return format(Decimal(repr(value) if isinstance(value, float) else value), "f")
+
+
+def _text(value: object, name: str) -> str | None:
+    """The raw text of one field (None for null, missing or empty); ValueError if it can't be one."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value.encode("utf-8")  # a lone surrogate ("\ud800") is not text: UnicodeEncodeError
+        return value or None  # empty means null, as in the feed
+    if name in NUMERIC_FIELDS and isinstance(value, int | float) and not isinstance(value, bool):
+        return _decimal_text(value)
+    raise ValueError(f"{name} must be a string" + (" or a number" if name in NUMERIC_FIELDS else ""))
+
+
+def read_body(body: bytes, max_batch: int) -> list[list[str | None]]:
+    """The transactions of a request body, as raw text in FIELDS order.
+
+    Raises RequestError: 400 for a body that is not JSON, 413 for more than `max_batch`
+    transactions, 422 for the wrong shape or a value that is not text.
+    """
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise RequestError(400, f"body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise RequestError(422, 'body must be a JSON object: a transaction, or {"transactions": [...]}')
+    if "transactions" in doc:
+        items = doc["transactions"]
+        if not isinstance(items, list) or not items:
+            reason = "transactions must be a non-empty list of transactions"
+            raise RequestError(422, reason, [_problem(None, "transactions", reason)])
+        if len(items) > max_batch:
+            raise RequestError(413, f"at most {max_batch} transactions per request, got {len(items)}")
+    else:
+        items = [doc]
+    rows, problems = [], []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            problems.append(_problem(i, None, "a transaction must be a JSON object"))
+            continue
+        row = []
+        for name in FIELDS:
+            try:
+                row.append(_text(item.get(name), name))
+            except (ValueError, UnicodeEncodeError) as e:
+                reason = f"{name} must be valid UTF-8 text" if isinstance(e, UnicodeEncodeError) else str(e)
+                problems.append(_problem(i, name, reason))
+        rows.append(row)
+    if problems:
+        raise RequestError(422, "transactions have values of the wrong type", problems)
+    return rows
+
+
+def _rule_checks() -> list[tuple[str, str, pl.Expr]]:
+    """(field, reason, expression that is True where valid) for every contract rule and required field."""
+    checks = []
+    for name, col in TRANSACTIONS.columns.items():
+        col: Column
+        raw, parsed = pl.col(name), col.parse(pl.col(name))
+        if col.required:
+            checks.append((name, f"{name} is required", raw.is_not_null()))
+        for rule in col.rules:
+            # As ingestion: a rule skips nulls, so a missing value is reported once, as required.
+            checks.append((name, f"{name} {rule.name}", rule.test(raw, parsed).fill_null(True)))
+    return checks
+
+
+_CHECKS = _rule_checks()  # polars expressions are plain data: built once, evaluated per request
+_TYPED = [col.parse(pl.col(n)).alias(n) for n, col in TRANSACTIONS.columns.items()]
+_SCHEMA = {n: pl.String for n in FIELDS}
+_TYPED_SCHEMA = {n: c.dtype for n, c in TRANSACTIONS.columns.items()}
+
+
+def contract_problems(rows: list[list[str | None]]) -> tuple[pl.DataFrame, list[dict]]:
+    """Judge raw rows by the contract: (the rows typed as bronze stores them, every broken rule)."""
+    raw = pl.DataFrame(rows, schema=_SCHEMA, orient="row")
+    out = raw.select(*_TYPED, *(ok.alias(f"_ok{i}") for i, (_, _, ok) in enumerate(_CHECKS)))
+    problems = []
+    for i, (name, reason, _) in enumerate(_CHECKS):
+        ok = out[f"_ok{i}"]
+        if not ok.all():
+            problems += [_problem(r, name, reason) for r in ok.not_().arg_true().to_list()]
+    problems.sort(key=lambda p: (p["row"], FIELDS.index(p["field"])))
+    return out.select(FIELDS).cast(_TYPED_SCHEMA), problems
+
+
+def validate(body: bytes, max_batch: int) -> pl.DataFrame:
+    """A request body as typed transactions (FIELDS, bronze dtypes), or RequestError with every problem."""
+    rows = read_body(body, max_batch)
+    typed, problems = contract_problems(rows)
+    # Like the feed, a transaction_id is unique; in a batch, a repeat would be scored twice.
+    dup = typed.select(pl.col("transaction_id").is_duplicated().arg_true()).to_series().to_list()
+    problems += [_problem(r, "transaction_id", "transaction_id must be unique in the batch") for r in dup]
+    if problems:
+        raise RequestError(422, "transactions break the landing contract", problems)
+    return typed
+
+
+def request_body_schema(max_batch: int) -> dict:
+    """The OpenAPI schema of a request body, from the contract's columns (rules as descriptions)."""
+    props = {}
+    for name, col in TRANSACTIONS.columns.items():
+        types = ["string"] + (["number"] if name in NUMERIC_FIELDS else [])
+        types += [] if col.required else ["null"]
+        rules = "; ".join(r.name for r in col.rules)
+        props[name] = {"type": types if len(types) > 1 else types[0], "description": rules}
+    transaction = {"type": "object", "properties": props, "required": TRANSACTIONS.required}
+    items = {"type": "array", "items": transaction, "minItems": 1, "maxItems": max_batch}
+    batch = {"type": "object", "properties": {"transactions": items}, "required": ["transactions"]}
+    return {"anyOf": [transaction, batch]}
