@@ -101,11 +101,12 @@ def run_job(
             "dagster/asset_partition_range_start": days[0],
             "dagster/asset_partition_range_end": days[1],
         }
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     return definitions.resolve_job_def(job).execute_in_process(
         instance=instance or dg.DagsterInstance.ephemeral(),
         partition_key=partition,
         tags=tags,
-        run_config=run_config,
+        run_config=quiet | (run_config or {}),
         raise_on_error=False,
     )
 

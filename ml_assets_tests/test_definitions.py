@@ -70,6 +70,8 @@ EXPECTED_SENSORS = {
     "landing_sensor",
     "model_promotion_sensor",
     "run_failure_alert",
+    "retraining_sensor",
+    "canary_sensor",
     "default_automation_condition_sensor",
 }
 

@@ -8,6 +8,7 @@ rollback to v1, then v4 promoted through a registry outage.
 from __future__ import annotations
 
 import json
+import os
 
 import dagster as dg
 import polars as pl
@@ -51,6 +52,18 @@ def _promote(definitions, instance, tick) -> dg.ExecuteInProcessResult:
     result = run_job(definitions, "promotion_job", instance=instance, run_config=request.run_config)
     assert result.success
     return result
+
+
+@pytest.fixture(scope="module", autouse=True)
+def blue_green():
+    """This module promotes straight to champion (blue-green); canaries have their own test."""
+    saved = os.environ.get("ML_ASSETS_SERVING_STRATEGY")
+    os.environ["ML_ASSETS_SERVING_STRATEGY"] = "blue_green"
+    yield
+    if saved is None:
+        os.environ.pop("ML_ASSETS_SERVING_STRATEGY")
+    else:
+        os.environ["ML_ASSETS_SERVING_STRATEGY"] = saved
 
 
 @pytest.fixture(scope="module")

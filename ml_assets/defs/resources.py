@@ -276,7 +276,10 @@ class MonitoringResource(dg.ConfigurableResource):
     psi_threshold: float = Field(
         default=0.2, description="PSI above which a feature (or the score) counts as drifted."
     )
-    window_days: int = Field(default=3, description="Days of scored traffic live performance looks at.")
+    window_days: int = Field(
+        default=7,
+        description="Days of scored traffic live performance looks at (longer than the label delay).",
+    )
     live_roc_auc_floor: float = Field(
         default=0.85, description="Champion live ROC-AUC below this asks for retraining."
     )

@@ -11,14 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-DEFAULT_MODEL_NAME = "fraud_detector"
-
-# Registry aliases (DESIGN.md: the model registry contract). No MLflow stages.
-CHAMPION = "champion"  # serves production traffic
-PREVIOUS_CHAMPION = "previous_champion"  # the rollback target, kept warm under blue_green
-CHALLENGER = "challenger"  # the newest candidate; arm B of an A/B test
-CANARY = "canary"  # takes `serving.canary_share` of the traffic under the canary strategy
-SHADOW = "shadow"  # scores every request under the shadow strategy; never returned
+# The registry contract's names (DESIGN.md), shared with the training and promotion side.
+from ml_assets.lib.registry import CANARY, CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, SHADOW
+from ml_assets.lib.registry import MODEL_NAME as DEFAULT_MODEL_NAME  # noqa: F401  (re-exported)
 
 # Registered-model tags.
 STRATEGY_TAG = "serving.strategy"

@@ -4,7 +4,6 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import dagster as dg
-from ml_assets.lib.serving_config import Strategy
 from pydantic import Field
 
 from ml_assets.defs.metadata import markdown_table
@@ -20,6 +19,7 @@ from ml_assets.lib.deployment import (
     rollback,
     start_candidate,
 )
+from ml_assets.lib.serving_config import Strategy
 
 # Under these strategies a validated version first serves beside the champion, under this alias;
 # the canary sensor then promotes it or takes it off from its live results.
