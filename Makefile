@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(ML_ASSETS_DATA_DIR)/dagster_home
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup run dev test lint bench lock clean mlflow-ui
+.PHONY: help setup run dev test lint bench lock clean mlflow-ui rollback retrain
 
 help:
 	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
@@ -20,6 +20,9 @@ help:
 	@echo "make test   set up, lint, validate the definitions, run the tests"
 	@echo "make bench  the benchmarks in bench/ (minutes; big data)"
 	@echo "make lock   recompile requirements.lock from pyproject.toml"
+	@echo "make mlflow-ui                       the MLflow UI on http://127.0.0.1:5000"
+	@echo "make retrain VERSION=3               retrain a model version from its pinned snapshot"
+	@echo "make rollback REASON='why'           champion back to previous_champion"
 
 # The environment is rebuilt whenever the lock or the project changes.
 $(VENV)/.synced: requirements.lock pyproject.toml
@@ -57,6 +60,16 @@ test: lint
 
 bench: setup
 	$(PY) -m bench
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+		--backend-store-uri "$$($(PY) -c 'from ml_assets.lib import paths; print(paths.mlflow_tracking_uri())')"
+
+retrain: setup
+	$(PY) -m ml_assets.retrain $(VERSION)
+
+rollback: setup
+	$(PY) -m ml_assets.rollback --reason "$(or $(REASON),manual rollback from the command line)"
 
 lock:
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock

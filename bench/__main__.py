@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = {"import": "bench.import_time", "ingest": "bench.ingest", "make_run": "bench.make_run"}
+BENCHES = {
+    "import": "bench.import_time",
+    "ingest": "bench.ingest",
+    "features": "bench.features",
+    "training": "bench.training",
+    "make_run": "bench.make_run",
+}
 
 
 def main(names: list[str]) -> None:

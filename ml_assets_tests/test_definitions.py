@@ -64,8 +64,9 @@ EXPECTED_JOBS = {
     "promotion_job",
     "rollback_job",
     "monitoring_job",
+    "daily_job",
 }
-EXPECTED_SCHEDULES = {"ingestion_job_schedule", "retraining_job_schedule", "monitoring_job_schedule"}
+EXPECTED_SCHEDULES = {"daily_job_schedule", "retraining_job_schedule"}
 EXPECTED_SENSORS = {
     "landing_sensor",
     "model_promotion_sensor",

@@ -8,6 +8,3 @@ monitoring_job = dg.define_asset_job(
     partitions_def=daily_partitions,
     description="Score the day with the deployed models, measure drift and live performance.",
 )
-
-# After the night's ingestion (01:00) and features (automation), before the working day.
-monitoring_schedule = dg.build_schedule_from_partitioned_job(monitoring_job, hour_of_day=4)

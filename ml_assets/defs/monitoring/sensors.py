@@ -37,11 +37,15 @@ def retraining_reasons(lake: LakeResource, mlflow: MlflowResource, monitoring: M
             f"{r['feature']} PSI {r['psi']:.3f} > {monitoring.psi_threshold} on {drift_day}"
             for r in over.head(3).iter_rows(named=True)
         ]
-    champion = perf.filter(pl.col("arm") == CHAMPION_ARM) if perf.height else perf
+    client = mlflow.client()
+    version = registry.alias_version(client, mlflow.registered_model_name, registry.CHAMPION)
+    champion = (
+        perf.filter((pl.col("arm") == CHAMPION_ARM) & (pl.col("model_version") == version))
+        if perf.height
+        else perf
+    )
     if champion.height and champion["positives"][0] >= monitoring.min_live_positives:
         live = champion.row(0, named=True)
-        version = str(live["model_version"])
-        client = mlflow.client()
         run_id = client.get_model_version(mlflow.registered_model_name, version).run_id
         expected = client.get_run(run_id).data.metrics.get("holdout_pr_auc")
         if live["roc_auc"] is not None and live["roc_auc"] < monitoring.live_roc_auc_floor:
@@ -100,11 +104,14 @@ def retraining_sensor(
 
 
 def candidate_verdict(
-    perf: pl.DataFrame, alias: str, monitoring: MonitoringResource
+    perf: pl.DataFrame, alias: str, version: str, champion_version: str, monitoring: MonitoringResource
 ) -> tuple[str, str] | None:
-    """("promote_candidate" | "abort_candidate", why), or None while outcomes are too few."""
-    mine = perf.filter(pl.col("arm") == f"batch:{alias}")
-    champion = perf.filter(pl.col("arm") == CHAMPION_ARM)
+    """("promote_candidate" | "abort_candidate", why), or None while outcomes are too few.
+
+    Only the deployed versions' own rows count: the window may still hold an earlier candidate's.
+    """
+    mine = perf.filter((pl.col("arm") == f"batch:{alias}") & (pl.col("model_version") == version))
+    champion = perf.filter((pl.col("arm") == CHAMPION_ARM) & (pl.col("model_version") == champion_version))
     if not mine.height or not champion.height or mine["positives"][0] < monitoring.canary_min_positives:
         return None
     c, m = champion.row(0, named=True), mine.row(0, named=True)
@@ -139,7 +146,8 @@ def canary_sensor(
         return dg.SensorResult(skip_reason="no canary or shadow candidate deployed", cursor=context.cursor)
     alias, version = next(iter(deployed.items()))
     day, perf = _latest(lake, tables.LIVE_PERFORMANCE, "as_of_date")
-    verdict = candidate_verdict(perf, alias, monitoring) if perf.height else None
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    verdict = candidate_verdict(perf, alias, version, champion, monitoring) if perf.height else None
     if verdict is None:
         return dg.SensorResult(
             skip_reason=f"{alias} v{version}: not enough labelled outcomes yet (as of {day})",

@@ -1,0 +1,191 @@
+"""The baseline for `make run`: the same compute in one plain Python process, without Dagster.
+
+It calls the same library functions the assets call (ingestion, dbt, training set, Optuna +
+LightGBM, MLflow logging and registration, the validation report, promotion, scoring, drift and
+live performance) on the same data, in order, with no orchestration, no events and no checks.
+Run by bench/make_run.py in a fresh process against a fresh data root.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+
+def main() -> dict:
+    import mlflow
+    import polars as pl
+
+    from ml_assets.defs.resources import build_resources
+    from ml_assets.lib import deployment, gates, registry, tables, tracking
+    from ml_assets.lib.contract import FEEDS
+    from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
+    from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
+    from ml_assets.lib.ingest import QUARANTINE_SCHEMA, ingest_partition
+    from ml_assets.lib.monitoring import arm_performance, drift, feature_drift
+    from ml_assets.lib.plots import feature_importance_png
+    from ml_assets.lib.report import build_report
+    from ml_assets.lib.report_html import render_report
+    from ml_assets.lib.training import base_params, build_training_set, dataset, labels_as_of, matrix, tune
+
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        stages[name] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+
+    r = build_resources()
+    lake, landing, warehouse, tracking_store = r["lake"], r["landing"], r["warehouse"], r["mlflow"]
+    days = sorted(set(landing.partition_days("transactions")) | set(landing.partition_days("labels")))
+    for name, feed in FEEDS.items():
+        results = [
+            ingest_partition(feed, landing.partition_dir(name, d), date.fromisoformat(d)) for d in days
+        ]
+        part = [date.fromisoformat(d) for d in days]
+        lake.write_partitions(
+            tables.BRONZE[name],
+            pl.concat([x.bronze for x in results]),
+            partition_column=feed.partition_column,
+            partitions=part,
+            schema=feed.bronze_schema(),
+        )
+        q_schema = {**QUARANTINE_SCHEMA, feed.partition_column: pl.Date()}
+        lake.write_partitions(
+            tables.QUARANTINE[name],
+            pl.concat([x.quarantine for x in results]),
+            partition_column=feed.partition_column,
+            partitions=part,
+            schema=q_schema,
+        )
+    lap("ingestion")
+
+    dbt = str(Path(sys.executable).parent / "dbt")
+    subprocess.run(
+        [
+            dbt,
+            "build",
+            "--profiles-dir",
+            ".",
+            "--quiet",
+            "--vars",
+            json.dumps({"min_date": days[0], "max_date": days[-1]}),
+        ],
+        cwd=DBT_PROJECT_DIR,
+        check=True,
+        capture_output=True,
+    )
+    lap("features")
+
+    labels = lake.scan(tables.BRONZE["labels"]).collect()
+    cutoff = labels["label_date"].max()
+    features = warehouse.query(f"select * from transaction_features where event_date <= date '{cutoff}'")
+    frame, _ = build_training_set(features, labels, cutoff, 7, 5, 60)
+    snapshot = lake.replace_table(tables.TRAINING_SET, frame)
+    lap("training_set")
+
+    split = {s: frame.filter(pl.col("split") == s) for s in ("train", "validation", "holdout")}
+    train = dataset(matrix(split["train"]), split["train"][LABEL].to_numpy())
+    valid = dataset(matrix(split["validation"]), split["validation"][LABEL].to_numpy(), reference=train)
+    mlflow.set_tracking_uri(tracking_store.tracking_uri)
+    client = tracking_store.client()
+    mlflow.set_experiment(experiment_id=tracking_store.experiment_id())
+    name = tracking_store.registered_model_name
+    with mlflow.start_run() as run:
+
+        def log_trial(number, params, result):
+            with mlflow.start_run(run_name=f"trial-{number}", nested=True):
+                mlflow.log_params({k: v for k, v in params.items() if k != "metric"})
+
+        best, _ = tune(base_params(2, 7), train, valid, 6, 600, 40, 7, log_trial)
+        tracking.log_iteration_metrics(client, run.info.run_id, best.history)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / "feature_importance.png"
+            png.write_bytes(
+                feature_importance_png(FEATURE_COLUMNS, best.booster.feature_importance("gain").tolist())
+            )
+            mlflow.log_artifact(str(png))
+        uri = tracking.log_model(best.booster, frame)
+        tags = tracking.model_tags("bare", snapshot, {}, {}, best.params, best.best_iteration)
+        version = tracking.register(client, name, uri, run.info.run_id, tags)
+        client.set_registered_model_alias(name, registry.CHALLENGER, version)
+    lap("fraud_model")
+
+    holdout = split["holdout"]
+    x, y = matrix(holdout), holdout[LABEL].to_numpy()
+    booster = tracking_store.load_booster(version)
+    p = booster.predict(x)
+    report = build_report(holdout, y, p, None, FEATURE_COLUMNS, booster.feature_importance("gain").tolist())
+    verdict, reasons = gates.summary(gates.evaluate(report, gates.Thresholds()))
+    client.set_model_version_tag(name, version, registry.TAG_VERDICT, verdict)
+    html = render_report(name, [("Verdict", reasons)], report["images"], {"slices": report["slice_table"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "validation_report.html").write_text(html)
+        client.log_artifact(run.info.run_id, str(Path(tmp) / "validation_report.html"))
+    lap("model_validation_report")
+
+    deployment.promote(client, name, version)
+    lap("promotion")
+
+    all_days = [date.fromisoformat(d) for d in days]
+    scored = warehouse.query(
+        "select transaction_id, event_date, " + ", ".join(FEATURE_COLUMNS) + " from transaction_features"
+    )
+    scores = scored.select("transaction_id", "event_date").with_columns(
+        pl.lit("champion").alias("alias"),
+        pl.lit(version).alias("model_version"),
+        pl.Series("score", booster.predict(matrix(scored))),
+    )
+    lake.write_partitions(
+        tables.BATCH_PREDICTIONS,
+        scores,
+        partition_column="event_date",
+        partitions=all_days,
+        schema=dict(scores.schema),
+    )
+    recent = frame.filter(pl.col("split").is_in(["validation", "holdout"]))
+    reference = recent.select(FEATURE_COLUMNS).with_columns(
+        pl.Series("score", booster.predict(matrix(recent)))
+    )
+    drifts, perfs = [], []
+    for d in all_days:
+        today = scored.filter(pl.col("event_date") == d)
+        table = pl.concat(
+            [
+                feature_drift(reference, today),
+                drift(reference, scores.filter(pl.col("event_date") == d), ["score"]),
+            ]
+        )
+        drifts.append(
+            table.with_columns(pl.lit(d).alias("event_date"), pl.lit(version).alias("champion_version"))
+        )
+        window = scores.filter(pl.col("event_date").is_between(d - timedelta(days=6), d)).rename(
+            {"alias": "arm"}
+        )
+        perf = arm_performance(window, labels_as_of(labels, d).select("transaction_id", "is_fraud"))
+        perfs.append(perf.with_columns(pl.lit(d).alias("as_of_date")))
+    out = pl.concat(drifts)
+    lake.write_partitions(
+        tables.DRIFT, out, partition_column="event_date", partitions=all_days, schema=dict(out.schema)
+    )
+    out = pl.concat(perfs)
+    lake.write_partitions(
+        tables.LIVE_PERFORMANCE,
+        out,
+        partition_column="as_of_date",
+        partitions=all_days,
+        schema=dict(out.schema),
+    )
+    lap("monitoring")
+    return stages
+
+
+if __name__ == "__main__":
+    figures = main()
+    print(json.dumps({"stages": figures, "total_s": round(sum(figures.values()), 2)}))
