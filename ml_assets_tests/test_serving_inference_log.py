@@ -74,8 +74,8 @@ def _chunk(rows: int) -> Chunk:
     return Chunk(columns, np.zeros((rows, len(FEATURE_COLUMNS))))
 
 
-def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
-    log = InferenceLog(str(tmp_path / "log"), max_queued=2)  # the writer is not started: nothing drains
+def test_a_full_buffer_drops_and_counts_instead_of_blocking(tmp_path):
+    log = InferenceLog(str(tmp_path / "log"), max_rows=6)  # the writer is not started: nothing drains
     assert log.submit(_chunk(3)) and log.submit(_chunk(3))
     assert not log.submit(_chunk(4))
     assert log.stats()["rows_dropped"] == 4

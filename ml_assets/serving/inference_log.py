@@ -1,18 +1,18 @@
 """The inference log: every prediction, in a Delta table partitioned by the day it was scored.
 
-Requests hand their rows to a bounded queue and return; a background thread writes them to Delta
-in batches: on an interval, when enough rows wait, and on shutdown. When the queue is full the
-request's rows are dropped and counted (GET /health shows it) instead of slowing the request path.
+Requests hand their rows to a bounded buffer and return; a background thread writes them to Delta
+in batches: on an interval, when enough rows wait, and on shutdown. When the buffer is full (the
+lake is slow or down) a request's rows are dropped and counted (GET /health shows it) instead of
+slowing the request path.
 Monitoring reads this table (`tables.INFERENCE_LOG` under the lake).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import polars as pl
@@ -56,8 +56,9 @@ class Chunk:
 
 
 def to_frame(chunks: list[Chunk]) -> pl.DataFrame:
-    columns = {c: [v for ch in chunks for v in ch.columns[c]] for c in ROW_COLUMNS}
-    features = np.vstack([ch.features for ch in chunks])
+    # chain: the flattening runs in C; this thread holds the GIL the request path needs.
+    columns = {c: list(chain.from_iterable(ch.columns[c] for ch in chunks)) for c in ROW_COLUMNS}
+    features = np.concatenate([ch.features for ch in chunks])
     frame = pl.DataFrame(
         {**columns, **{c: features[:, j] for j, c in enumerate(FEATURE_COLUMNS)}},
         schema_overrides={"event_time": pl.Int64, "scored_at": pl.Int64},
@@ -73,17 +74,26 @@ def to_frame(chunks: list[Chunk]) -> pl.DataFrame:
 
 
 class InferenceLog:
-    """A bounded queue of Chunks and the thread that appends them to the Delta table at `uri`."""
+    """A bounded buffer of Chunks and the thread that appends them to the Delta table at `uri`.
 
-    _STOP = object()
+    A request only appends to the buffer under a lock: the writer is not woken per request (that
+    costs a thread switch each time), only when a batch is full, on flush and on close.
+    """
 
-    def __init__(self, uri: str, flush_seconds: float = 5.0, max_queued: int = 1000, batch_rows: int = 50000):
+    def __init__(
+        self, uri: str, flush_seconds: float = 5.0, max_rows: int = 200_000, batch_rows: int = 50_000
+    ):
         self.uri = uri
         self.flush_seconds = flush_seconds
+        self.max_rows = max_rows  # waiting to be written (queued, or failed and to be retried)
         self.batch_rows = batch_rows
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)  # in requests (<= max batch rows each)
+        self._lock = threading.Lock()
+        self._chunks: list[Chunk] = []
+        self._rows = 0
+        self._waiters: list[threading.Event] = []  # flush() calls waiting for the next write
+        self._wake = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
-        self._pending_rows = 0
         self.rows_written = 0
         self.rows_dropped = 0
         self.writes = 0
@@ -93,30 +103,37 @@ class InferenceLog:
         self._thread.start()
 
     def submit(self, chunk: Chunk) -> bool:
-        """Queue one request's rows without waiting; False (and counted) if the queue is full."""
-        try:
-            self._queue.put_nowait(chunk)
-            return True
-        except queue.Full:
-            self.rows_dropped += chunk.rows
-            return False
+        """Buffer one request's rows without waiting; False (and counted) if the buffer is full."""
+        with self._lock:
+            if self._rows + chunk.rows > self.max_rows:
+                self.rows_dropped += chunk.rows
+                return False
+            self._chunks.append(chunk)
+            self._rows += chunk.rows
+            full = self._rows >= self.batch_rows
+        if full:
+            self._wake.set()
+        return True
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Write everything queued so far, and wait until it is written."""
+        """Write everything buffered so far, and wait until the writer has tried."""
         done = threading.Event()
-        self._queue.put(done, timeout=timeout)
+        with self._lock:
+            self._waiters.append(done)
+        self._wake.set()
         done.wait(timeout)
 
     def close(self, timeout: float = 60.0) -> None:
-        """Write everything queued, then stop the writer."""
+        """Write everything buffered, then stop the writer."""
+        self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
-            self._queue.put(self._STOP, timeout=timeout)
             self._thread.join(timeout)
 
     def stats(self) -> dict:
         return {
             "table": self.uri,
-            "queued_requests": self._queue.qsize(),
+            "buffered_rows": self._rows,
             "rows_written": self.rows_written,
             "rows_dropped": self.rows_dropped,
             "writes": self.writes,
@@ -124,33 +141,34 @@ class InferenceLog:
         }
 
     def _run(self) -> None:
-        pending: list[Chunk] = []
-        deadline = time.monotonic() + self.flush_seconds
         while True:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                item = None
-            if isinstance(item, Chunk):
-                pending.append(item)
-                self._pending_rows += item.rows
-            flush_now = item is self._STOP or isinstance(item, threading.Event)
-            if flush_now or time.monotonic() >= deadline or self._pending_rows >= self.batch_rows:
-                pending = self._write(pending)
-                deadline = time.monotonic() + self.flush_seconds
-            if isinstance(item, threading.Event):
-                item.set()
-            elif item is self._STOP:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            with self._lock:
+                chunks, self._chunks = self._chunks, []
+                waiters, self._waiters = self._waiters, []
+            written = self._write(chunks)
+            with self._lock:
+                if not written:
+                    self._chunks = chunks + self._chunks  # retried first, next time
+                else:
+                    self._rows -= sum(c.rows for c in chunks)
+            for waiter in waiters:
+                waiter.set()
+            if stopping:
                 return
+            if not written:
+                self._stop.wait(self.flush_seconds)  # a storage fault: don't retry in a tight loop
 
-    def _write(self, pending: list[Chunk]) -> list[Chunk]:
-        """Append `pending` in one commit; return what is left to retry (nothing, unless it failed)."""
-        if not pending:
-            return []
+    def _write(self, chunks: list[Chunk]) -> bool:
+        """Append `chunks` in one commit; False if that failed (they are kept for the next try)."""
+        if not chunks:
+            return True
         from deltalake import write_deltalake
 
         try:
-            frame = to_frame(pending)
+            frame = to_frame(chunks)
             if dict(frame.schema) != SCHEMA:  # delta-rs casts some mismatches silently
                 raise ValueError(f"inference log schema {dict(frame.schema)} != {SCHEMA}")
             write_deltalake(
@@ -159,15 +177,10 @@ class InferenceLog:
                 mode="append",
                 partition_by=[PARTITION_COLUMN],
             )
-        except Exception as e:  # storage faults must not kill the writer: retry next time, bounded
+        except Exception as e:  # storage faults must not kill the writer: keep the rows, retry later
             self.last_error = f"{type(e).__name__}: {e}"
-            log.exception("inference log write failed (%s rows pending)", self._pending_rows)
-            while pending and self._pending_rows > 10 * self.batch_rows:
-                dropped = pending.pop(0).rows
-                self.rows_dropped += dropped
-                self._pending_rows -= dropped
-            return pending
+            log.exception("inference log write failed (%s rows buffered)", self._rows)
+            return False
         self.rows_written += frame.height
         self.writes += 1
-        self._pending_rows = 0
-        return []
+        return True

@@ -8,6 +8,7 @@ when bronze labels change; the writer thread of the inference log writes what pr
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -15,10 +16,9 @@ import uuid
 from datetime import UTC, datetime
 
 import numpy as np
-import polars as pl
 
 from ml_assets.lib import tables
-from ml_assets.serving.features import FeatureParams, FeatureState, transactions_of
+from ml_assets.serving.features import FeatureParams, FeatureState, Tx
 from ml_assets.serving.inference_log import Chunk, InferenceLog
 from ml_assets.serving.registry import Deployment, Registry
 from ml_assets.serving.settings import ServingSettings
@@ -35,7 +35,7 @@ class Service:
         self.inference_log = InferenceLog(
             f"{settings.lake_uri.rstrip('/')}/{tables.INFERENCE_LOG}",
             flush_seconds=settings.log_flush_seconds,
-            max_queued=settings.log_queue,
+            max_rows=settings.log_max_rows,
         )
         self.deployment: Deployment | None = None
         self.last_poll: dict = {"at": None, "error": None}
@@ -50,6 +50,9 @@ class Service:
         self.poll()
         loaded = self.features.load_history(self.settings.history_until)
         log.info("card history: %s transactions up to %s", loaded, self.features.history_until)
+        # What startup loaded (modules, models, card history) lives as long as the process: keep
+        # the garbage collector from walking it again and again (long pauses = slow requests).
+        gc.freeze()
         self.inference_log.start()
         self._poller.start()
 
@@ -83,12 +86,11 @@ class Service:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def predict(self, transactions: pl.DataFrame) -> dict:
-        """Score validated transactions (validation.validate's frame) with the current deployment."""
+    def predict(self, txs: list[Tx]) -> dict:
+        """Score validated transactions with the current deployment."""
         deployment = self.deployment  # read once: the whole request uses one deployment
         if deployment is None:
             raise RequestError(503, f"no model to serve: {self.settings.model_name!r} has no champion yet")
-        txs = transactions_of(transactions)
         features = self.features.features(txs)
         n = len(txs)
         split = deployment.split_key
