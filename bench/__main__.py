@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = {"import": "bench.import_time", "ingest": "bench.ingest", "make_run": "bench.make_run"}
+BENCHES = {
+    "import": "bench.import_time",
+    "ingest": "bench.ingest",
+    "make_run": "bench.make_run",
+    "serving": "bench.serving",
+}
 
 
 def main(names: list[str]) -> None:
