@@ -73,8 +73,10 @@ class Service:
                 self.deployment = deployment  # one reference: a request sees the old or the new
             self.last_poll = {"at": time.time(), "error": None}
         except Exception as e:  # a registry fault must not stop serving what is loaded
-            log.warning("registry poll failed: %s", e)
-            self.last_poll = {"at": time.time(), "error": f"{type(e).__name__}: {e}"}
+            error = f"{type(e).__name__}: {e}"
+            if error != self.last_poll["error"]:  # once, not every poll
+                log.warning("registry poll failed: %s", error)
+            self.last_poll = {"at": time.time(), "error": error}
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
