@@ -32,13 +32,14 @@ GOAL_P99_MS = 10.0
 
 
 def _world(root: Path):
-    """Simulate DAYS days; bronze holds all but the last; return the last day's valid transactions
-    (bronze-typed, in event order) and their features as the service computes them."""
+    """Simulate DAYS days; bronze holds all but the last (transactions and labels); return the last
+    day's valid transactions (bronze-typed, in event order) and their features as the service
+    computes them."""
     import polars as pl
 
     from ml_assets.defs.resources import LakeResource
     from ml_assets.lib import tables
-    from ml_assets.lib.contract import TRANSACTIONS
+    from ml_assets.lib.contract import LABELS, TRANSACTIONS
     from ml_assets.lib.ingest import ingest_partition
     from ml_assets.serving.features import FeatureParams, FeatureState, transactions_of
 
@@ -52,7 +53,7 @@ def _world(root: Path):
     lake = LakeResource(root=str(root / "lake"))
     days = [first + timedelta(days=i) for i in range(DAYS)]
     for day in days[:-1]:
-        for feed in (TRANSACTIONS,):
+        for feed in (TRANSACTIONS, LABELS):
             result = ingest_partition(feed, root / "landing" / feed.name / f"date={day}", day)
             lake.write_partitions(
                 tables.BRONZE[feed.name], result.bronze, partition_column=feed.partition_column,

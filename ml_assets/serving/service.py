@@ -40,6 +40,7 @@ class Service:
         self.deployment: Deployment | None = None
         self.last_poll: dict = {"at": None, "error": None}
         self._stop = threading.Event()
+        self._poll_lock = threading.Lock()
         self._poller = threading.Thread(target=self._poll_loop, name="registry-poller", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -64,6 +65,10 @@ class Service:
 
     def poll(self) -> None:
         """Read the registry once and swap in what it asks for (loading new versions first)."""
+        with self._poll_lock:  # the poller thread, and anyone who asks for a poll now
+            self._poll()
+
+    def _poll(self) -> None:
         try:
             deployment = self.registry.resolve(self.deployment)
             if deployment is None and self.deployment is not None:

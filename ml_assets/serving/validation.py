@@ -4,8 +4,9 @@ A request carries landing-contract fields as JSON: one transaction object, or
 `{"transactions": [...]}`. Values are the text the feed would carry (JSON strings; `amount` may
 also be a JSON number, `device_id` null). Each value is then judged by exactly the rules
 `ml_assets.lib.contract` declares for the feed, evaluated the same way ingestion evaluates them
-(raw text plus its parsed twin, empty = null, a missing required value reported once), so a
-transaction the service accepts is one ingestion would accept, with the same reasons otherwise.
+(raw text plus its parsed twin, empty = null, a null verdict counts as valid), so a transaction
+the service accepts is one ingestion would accept, and one it refuses gets ingestion's reasons.
+Canonical transactions take `fast_path`, which can only accept; everything else is judged here.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def _rule_checks() -> list[tuple[str, str, pl.Expr]]:
         if col.required:
             checks.append((name, f"{name} is required", raw.is_not_null()))
         for rule in col.rules:
-            # As ingestion: a rule skips nulls, so a missing value is reported once, as required.
+            # As ingestion: a null verdict counts as valid. A missing value is reported as required,
+            # and by a rule that tests its parsed value (is_not_null), as ingestion reports it.
             checks.append((name, f"{name} {rule.name}", rule.test(raw, parsed).fill_null(True)))
     return checks
 
