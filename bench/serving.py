@@ -35,13 +35,13 @@ def _world(root: Path):
     """Simulate DAYS days; bronze holds all but the last (transactions and labels); return the last
     day's valid transactions (bronze-typed, in event order) and their features as the service
     computes them."""
-    import polars as pl
 
     from ml_assets.defs.resources import LakeResource
     from ml_assets.lib import tables
     from ml_assets.lib.contract import LABELS, TRANSACTIONS
     from ml_assets.lib.ingest import ingest_partition
     from ml_assets.serving.features import FeatureParams, FeatureState, transactions_of
+    from ml_assets_tests.serving_support import request_rows
 
     env = {**os.environ, "ML_ASSETS_DATA_DIR": str(root)}
     first = date(2026, 1, 1)
@@ -64,8 +64,7 @@ def _world(root: Path):
     state = FeatureState(FeatureParams.from_dbt_project(), str(root / "lake"))
     state.load_history()
     features = state.features(transactions_of(frame))
-    rows = frame.with_columns(pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")).to_dicts()
-    return rows, features
+    return request_rows(frame), features
 
 
 def _model(root: Path):

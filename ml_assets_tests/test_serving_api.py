@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ml_assets.lib.contract import ID_PATTERN
+from ml_assets.lib.serving_config import STRATEGY_TAG
 from ml_assets_tests.serving_support import service_and_server, shared_registry
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -19,7 +20,7 @@ FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     registry = shared_registry()
-    name = registry.register(aliases={"champion": 1, "canary": 2}, tags={"serving.strategy": "canary"})
+    name = registry.register(aliases={"champion": 1, "canary": 2}, tags={STRATEGY_TAG: "canary"})
     lake = str(tmp_path_factory.mktemp("lake"))
     _, server = service_and_server(registry, name, lake, max_batch=20)
     with server:
