@@ -71,7 +71,7 @@ def _chunk(rows: int) -> Chunk:
         "model_name": ["x"] * rows, "model_version": ["1"] * rows, "score": [0.5] * rows,
         "returned": [True] * rows,
     }  # fmt: skip
-    return Chunk(columns, np.zeros((rows, len(FEATURE_COLUMNS))))
+    return Chunk.of(columns, np.zeros((rows, len(FEATURE_COLUMNS))))
 
 
 def test_a_full_buffer_drops_and_counts_instead_of_blocking(tmp_path):

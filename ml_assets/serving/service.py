@@ -157,7 +157,7 @@ class Service:
             "strategy": [deployment.config.strategy.value] * rows_logged,
             "model_name": [deployment.model_name] * rows_logged,
         }
-        self.inference_log.submit(Chunk(columns, np.vstack([features[rows] for _, rows, _ in parts])))
+        self.inference_log.submit(Chunk.of(columns, np.vstack([features[rows] for _, rows, _ in parts])))
 
     # -- reports -----------------------------------------------------------------------------
 
