@@ -96,6 +96,7 @@ class InferenceLog:
         self.batch_rows = batch_rows
         self._lock = threading.Lock()
         self._buffer = Chunk()
+        self._writing = 0  # rows of the batch being written (they count against max_rows too)
         self._waiters: list[threading.Event] = []  # flush() calls waiting for the next write
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -111,7 +112,7 @@ class InferenceLog:
     def submit(self, chunk: Chunk) -> bool:
         """Buffer one request's rows without waiting; False (and counted) if the buffer is full."""
         with self._lock:
-            if self._buffer.rows + chunk.rows > self.max_rows:
+            if self._buffer.rows + self._writing + chunk.rows > self.max_rows:
                 self.rows_dropped += chunk.rows
                 return False
             self._buffer.extend(chunk)
@@ -138,7 +139,7 @@ class InferenceLog:
     def stats(self) -> dict:
         return {
             "table": self.uri,
-            "buffered_rows": self._buffer.rows,
+            "buffered_rows": self._buffer.rows + self._writing,
             "rows_written": self.rows_written,
             "rows_dropped": self.rows_dropped,
             "writes": self.writes,
@@ -153,11 +154,13 @@ class InferenceLog:
             with self._lock:
                 batch, self._buffer = self._buffer, Chunk()
                 waiters, self._waiters = self._waiters, []
+                self._writing = batch.rows
             written = self._write(batch)
-            if not written:
-                with self._lock:  # keep the rows, ahead of what came meanwhile
+            with self._lock:
+                if not written:  # keep the rows, ahead of what came meanwhile
                     batch.extend(self._buffer)
                     self._buffer = batch
+                self._writing = 0
             for waiter in waiters:
                 waiter.set()
             if stopping:
