@@ -12,11 +12,12 @@ export DAGSTER_HOME ?= $(ML_ASSETS_DATA_DIR)/dagster_home
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup run dev test lint bench lock clean mlflow-ui rollback retrain
+.PHONY: help setup run dev serve test lint bench lock clean mlflow-ui rollback retrain
 
 help:
 	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
 	@echo "make dev    the Dagster UI on http://127.0.0.1:3000"
+	@echo "make serve  the scoring service on http://127.0.0.1:8000 (the registry's champion)"
 	@echo "make test   set up, lint, validate the definitions, run the tests"
 	@echo "make bench  the benchmarks in bench/ (minutes; big data)"
 	@echo "make lock   recompile requirements.lock from pyproject.toml"
@@ -49,6 +50,10 @@ run: setup
 
 dev: setup
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+
+# Serves models:/$${ML_ASSETS_MODEL_NAME:-fraud_detector}@champion from the data root's registry.
+serve: setup
+	$(PY) -m ml_assets.serving --host 127.0.0.1 --port 8000
 
 lint: setup
 	$(VENV)/bin/ruff check ml_assets ml_assets_tests bench

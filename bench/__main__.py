@@ -10,6 +10,7 @@ BENCHES = {
     "ingest": "bench.ingest",
     "features": "bench.features",
     "training": "bench.training",
+    "serving": "bench.serving",
     "make_run": "bench.make_run",
 }
 

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from ml_assets.lib.features import FEATURE_COLUMNS
 
 _names = itertools.count()
@@ -132,6 +134,15 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+
+
+def request_rows(bronze: pl.DataFrame) -> list[dict]:
+    """Bronze transactions back as request JSON: the feed's fields, the event time as ISO-8601
+    text, amounts as JSON numbers (replays, benchmarks)."""
+    from ml_assets.lib.contract import TRANSACTIONS
+
+    iso = pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")
+    return bronze.select(list(TRANSACTIONS.columns)).with_columns(iso).to_dicts()
 
 
 def service_and_server(registry: SharedRegistry, model_name: str, lake: str, **settings):

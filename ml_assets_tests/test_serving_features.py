@@ -119,16 +119,6 @@ FIRST_DAY = date(2026, 1, 1)
 LAST_DAY = FIRST_DAY + timedelta(days=DAYS - 1)
 
 
-def _request_rows(bronze_day: pl.DataFrame) -> list[dict]:
-    """Bronze rows back as request JSON: text as the feed carries it, amounts as JSON numbers."""
-    return bronze_day.select(
-        "transaction_id",
-        pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ"),
-        "card_id", "merchant_id", "merchant_category", "amount", "currency", "country", "channel",
-        "device_id",
-    ).to_dicts()  # fmt: skip
-
-
 def _warehouse_features(day: date, out) -> pl.DataFrame:
     """dbt's transaction_features of `day`, read from the warehouse opened read-only.
 
@@ -154,7 +144,7 @@ def test_service_features_equal_dbt_features_on_a_simulated_world(data_dir, tmp_
     from ml_assets.serving.service import Service
     from ml_assets.serving.settings import ServingSettings
     from ml_assets_tests.conftest import load_defs, run_job
-    from ml_assets_tests.serving_support import shared_registry
+    from ml_assets_tests.serving_support import request_rows, shared_registry
 
     subprocess.run(
         [sys.executable, "-m", "ml_assets.simulate", "--start", str(FIRST_DAY), "--days", str(DAYS),
@@ -175,7 +165,7 @@ def test_service_features_equal_dbt_features_on_a_simulated_world(data_dir, tmp_
     )
     bronze = pl.scan_delta(f"{paths.lake_uri()}/{tables.BRONZE['transactions']}")
     replay = bronze.filter(pl.col("event_date") == LAST_DAY).sort("event_time").collect()
-    rows = _request_rows(replay)
+    rows = request_rows(replay)
     service = Service(settings)
     with TestClient(create_app(service)) as client:
         for start in range(0, len(rows), 100):  # in event-time order, in batches

@@ -19,22 +19,23 @@ def test_every_prediction_lands_in_the_delta_table_with_its_features(data_dir):
 
     registry = shared_registry()
     name = registry.register(aliases={"champion": 2})
-    service, server = service_and_server(registry, name, paths.lake_uri())
+    service, server = service_and_server(registry, name, paths.lake_uri(), log_flush_seconds=3600)
     responses = []
     with server, httpx.Client(base_url=server.url) as client:
         for i in range(30):
             responses.append(client.post("/predict", json=tx(i, amount=f"{10 + i}.25")).json())
         responses.append(client.post("/predict", json={"transactions": [tx(100), tx(101)]}).json())
+        # Nothing was written on the request path; then all of it in one commit.
+        assert client.get("/health").json()["inference_log"]["rows_written"] == 0
         service.inference_log.flush()
         assert client.get("/health").json()["inference_log"]["rows_written"] == 32
+        assert service.inference_log.writes == 1
 
     uri = f"{paths.lake_uri()}/{tables.INFERENCE_LOG}"
     assert DeltaTable(uri).metadata().partition_columns == ["scored_date"]
     log = pl.read_delta(uri)
     assert dict(log.schema) == SCHEMA
     assert log.height == 32
-    # Written in batches, not a commit per request.
-    assert service.inference_log.writes < 10
     expected = {
         (r["request_id"], p["transaction_id"], p["model_version"], p["score"])
         for r in responses
@@ -50,6 +51,20 @@ def test_every_prediction_lands_in_the_delta_table_with_its_features(data_dir):
     # A card's first transaction has no history: a null, as dbt has it (not a NaN).
     assert log["seconds_since_card_last_tx"].null_count() == 7  # one per card of tx(): 7 cards
     assert log.select(pl.col(FEATURE_COLUMNS).is_nan().any()).row(0) == (False,) * len(FEATURE_COLUMNS)
+
+
+def test_the_log_is_written_on_its_interval_without_being_asked(tmp_path):
+    import time
+
+    log = InferenceLog(str(tmp_path / "log"), flush_seconds=0.2)
+    log.start()
+    log.submit(_chunk(4))
+    deadline = time.monotonic() + 30
+    while log.rows_written < 4:
+        assert time.monotonic() < deadline, log.stats()
+        time.sleep(0.05)
+    assert pl.read_delta(str(tmp_path / "log")).height == 4
+    log.close()
 
 
 def test_the_log_is_written_on_shutdown_even_before_its_interval(data_dir):
@@ -71,11 +86,11 @@ def _chunk(rows: int) -> Chunk:
         "model_name": ["x"] * rows, "model_version": ["1"] * rows, "score": [0.5] * rows,
         "returned": [True] * rows,
     }  # fmt: skip
-    return Chunk(columns, np.zeros((rows, len(FEATURE_COLUMNS))))
+    return Chunk.of(columns, np.zeros((rows, len(FEATURE_COLUMNS))))
 
 
-def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
-    log = InferenceLog(str(tmp_path / "log"), max_queued=2)  # the writer is not started: nothing drains
+def test_a_full_buffer_drops_and_counts_instead_of_blocking(tmp_path):
+    log = InferenceLog(str(tmp_path / "log"), max_rows=6)  # the writer is not started: nothing drains
     assert log.submit(_chunk(3)) and log.submit(_chunk(3))
     assert not log.submit(_chunk(4))
     assert log.stats()["rows_dropped"] == 4

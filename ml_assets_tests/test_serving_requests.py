@@ -4,14 +4,18 @@ a 4xx naming the reason, the row and the field."""
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ml_assets.lib.contract import TRANSACTIONS
 from ml_assets.lib.ingest import ingest_partition
-from ml_assets.serving.validation import contract_problems, read_body
+from ml_assets.serving import fast_path
+from ml_assets.serving.features import transactions_of
+from ml_assets.serving.validation import RequestError, contract_problems, read_body, validate
 from ml_assets_tests.conftest import csv_bytes, tx, write_landing
 
 DAY = "2026-01-15"
@@ -61,18 +65,100 @@ def test_request_validation_and_ingestion_give_the_same_verdicts(tmp_path):
     by_ingestion = {i: [] for i in range(len(rows))}
     for source, reasons in result.quarantine.select("source_file", "reasons").iter_rows():
         by_ingestion[int(source[3:7])] = sorted(reasons)
+    bronze = {int(r["_source_file"][3:7]): r for r in result.bronze.iter_rows(named=True)}
 
-    # The service: the same rows as one JSON request.
-    _, problems = contract_problems(read_body(json.dumps({"transactions": rows}).encode(), len(rows)))
-    by_service = {i: [] for i in range(len(rows))}
-    for p in problems:
-        by_service[p["row"]].append(p["reason"])
-    by_service = {i: sorted(r) for i, r in by_service.items()}
-
+    # The service, each row as its own request (a canonical one takes the fast path)...
+    by_service, accepted = {}, {}
+    for i, row in enumerate(rows):
+        try:
+            [accepted[i]] = validate(json.dumps(row).encode(), 1)
+            by_service[i] = []
+        except RequestError as e:
+            by_service[i] = sorted(p["reason"] for p in e.problems)
     assert by_service == by_ingestion
+    # ... and all rows as one request (judged by the contract's rules, in one polars call).
+    with pytest.raises(RequestError) as batch:
+        validate(json.dumps({"transactions": rows}).encode(), len(rows))
+    in_batch = {
+        i: sorted(p["reason"] for p in batch.value.problems if p["row"] == i) for i in range(len(rows))
+    }
+    assert in_batch == by_ingestion
+
+    # What the service accepts, it reads as bronze stores it.
+    assert accepted.keys() == bronze.keys()
+    for i, tx_ in accepted.items():
+        stored = bronze[i]
+        assert tx_.ts == int(stored["event_time"].timestamp() * 1_000_000)
+        assert (tx_.amount, tx_.device_id, tx_.transaction_id) == (
+            stored["amount"], stored["device_id"], stored["transaction_id"],
+        )  # fmt: skip
     # Every field had values accepted and values rejected.
     for field in VALUES:
         assert {bool(by_service[i]) for i, f in enumerate(varied) if f == field} == {True, False}, field
+
+
+def test_the_fast_path_is_written_for_the_contract_as_it_is():
+    """A contract rule changed under a shortcut switches the fast path off: review fast_path.py."""
+    assert fast_path.ACTIVE is not None
+
+
+def _chars(alphabet: str, lo: int, hi: int):
+    return st.text(alphabet, min_size=lo, max_size=hi)
+
+
+def _canonical_or_near(pattern: str, near):
+    return st.one_of(st.from_regex(pattern, fullmatch=True), near)
+
+
+_id = _canonical_or_near(r"[A-Za-z0-9_-]{1,64}", _chars("aZ09_-é /\n", 0, 66))
+_two = _chars("0123456789", 2, 2)
+# Per field: values in the canonical form, and near misses (invalid, or valid but unusual).
+NEAR = {
+    "transaction_id": _id,
+    "event_time": st.one_of(
+        st.builds(
+            lambda m, frac, zone: f"{m.year:04d}-{m:%m-%dT%H:%M:%S}{frac}{zone}",
+            st.datetimes(datetime(1, 1, 2), datetime(9999, 12, 30)),
+            st.sampled_from(["", ".5", ".000001", ".", ".1234567"]),
+            st.sampled_from(["Z", "+00:00", "-23:59", "+05:30", "z", "", "+0200", "+24:00", "+05:60"]),
+        ),
+        st.builds(
+            lambda *p: "{}-{}-{}T{}:{}:{}{}{}:{}".format(*p),
+            _chars("0123456789", 4, 4), _two, _two, _two, _two, _two, st.sampled_from("+-"), _two, _two,
+        ),
+    ),
+    "card_id": _id,
+    "merchant_id": _id,
+    "merchant_category": _canonical_or_near(r"[0-9]{4}", _chars("0123456789５a", 3, 5)),
+    "amount": st.one_of(
+        st.decimals("0", "1000001", places=4).map(str),
+        st.from_regex(r"[0-9]{1,8}(\.[0-9]{0,13})?", fullmatch=True),
+        st.floats(allow_nan=True, allow_infinity=True),
+    ),
+    "currency": _canonical_or_near(r"[A-Z]{3}", _chars("AEURz", 2, 4)),
+    "country": _canonical_or_near(r"[A-Z]{2}", _chars("FRr", 1, 3)),
+    "channel": st.sampled_from(["pos", "ecom", "atm", "POS", "", "web"]),
+    "device_id": st.one_of(st.none(), st.text(max_size=66)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(NEAR))
+def test_the_fast_path_accepts_only_what_the_contract_accepts_and_reads_it_alike(name):
+    accepted = []
+
+    @given(value=NEAR[name])
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(value):
+        raw = read_body(json.dumps(tx(1, **{name: value})).encode(), 1)
+        fast = fast_path.transactions(raw)
+        if fast is not None:
+            accepted.append(value)
+            typed, problems = contract_problems(raw)
+            assert problems == []
+            assert transactions_of(typed) == fast
+
+    check()
+    assert len(accepted) >= 3  # the shortcut was put to the test (channel has only three values)
 
 
 # -- JSON-specific values and the HTTP answers -------------------------------------------------

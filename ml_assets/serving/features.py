@@ -201,19 +201,22 @@ class FeatureState:
 
     # -- bronze ------------------------------------------------------------------------------
 
-    def _table(self, feed: str) -> pl.LazyFrame | None:
+    def _bronze(self, feed: str) -> str | None:
+        """The URI of a bronze table, if it exists yet."""
         from deltalake import DeltaTable
 
         uri = f"{self.lake_uri.rstrip('/')}/{tables.BRONZE[feed]}" if self.lake_uri else None
-        if uri is None or not DeltaTable.is_deltatable(uri):
-            return None
-        return pl.scan_delta(uri)
+        return uri if uri and DeltaTable.is_deltatable(uri) else None
+
+    def _table(self, feed: str) -> pl.LazyFrame | None:
+        uri = self._bronze(feed)
+        return pl.scan_delta(uri) if uri else None
 
     def _labels_table_version(self) -> int | None:
         from deltalake import DeltaTable
 
-        uri = f"{self.lake_uri.rstrip('/')}/{tables.BRONZE['labels']}" if self.lake_uri else None
-        return DeltaTable(uri).version() if uri and DeltaTable.is_deltatable(uri) else None
+        uri = self._bronze("labels")
+        return DeltaTable(uri).version() if uri else None
 
     def load_history(self, until: date | None = None) -> int:
         """Load each card's transactions of the lookback ending on `until` (default: bronze's last
@@ -235,7 +238,7 @@ class FeatureState:
                 "country",
                 "channel",
                 "transaction_id",
-            )  # fmt: skip
+            )
             .sort("event_time")
             .collect()
         )

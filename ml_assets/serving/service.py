@@ -8,6 +8,7 @@ when bronze labels change; the writer thread of the inference log writes what pr
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -15,10 +16,9 @@ import uuid
 from datetime import UTC, datetime
 
 import numpy as np
-import polars as pl
 
 from ml_assets.lib import tables
-from ml_assets.serving.features import FeatureParams, FeatureState, transactions_of
+from ml_assets.serving.features import FeatureParams, FeatureState, Tx
 from ml_assets.serving.inference_log import Chunk, InferenceLog
 from ml_assets.serving.registry import Deployment, Registry
 from ml_assets.serving.settings import ServingSettings
@@ -35,11 +35,12 @@ class Service:
         self.inference_log = InferenceLog(
             f"{settings.lake_uri.rstrip('/')}/{tables.INFERENCE_LOG}",
             flush_seconds=settings.log_flush_seconds,
-            max_queued=settings.log_queue,
+            max_rows=settings.log_max_rows,
         )
         self.deployment: Deployment | None = None
         self.last_poll: dict = {"at": None, "error": None}
         self._stop = threading.Event()
+        self._poll_lock = threading.Lock()
         self._poller = threading.Thread(target=self._poll_loop, name="registry-poller", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -50,6 +51,9 @@ class Service:
         self.poll()
         loaded = self.features.load_history(self.settings.history_until)
         log.info("card history: %s transactions up to %s", loaded, self.features.history_until)
+        # What startup loaded (modules, models, card history) lives as long as the process: keep
+        # the garbage collector from walking it again and again (long pauses = slow requests).
+        gc.freeze()
         self.inference_log.start()
         self._poller.start()
 
@@ -61,6 +65,10 @@ class Service:
 
     def poll(self) -> None:
         """Read the registry once and swap in what it asks for (loading new versions first)."""
+        with self._poll_lock:  # the poller thread, and anyone who asks for a poll now
+            self._poll()
+
+    def _poll(self) -> None:
         try:
             deployment = self.registry.resolve(self.deployment)
             if deployment is None and self.deployment is not None:
@@ -70,8 +78,10 @@ class Service:
                 self.deployment = deployment  # one reference: a request sees the old or the new
             self.last_poll = {"at": time.time(), "error": None}
         except Exception as e:  # a registry fault must not stop serving what is loaded
-            log.warning("registry poll failed: %s", e)
-            self.last_poll = {"at": time.time(), "error": f"{type(e).__name__}: {e}"}
+            error = f"{type(e).__name__}: {e}"
+            if error != self.last_poll["error"]:  # once, not every poll
+                log.warning("registry poll failed: %s", error)
+            self.last_poll = {"at": time.time(), "error": error}
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
@@ -83,12 +93,11 @@ class Service:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def predict(self, transactions: pl.DataFrame) -> dict:
-        """Score validated transactions (validation.validate's frame) with the current deployment."""
+    def predict(self, txs: list[Tx]) -> dict:
+        """Score validated transactions with the current deployment."""
         deployment = self.deployment  # read once: the whole request uses one deployment
         if deployment is None:
             raise RequestError(503, f"no model to serve: {self.settings.model_name!r} has no champion yet")
-        txs = transactions_of(transactions)
         features = self.features.features(txs)
         n = len(txs)
         split = deployment.split_key
@@ -148,7 +157,7 @@ class Service:
             "strategy": [deployment.config.strategy.value] * rows_logged,
             "model_name": [deployment.model_name] * rows_logged,
         }
-        self.inference_log.submit(Chunk(columns, np.vstack([features[rows] for _, rows, _ in parts])))
+        self.inference_log.submit(Chunk.of(columns, np.vstack([features[rows] for _, rows, _ in parts])))
 
     # -- reports -----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ ENV = {
     "ML_ASSETS_SERVING_MAX_BODY_BYTES": "max_body_bytes",
     "ML_ASSETS_SERVING_MAX_BATCH": "max_batch",
     "ML_ASSETS_SERVING_LOG_FLUSH_SECONDS": "log_flush_seconds",
-    "ML_ASSETS_SERVING_LOG_QUEUE": "log_queue",
+    "ML_ASSETS_SERVING_LOG_MAX_ROWS": "log_max_rows",
 }
 
 
@@ -35,7 +35,7 @@ class ServingSettings:
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     max_batch: int = 1000  # more transactions in one request get 413
     log_flush_seconds: float = 5.0  # the inference log is written at least this often
-    log_queue: int = 1000  # requests waiting for the log writer before their rows are dropped
+    log_max_rows: int = 200_000  # rows waiting for the log writer before new ones are dropped
     history_until: date | None = None  # the last bronze day of card history to load (None: latest)
 
     @classmethod

@@ -4,8 +4,9 @@ A request carries landing-contract fields as JSON: one transaction object, or
 `{"transactions": [...]}`. Values are the text the feed would carry (JSON strings; `amount` may
 also be a JSON number, `device_id` null). Each value is then judged by exactly the rules
 `ml_assets.lib.contract` declares for the feed, evaluated the same way ingestion evaluates them
-(raw text plus its parsed twin, empty = null, a missing required value reported once), so a
-transaction the service accepts is one ingestion would accept, with the same reasons otherwise.
+(raw text plus its parsed twin, empty = null, a null verdict counts as valid), so a transaction
+the service accepts is one ingestion would accept, and one it refuses gets ingestion's reasons.
+Canonical transactions take `fast_path`, which can only accept; everything else is judged here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from decimal import Decimal
 import polars as pl
 
 from ml_assets.lib.contract import TRANSACTIONS, Column
+from ml_assets.serving import fast_path
+from ml_assets.serving.features import Tx, transactions_of
 
 FIELDS = list(TRANSACTIONS.columns)
 NUMERIC_FIELDS = {"amount"}  # fields a JSON number may stand for (written as decimal text)
@@ -111,7 +114,8 @@ def _rule_checks() -> list[tuple[str, str, pl.Expr]]:
         if col.required:
             checks.append((name, f"{name} is required", raw.is_not_null()))
         for rule in col.rules:
-            # As ingestion: a rule skips nulls, so a missing value is reported once, as required.
+            # As ingestion: a null verdict counts as valid. A missing value is reported as required,
+            # and by a rule that tests its parsed value (is_not_null), as ingestion reports it.
             checks.append((name, f"{name} {rule.name}", rule.test(raw, parsed).fill_null(True)))
     return checks
 
@@ -135,16 +139,19 @@ def contract_problems(rows: list[list[str | None]]) -> tuple[pl.DataFrame, list[
     return out.select(FIELDS).cast(_TYPED_SCHEMA), problems
 
 
-def validate(body: bytes, max_batch: int) -> pl.DataFrame:
-    """A request body as typed transactions (FIELDS, bronze dtypes), or RequestError with every problem."""
+def validate(body: bytes, max_batch: int) -> list[Tx]:
+    """A request body as validated transactions, or RequestError naming every problem."""
     rows = read_body(body, max_batch)
-    typed, problems = contract_problems(rows)
+    txs = fast_path.transactions(rows)
     # Like the feed, a transaction_id is unique; in a batch, a repeat would be scored twice.
+    if txs is not None and len({tx.transaction_id for tx in txs}) == len(txs):
+        return txs
+    typed, problems = contract_problems(rows)
     dup = typed.select(pl.col("transaction_id").is_duplicated().arg_true()).to_series().to_list()
     problems += [_problem(r, "transaction_id", "transaction_id must be unique in the batch") for r in dup]
     if problems:
         raise RequestError(422, "transactions break the landing contract", problems)
-    return typed
+    return transactions_of(typed)
 
 
 def request_body_schema(max_batch: int) -> dict:
