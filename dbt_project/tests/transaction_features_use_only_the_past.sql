@@ -55,7 +55,10 @@ sample as (
 label_facts as (
     select l.transaction_id, l.label_date, l.labeled_ts, l.is_fraud, t.merchant_id
     from {{ ref('stg_labels') }} as l
-    inner join {{ ref('stg_transactions') }} as t on l.transaction_id = t.transaction_id
+    inner join {{ ref('stg_transactions') }} as t
+        on
+            l.transaction_id = t.transaction_id
+            and t.event_date >= l.label_date - {{ var('label_join_horizon_days') }}
 ),
 
 merchant_as_of as (

@@ -150,8 +150,8 @@ def merchant_risk(
     """Each merchant's (labels, frauds) counting on `day`, with dbt's semantics.
 
     A label made on day L counts for days L+1 .. L+window, until a newer label of the same
-    transaction (made before `day`) replaces it; only labels of transactions from at most
-    window + horizon days before `day` are joined back to their merchant. `labels`: bronze labels
+    transaction (made before `day`) replaces it; a label made more than `horizon` days after its
+    transaction is not joined back to its merchant. `labels`: bronze labels
     (transaction_id, labeled_at, label_date, is_fraud); `transactions`: bronze transactions
     (transaction_id, merchant_id, event_date).
     """
@@ -162,10 +162,14 @@ def merchant_risk(
     latest = labels.filter(pl.col("label_date").is_between(first, day - timedelta(days=1))).filter(
         pl.col("labeled_at") == pl.col("labeled_at").max().over("transaction_id")
     )
-    horizon = first - timedelta(days=params.label_join_horizon_days)
-    merchants = transactions.filter(pl.col("event_date") >= horizon).select("transaction_id", "merchant_id")
+    # Only labels made within the horizon of their transaction are joined back (as dbt does).
+    oldest = first - timedelta(days=params.label_join_horizon_days)  # implied below; prunes the scan
+    merchants = transactions.filter(pl.col("event_date") >= oldest).select(
+        "transaction_id", "merchant_id", "event_date"
+    )
     counts = (
         latest.join(merchants, on="transaction_id")
+        .filter(pl.col("event_date") >= pl.col("label_date") - timedelta(days=params.label_join_horizon_days))
         .group_by("merchant_id")
         .agg(pl.len().alias("labels"), pl.col("is_fraud").cast(pl.Int64).sum().alias("frauds"))
         .collect()

@@ -68,6 +68,10 @@ labels as (
     inner join {{ ref('stg_transactions') }} as t on l.transaction_id = t.transaction_id
     where
         l.label_date between {{ min_date() }} - {{ label_window }} and {{ max_date() }} - 1
+        -- A label made long after its transaction is not joined back: the rule depends on the
+        -- label alone, so a day's features are the same whichever run range computes them.
+        and t.event_date >= l.label_date - {{ var('label_join_horizon_days') }}
+        -- (implied by the two conditions above; lets DuckDB skip older transactions early)
         and t.event_date >= {{ min_date() }} - {{ label_window }} - {{ var('label_join_horizon_days') }}
 ),
 
