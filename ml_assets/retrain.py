@@ -17,13 +17,12 @@ import sys
 
 def retrain(version: str, model_name: str) -> dict:
     import lightgbm as lgb
-    import mlflow
     import numpy as np
     import polars as pl
     from mlflow import MlflowClient
 
     from ml_assets.defs.resources import LakeResource
-    from ml_assets.lib import paths, registry, tables
+    from ml_assets.lib import paths, registry, tables, tracking
     from ml_assets.lib.evaluation import score_metrics
     from ml_assets.lib.features import LABEL
     from ml_assets.lib.training import dataset, matrix
@@ -44,8 +43,7 @@ def retrain(version: str, model_name: str) -> dict:
     x_hold, y_hold = matrix(holdout), holdout[LABEL].to_numpy()
     again = booster.predict(x_hold)
 
-    mlflow.set_tracking_uri(uri)
-    original = mlflow.lightgbm.load_model(f"models:/{model_name}/{version}").predict(x_hold)
+    original = tracking.load_booster(uri, model_name, version).predict(x_hold)
     logged = client.get_run(mv.run_id).data.metrics
     reproduced = score_metrics(y_hold, again)
     return {

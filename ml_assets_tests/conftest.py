@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,17 +60,45 @@ def write_landing(root: Path, feed: str, day: str, name: str, data: bytes) -> Pa
     return path
 
 
+# Variables that would point a test at someone else's store. MLflow's `set_tracking_uri` itself
+# exports MLFLOW_TRACKING_URI, so one test's store leaks into the next unless it is cleared.
+STORE_VARIABLES = (
+    "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "ML_ASSETS_LAKE_URI", "ML_ASSETS_LAKE_STORAGE_OPTIONS",
+    "ML_ASSETS_DBT_TARGET", "ML_ASSETS_LANDING_DIR",
+)  # fmt: skip
+
+
+@contextmanager
+def scoped_environ(**values: str):
+    """os.environ with the store variables cleared and `values` set; restored whole on exit."""
+    saved = dict(os.environ)
+    for name in STORE_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _environ_restored_after_each_test():
+    """Whatever a test (or a library it calls) exports is gone before the next test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch) -> Path:
     """A fresh ML_ASSETS_DATA_DIR (and DAGSTER_HOME) for one test."""
     root = tmp_path / "data"
     (root / "landing").mkdir(parents=True)
     monkeypatch.setenv("ML_ASSETS_DATA_DIR", str(root))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("ML_ASSETS_LAKE_URI", raising=False)
-    monkeypatch.delenv("ML_ASSETS_LAKE_STORAGE_OPTIONS", raising=False)
-    monkeypatch.delenv("ML_ASSETS_DBT_TARGET", raising=False)
-    monkeypatch.delenv("ML_ASSETS_LANDING_DIR", raising=False)
+    for name in STORE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
@@ -133,23 +162,16 @@ def small_world(tmp_path_factory):
     from ml_assets.simulate.generator import SimulatorConfig, simulate
 
     root = tmp_path_factory.mktemp("world") / "data"
-    saved = {k: os.environ.get(k) for k in ("ML_ASSETS_DATA_DIR", "DAGSTER_HOME")}
-    os.environ["ML_ASSETS_DATA_DIR"] = str(root)
-    os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
-    (root / "dagster_home").mkdir(parents=True)
-    (root / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
-    cfg = SimulatorConfig(days=24, transactions_per_day=1500, base_fraud_rate=0.03, drift_day=None)
-    simulate(cfg, root / "landing", root / "simulator" / "truth", log=lambda _: None)
-    instance = dg.DagsterInstance.get()
-    definitions = load_defs()
-    days = ("2026-01-01", "2026-01-24")
-    for job in ("ingestion_job", "features_job"):
-        result = run_job(definitions, job, instance=instance, days=days)
-        assert result.success, [e.message for e in result.all_events if e.is_failure]
-    yield root, definitions, instance
-    instance.dispose()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
+        (root / "dagster_home").mkdir(parents=True)
+        (root / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
+        cfg = SimulatorConfig(days=24, transactions_per_day=1500, base_fraud_rate=0.03, drift_day=None)
+        simulate(cfg, root / "landing", root / "simulator" / "truth", log=lambda _: None)
+        instance = dg.DagsterInstance.get()
+        definitions = load_defs()
+        days = ("2026-01-01", "2026-01-24")
+        for job in ("ingestion_job", "features_job"):
+            result = run_job(definitions, job, instance=instance, days=days)
+            assert result.success, [e.message for e in result.all_events if e.is_failure]
+        yield root, definitions, instance
+        instance.dispose()

@@ -34,11 +34,13 @@ class SharedRegistry:
         aliases (alias -> version) and tags; returns its name."""
         import mlflow
 
+        # register_model resolves the store through process-wide URIs: point both at ours.
         mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
         name = f"{prefix}_{next(_names)}"
         for uri in self.model_uris:
             mlflow.register_model(uri, name)
-        client = mlflow.MlflowClient(self.tracking_uri)
+        client = self.client()
         for alias, version in aliases.items():
             client.set_registered_model_alias(name, alias, str(version))
         for tag, value in (tags or {}).items():
@@ -48,7 +50,7 @@ class SharedRegistry:
     def client(self):
         import mlflow
 
-        return mlflow.MlflowClient(self.tracking_uri)
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
 
 _shared: SharedRegistry | None = None
@@ -99,6 +101,7 @@ def _create_registry(root: Path) -> SharedRegistry:
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     experiment = mlflow.create_experiment("serving-tests", artifact_location=str(root / "artifacts"))
     mlflow.set_experiment(experiment_id=experiment)
     return SharedRegistry(uri, [log_booster(*train_booster(seed)) for seed in (1, 2, 3)])

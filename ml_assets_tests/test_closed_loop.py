@@ -9,7 +9,6 @@ each sensor, executing whatever they request.
 
 from __future__ import annotations
 
-import os
 import shutil
 from datetime import date, timedelta
 
@@ -21,7 +20,7 @@ from ml_assets.defs.monitoring.sensors import canary_sensor, retraining_sensor
 from ml_assets.defs.promotion.sensors import model_promotion_sensor
 from ml_assets.defs.resources import MonitoringResource, build_resources
 from ml_assets.lib import registry, tables
-from ml_assets_tests.conftest import DAGSTER_YAML, load_defs, run_job
+from ml_assets_tests.conftest import DAGSTER_YAML, load_defs, run_job, scoped_environ
 
 START = date(2026, 1, 1)
 # Delivered at once: the history the first model trains on. Long enough for every lookback (30
@@ -132,29 +131,24 @@ def loop(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("loop")
     root, source = base / "data", base / "world"
-    saved = {
-        k: os.environ.get(k) for k in ("ML_ASSETS_DATA_DIR", "DAGSTER_HOME", "ML_ASSETS_SERVING_STRATEGY")
-    }
-    os.environ.update(
+    with scoped_environ(
         ML_ASSETS_DATA_DIR=str(root),
         DAGSTER_HOME=str(root / "dagster_home"),
         ML_ASSETS_SERVING_STRATEGY="canary",
-    )
-    (root / "dagster_home").mkdir(parents=True)
-    (root / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
-    cfg = SimulatorConfig(
-        days=LAST_DAY + 1 + EXTRA_DAYS,
-        transactions_per_day=1200,
-        base_fraud_rate=0.03,
-        drift_day=DRIFT_DAY,
-        bad_row_rate=0,
-    )
-    simulate(cfg, source, root / "simulator" / "truth", log=lambda _: None)
-    loop = Loop(root, source)
-    yield loop
-    loop.instance.dispose()
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    ):
+        (root / "dagster_home").mkdir(parents=True)
+        (root / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
+        cfg = SimulatorConfig(
+            days=LAST_DAY + 1 + EXTRA_DAYS,
+            transactions_per_day=1200,
+            base_fraud_rate=0.03,
+            drift_day=DRIFT_DAY,
+            bad_row_rate=0,
+        )
+        simulate(cfg, source, root / "simulator" / "truth", log=lambda _: None)
+        loop = Loop(root, source)
+        yield loop
+        loop.instance.dispose()
 
 
 def test_drift_is_caught_retrained_canaried_promoted_and_performance_recovers(loop):

@@ -14,7 +14,7 @@ import pytest
 
 from ml_assets.lib import paths
 from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
-from ml_assets_tests.conftest import csv_bytes, label, load_defs, run_job, tx, write_landing
+from ml_assets_tests.conftest import csv_bytes, label, load_defs, run_job, scoped_environ, tx, write_landing
 
 D = "2026-01-20"
 DAYS = ("2026-01-15", "2026-01-20")
@@ -28,49 +28,44 @@ def _tx(i: int, day: str, time: str, card: str = "c1", **kw) -> dict:
 def world(tmp_path_factory):
     """Six days of hand-made history, ingested and featurized once for the module's tests."""
     root = tmp_path_factory.mktemp("features") / "data"
-    landing = root / "landing"
-    old = os.environ.get("ML_ASSETS_DATA_DIR")
-    os.environ["ML_ASSETS_DATA_DIR"] = str(root)
-    rows = {
-        "2026-01-15": [
-            _tx(1, "2026-01-15", "09:00:00", merchant_id="m1"),
-            _tx(2, "2026-01-15", "09:00:00", card="c2", merchant_id="m1"),
-        ],
-        "2026-01-16": [_tx(3, "2026-01-16", "09:00:00", card="c3", merchant_id="m1")],
-        "2026-01-19": [_tx(9, "2026-01-19", "08:00:00", card="c9", merchant_id="m1")],
-        D: [
-            _tx(10, D, "10:00:00", channel="ecom", device_id="d1", amount="10.00"),
-            _tx(11, D, "10:30:00", channel="ecom", device_id="d1", amount="20.00"),
-            _tx(12, D, "11:00:00", amount="30.00"),
-            _tx(13, D, "11:00:00", amount="40.00", country="DE"),  # same instant as t12
-            _tx(14, D, "12:00:00.500000", amount="100.00", channel="ecom", device_id="d2"),
-            _tx(15, D, "13:00:00", card="c5", merchant_id="m1"),
-        ],
-    }
-    labels = {
-        # t1 (m1) labelled fraud on 01-18: counts for 01-19 and 01-20, not for 01-18 itself.
-        "2026-01-18": [label(1, day="2026-01-18", transaction_id="t1", is_fraud="1")],
-        # t2 (m1) fraud on 01-17, revised to legit on 01-19 (the latest label wins from 01-20 on).
-        "2026-01-17": [label(2, day="2026-01-17", transaction_id="t2", is_fraud="1")],
-        "2026-01-19": [label(2, day="2026-01-19", transaction_id="t2", is_fraud="0")],
-        # A label made on the transaction's own day is not known before it.
-        D: [label(3, day=D, transaction_id="t3", is_fraud="1")],
-    }
-    for day, r in rows.items():
-        write_landing(landing, "transactions", day, "p.csv", csv_bytes(r))
-    for day, r in labels.items():
-        write_landing(landing, "labels", day, "p.csv", csv_bytes(r))
-    definitions = load_defs()
-    assert run_job(definitions, "ingestion_job", days=DAYS).all_events  # empty days fail a gate; fine
-    result = run_job(definitions, "features_job", days=DAYS)
-    assert result.success, [e.message for e in result.all_events if e.is_failure]
-    with duckdb.connect(str(paths.warehouse_path()), read_only=True) as con:
-        features = con.sql("select * from transaction_features").pl()
-    yield {r["transaction_id"]: r for r in features.iter_rows(named=True)}, root
-    if old is None:
-        os.environ.pop("ML_ASSETS_DATA_DIR")
-    else:
-        os.environ["ML_ASSETS_DATA_DIR"] = old
+    with scoped_environ(ML_ASSETS_DATA_DIR=str(root)):
+        landing = root / "landing"
+        rows = {
+            "2026-01-15": [
+                _tx(1, "2026-01-15", "09:00:00", merchant_id="m1"),
+                _tx(2, "2026-01-15", "09:00:00", card="c2", merchant_id="m1"),
+            ],
+            "2026-01-16": [_tx(3, "2026-01-16", "09:00:00", card="c3", merchant_id="m1")],
+            "2026-01-19": [_tx(9, "2026-01-19", "08:00:00", card="c9", merchant_id="m1")],
+            D: [
+                _tx(10, D, "10:00:00", channel="ecom", device_id="d1", amount="10.00"),
+                _tx(11, D, "10:30:00", channel="ecom", device_id="d1", amount="20.00"),
+                _tx(12, D, "11:00:00", amount="30.00"),
+                _tx(13, D, "11:00:00", amount="40.00", country="DE"),  # same instant as t12
+                _tx(14, D, "12:00:00.500000", amount="100.00", channel="ecom", device_id="d2"),
+                _tx(15, D, "13:00:00", card="c5", merchant_id="m1"),
+            ],
+        }
+        labels = {
+            # t1 (m1) labelled fraud on 01-18: counts for 01-19 and 01-20, not for 01-18 itself.
+            "2026-01-18": [label(1, day="2026-01-18", transaction_id="t1", is_fraud="1")],
+            # t2 (m1) fraud on 01-17, revised to legit on 01-19 (the latest label wins from 01-20 on).
+            "2026-01-17": [label(2, day="2026-01-17", transaction_id="t2", is_fraud="1")],
+            "2026-01-19": [label(2, day="2026-01-19", transaction_id="t2", is_fraud="0")],
+            # A label made on the transaction's own day is not known before it.
+            D: [label(3, day=D, transaction_id="t3", is_fraud="1")],
+        }
+        for day, r in rows.items():
+            write_landing(landing, "transactions", day, "p.csv", csv_bytes(r))
+        for day, r in labels.items():
+            write_landing(landing, "labels", day, "p.csv", csv_bytes(r))
+        definitions = load_defs()
+        assert run_job(definitions, "ingestion_job", days=DAYS).all_events  # empty days fail a gate; fine
+        result = run_job(definitions, "features_job", days=DAYS)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        with duckdb.connect(str(paths.warehouse_path()), read_only=True) as con:
+            features = con.sql("select * from transaction_features").pl()
+        yield {r["transaction_id"]: r for r in features.iter_rows(named=True)}, root
 
 
 def test_velocity_windows_at_their_edges(world):

@@ -8,7 +8,6 @@ rollback to v1, then v4 promoted through a registry outage.
 from __future__ import annotations
 
 import json
-import os
 
 import dagster as dg
 import polars as pl
@@ -18,7 +17,7 @@ from ml_assets.defs.promotion.sensors import model_promotion_sensor
 from ml_assets.defs.resources import LakeResource, MlflowResource
 from ml_assets.lib import paths, registry, tables
 from ml_assets.lib.gates import GATES
-from ml_assets_tests.conftest import check_results, run_job
+from ml_assets_tests.conftest import check_results, run_job, scoped_environ
 
 FAST = {"ops": {"fraud_model": {"config": {"n_trials": 2, "num_boost_round": 200}}}}
 
@@ -57,13 +56,8 @@ def _promote(definitions, instance, tick) -> dg.ExecuteInProcessResult:
 @pytest.fixture(scope="module", autouse=True)
 def blue_green():
     """This module promotes straight to champion (blue-green); canaries have their own test."""
-    saved = os.environ.get("ML_ASSETS_SERVING_STRATEGY")
-    os.environ["ML_ASSETS_SERVING_STRATEGY"] = "blue_green"
-    yield
-    if saved is None:
-        os.environ.pop("ML_ASSETS_SERVING_STRATEGY")
-    else:
-        os.environ["ML_ASSETS_SERVING_STRATEGY"] = saved
+    with scoped_environ(ML_ASSETS_SERVING_STRATEGY="blue_green"):
+        yield
 
 
 @pytest.fixture(scope="module")

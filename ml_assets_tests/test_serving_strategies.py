@@ -152,15 +152,17 @@ def test_an_alias_change_is_served_without_a_failed_request(data_dir, registry):
                     outcomes.append((None, repr(e)))
 
     with server:
-        sender = threading.Thread(target=traffic)
+        sender = threading.Thread(target=traffic, daemon=True)
         sender.start()
-        _wait_for(lambda: len(outcomes) > 50)
-        registry.client().set_registered_model_alias(name, "champion", "3")  # not loaded yet
-        _wait_for(lambda: outcomes[-1][1] == "3")
-        seen_new = len(outcomes)
-        _wait_for(lambda: len(outcomes) > seen_new + 50)
-        stop.set()
-        sender.join()
+        try:
+            _wait_for(lambda: len(outcomes) > 50)
+            registry.client().set_registered_model_alias(name, "champion", "3")  # not loaded yet
+            _wait_for(lambda: outcomes[-1][1] == "3")
+            seen_new = len(outcomes)
+            _wait_for(lambda: len(outcomes) > seen_new + 50)
+        finally:  # a failed wait must not leave the sender running (pytest would never exit)
+            stop.set()
+            sender.join()
     assert all(status == 200 for status, _ in outcomes), [o for o in outcomes if o[0] != 200][:3]
     versions = [v for _, v in outcomes]
     switch = versions.index("3")

@@ -212,11 +212,9 @@ class MlflowResource(dg.ConfigurableResource):
 
     def load_booster(self, version: str):
         """The LightGBM booster of a registered version (native, not pyfunc: no pandas round trip)."""
-        import mlflow
+        from ml_assets.lib import tracking
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        return mlflow.lightgbm.load_model(f"models:/{self.registered_model_name}/{version}")
+        return tracking.load_booster(self.tracking_uri, self.registered_model_name, version)
 
     def run_url(self, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{self.experiment_id()}/runs/{run_id}"

@@ -17,6 +17,20 @@ def pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("lightgbm", "numpy", "pandas", "scikit-learn", "mlflow")]
 
 
+def load_booster(tracking_uri: str, model_name: str, version: str):
+    """The native LightGBM booster of `model_name` version `version` in the store at `tracking_uri`.
+
+    Always by version number, never by alias: an alias may move between reading and loading.
+    MLflow resolves `models:/` through process-wide URIs (and `set_tracking_uri` even exports
+    MLFLOW_TRACKING_URI), so both are pointed at this store right before the load.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow.lightgbm.load_model(f"models:/{model_name}/{version}")
+
+
 def log_iteration_metrics(client, run_id: str, history: dict[str, list[float]]) -> None:
     """The validation curve of the final model, one point per boosting iteration, in one batch."""
     import time

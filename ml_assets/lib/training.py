@@ -130,8 +130,11 @@ def dataset(x: np.ndarray, y: np.ndarray, reference=None):
     import lightgbm as lgb
 
     categorical = [FEATURE_COLUMNS.index(c) for c in CATEGORICAL_FEATURES]
+    # feature_pre_filter off: tuning trials share this Dataset and vary min_child_samples, which
+    # LightGBM refuses (fatal) once features were pre-filtered with a larger one.
     return lgb.Dataset(x, label=y, feature_name=FEATURE_COLUMNS, categorical_feature=categorical,
-                       reference=reference, free_raw_data=False)  # fmt: skip
+                       reference=reference, free_raw_data=False,
+                       params={"feature_pre_filter": False})  # fmt: skip
 
 
 @dataclass

@@ -113,11 +113,9 @@ class Registry:
 
     def _booster(self, version: str):
         if version not in self._loaded:
-            import mlflow
+            from ml_assets.lib import tracking
 
-            # models:/<name>/<version>, never the alias: the alias may move between read and load.
-            mlflow.set_tracking_uri(self.tracking_uri)
-            self._loaded[version] = mlflow.lightgbm.load_model(f"models:/{self.model_name}/{version}")
+            self._loaded[version] = tracking.load_booster(self.tracking_uri, self.model_name, version)
             self.loads += 1
             log.info("loaded %s version %s", self.model_name, version)
         return self._loaded[version]
