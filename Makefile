@@ -3,6 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
+# Resolved now, before the venv goes on PATH below: uv runs from this interpreter, and once
+# .venv exists a bare `python3` would be the venv's (which has no uv).
+PYTHON := $(shell command -v $(PYTHON))
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 UV := $(PYTHON) -m uv
