@@ -15,7 +15,7 @@ export DAGSTER_HOME ?= $(ML_ASSETS_DATA_DIR)/dagster_home
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup run dev serve test lint bench lock clean mlflow-ui rollback retrain
+.PHONY: help setup run dev serve test lint chromium bench lock clean mlflow-ui rollback retrain
 
 help:
 	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
@@ -62,7 +62,17 @@ lint: setup
 	$(VENV)/bin/ruff check ml_assets ml_assets_tests bench
 	$(VENV)/bin/ruff format --check ml_assets ml_assets_tests bench
 
-test: lint
+# The browser test drives Debian's chromium (playwright's own browser download is not reachable
+# everywhere). Install it where apt can (the quiet first try fails if the package lists are stale:
+# then update and retry); elsewhere this only warns, and that test skips and says why.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+chromium:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
+	  { $(APT_INSTALL) chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium; }; }; } \
+	  || echo "chromium: not installed (no apt-get, or no permission): the browser test will skip"
+
+test: lint chromium
 	$(VENV)/bin/dg check defs
 	$(VENV)/bin/pytest
 

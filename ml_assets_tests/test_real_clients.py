@@ -1,0 +1,358 @@
+"""The project through the clients people use, on one small world where the whole pipeline ran once
+(`python -m ml_assets.run`, what `make run` runs): the Dagster UI in a real browser (Playwright
+driving Debian's chromium), Dagster's GraphQL client, and plain MLflow in a fresh process.
+
+The UI screenshots go to `test-results/real_clients/` (gitignored), replaced on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from ml_assets.lib import paths, registry, tables
+from ml_assets.lib.evaluation import score_metrics
+from ml_assets.lib.features import FEATURE_COLUMNS
+from ml_assets.lib.gates import GATES
+from ml_assets.lib.monitoring import SCORE
+from ml_assets_tests.conftest import DAGSTER_YAML
+from ml_assets_tests.serving_support import free_port
+from ml_assets_tests.test_definitions import EXPECTED_ASSETS, EXPECTED_CHECKS
+
+BIN = Path(sys.executable).parent
+SHOTS = paths.REPO_ROOT / "test-results" / "real_clients"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+WORLD = ["--days", "20", "--transactions-per-day", "1000", "--fraud-rate", "0.03"]
+# Runs launched through the webserver start at once. Dagster's default coordinator queues them for
+# the daemon that `dagster dev` adds; with the webserver alone they would stay QUEUED. No daemon
+# also means no sensor acts on the world behind the tests' backs.
+INSTANCE_YAML = DAGSTER_YAML + textwrap.dedent("""\
+    run_coordinator:
+      module: dagster._core.run_coordinator
+      class: DefaultRunCoordinator
+    """)
+PLOTS = {"roc", "pr", "calibration", "scores_challenger", "feature_importance"}  # lib/report.py
+GIVE_UP = 600  # seconds: only so that a hung server or run fails the test instead of stalling it
+
+
+def _env(root: Path) -> dict[str, str]:
+    """This process's environment, with every path under `root` (no variable moves one elsewhere)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ML_ASSETS_", "MLFLOW_", "DAGSTER_"))}
+    return env | {
+        "ML_ASSETS_DATA_DIR": str(root),
+        "DAGSTER_HOME": str(root / "dagster_home"),
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # as the Makefile does: dbt and dagster
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A small simulated world (20 days x ~1,000 transactions) on which `make run`'s pipeline ran:
+    ingestion, features, retraining, promotion of the first model, monitoring."""
+    root = tmp_path_factory.mktemp("clients") / "data"
+    (root / "dagster_home").mkdir(parents=True)
+    (root / "dagster_home" / "dagster.yaml").write_text(INSTANCE_YAML)
+    for args in (["ml_assets.simulate", *WORLD], ["ml_assets.run"]):
+        done = subprocess.run(
+            [sys.executable, "-m", *args], cwd=paths.REPO_ROOT, env=_env(root), capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{args[0]} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return root
+
+
+@pytest.fixture
+def resources(world, monkeypatch):
+    """The location's resources (lake, warehouse, MLflow) on the world, as the runs built them."""
+    from ml_assets.defs.resources import build_resources
+
+    for k in list(os.environ):
+        if k.startswith(("ML_ASSETS_", "MLFLOW_")):
+            monkeypatch.delenv(k)
+    for k, v in _env(world).items():
+        monkeypatch.setenv(k, v)
+    return build_resources()
+
+
+def _graphql(url: str, query: str, **variables) -> dict:
+    response = httpx.post(f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+    response.raise_for_status()
+    body = response.json()
+    assert not body.get("errors"), body["errors"]
+    return body["data"]
+
+
+LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+
+
+@pytest.fixture(scope="module")
+def webserver(world) -> str:
+    """`dagster-webserver -w workspace.yaml` on a free loopback port, serving the world; its URL.
+
+    The same workspace `make dev` serves, without the daemon (see INSTANCE_YAML).
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = world.parent / "webserver.log"
+    with log_path.open("w") as log:
+        # Its own process group: the code server it starts, and any run, go down with it.
+        server = subprocess.Popen(
+            [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=paths.REPO_ROOT,
+            env=_env(world),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + GIVE_UP
+        while True:
+            assert server.poll() is None, f"the webserver exited:\n{log_path.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"the webserver never loaded:\n{log_path.read_text()[-4000:]}"
+            try:
+                entries = _graphql(url, LOCATIONS)["workspaceOrError"]["locationEntries"]
+                if [(e["name"], e["loadStatus"]) for e in entries] == [("ml_assets", "LOADED")]:
+                    break
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's chromium (Playwright's own browser download is not reachable everywhere)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no {CHROMIUM}: `make chromium` (part of `make test`) installs it where apt-get can")
+    return CHROMIUM
+
+
+# `chromium` first: without a browser, the test skips before the world and the server are built.
+def test_the_ui_shows_every_stage_with_its_checks_and_the_validation_report(chromium, webserver):
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    checks: dict[str, list[str]] = {key: [] for key in EXPECTED_ASSETS}
+    for check in sorted(EXPECTED_CHECKS):
+        key, name = check.split(":")
+        checks[key].append(name)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
+        try:
+            # Wide enough that the graph, fitted to the screen, draws full asset nodes (names, check
+            # counts) rather than the bare boxes it draws when zoomed far out.
+            page = browser.new_page(viewport={"width": 3200, "height": 1400})
+            page.set_default_timeout(60_000)
+            # A new browser is invited to join the community first: skip that whenever it shows.
+            page.add_locator_handler(
+                page.get_by_text("Join the Dagster community"),
+                lambda: page.get_by_role("button", name="Skip").click(),
+            )
+
+            # Global lineage, every group expanded: each asset, and its number of checks.
+            page.goto(f"{webserver}/asset-groups")
+            expect(page.get_by_text("Global asset lineage")).to_be_visible()
+            expect(page.get_by_text("validation", exact=True).first).to_be_visible()
+            page.keyboard.press("Alt+E")  # "Expand all groups" (⌥E in the graph's context menu)
+            for key, names in checks.items():
+                expect(page.get_by_text(key, exact=True)).to_be_visible()
+                # A node links to its checks tab, with "<passed> / <all> Passed", iff it has checks.
+                link = page.locator(f'a[href="/assets/{key}?view=checks"]')
+                if names:
+                    expect(link).to_have_text(re.compile(rf"\d+ / {len(names)} Passed"))
+                else:
+                    expect(link).to_have_count(0)
+            # The first model passed every gate: make run promoted it.
+            expect(page.locator('a[href="/assets/model_validation_report?view=checks"]')).to_have_text(
+                f"{len(GATES)} / {len(GATES)} Passed"
+            )
+            page.screenshot(path=SHOTS / "lineage.png")
+
+            # Each asset's checks tab lists its checks (long names are cut in the middle; the full
+            # name is the item's title).
+            page.set_viewport_size({"width": 1600, "height": 1000})
+            for key, names in checks.items():
+                if names:
+                    page.goto(f"{webserver}/assets/{key}?view=checks")
+                    expect(page.get_by_text(f"Checks ({len(names)})")).to_be_visible()
+                    for name in names:
+                        expect(page.get_by_title(name, exact=True)).to_be_visible()
+                    page.screenshot(path=SHOTS / f"checks_{key}.png")
+
+            # The validation report's latest materialization, and its plots (Markdown with PNGs).
+            page.goto(f"{webserver}/assets/model_validation_report?view=events")
+            expect(page.get_by_text("Materialized in run")).to_be_visible()
+            verdict = page.get_by_role("row").filter(has=page.get_by_text("verdict", exact=True))
+            expect(verdict).to_contain_text("passed")
+            page.screenshot(path=SHOTS / "validation_report_metadata.png", full_page=True)
+            plots_row = page.get_by_role("row").filter(has=page.get_by_text("plots", exact=True))
+            plots_row.get_by_text("[Show Markdown]").click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog.locator("img")).to_have_count(len(PLOTS))
+            for name in sorted(PLOTS):
+                image = dialog.get_by_role("img", name=name, exact=True)
+                expect(image).to_be_visible()
+                image.scroll_into_view_if_needed()
+                # Decoded, not a broken image: the data URI holds a real PNG.
+                assert image.evaluate("i => i.complete && i.naturalWidth") > 100, name
+                image.screenshot(path=SHOTS / f"validation_report_{name}.png")
+        finally:
+            browser.close()
+
+
+ASSET_MATERIALIZATIONS = """
+query ($key: AssetKeyInput!, $partition: String!) {
+  assetOrError(assetKey: $key) {
+    ... on Asset {
+      assetMaterializations(partitions: [$partition], limit: 1) {
+        runId
+        partition
+        metadataEntries { label ... on IntMetadataEntry { intValue } }
+      }
+    }
+  }
+}"""
+
+
+def _latest(url: str, key: str, partition: str) -> dict:
+    """The latest materialization of one partition: run id and integer metadata, through GraphQL."""
+    data = _graphql(url, ASSET_MATERIALIZATIONS, key={"path": [key]}, partition=partition)
+    (event,) = data["assetOrError"]["assetMaterializations"]
+    assert event["partition"] == partition
+    ints = {e["label"]: e["intValue"] for e in event["metadataEntries"] if "intValue" in e}
+    return {"run_id": event["runId"], **ints}
+
+
+def test_a_job_launched_through_graphql_runs_and_its_materializations_read_back(webserver, resources):
+    from dagster import DagsterRunStatus
+    from dagster_graphql import DagsterGraphQLClient
+
+    day = "2026-01-10"
+    before = {key: _latest(webserver, key, day) for key in ("raw_transactions", "raw_labels")}
+    client = DagsterGraphQLClient("127.0.0.1", port_number=httpx.URL(webserver).port)
+    run_id = client.submit_job_execution(
+        "ingestion_job",
+        repository_location_name="ml_assets",
+        repository_name="__repository__",
+        tags={"dagster/partition": day},
+    )
+    deadline = time.monotonic() + GIVE_UP
+    while (status := client.get_run_status(run_id)) not in (
+        DagsterRunStatus.SUCCESS,
+        DagsterRunStatus.FAILURE,
+        DagsterRunStatus.CANCELED,
+    ):
+        assert time.monotonic() < deadline, f"run {run_id} still {status}"
+        time.sleep(2)
+    assert status == DagsterRunStatus.SUCCESS
+
+    for key, old in before.items():
+        new = _latest(webserver, key, day)
+        assert new["run_id"] == run_id and old["run_id"] != run_id
+        # Re-ingesting a day replaces exactly that day: the same files give the same rows.
+        for stat in ("rows_in", "rows_ingested", "rows_quarantined", "duplicates_dropped", "files_read"):
+            assert new[stat] == old[stat], (key, stat)
+        assert new["rows_in"] == new["rows_ingested"] + new["rows_quarantined"] + new["duplicates_dropped"]
+        assert new["dagster/row_count"] == new["rows_ingested"] > 0
+        assert new["delta_version"] > old["delta_version"]
+    # ... and the metadata tells the truth about the table.
+    bronze = resources["lake"].scan(tables.BRONZE["transactions"])
+    rows = bronze.filter(pl.col("event_date") == date.fromisoformat(day)).select(pl.len()).collect().item()
+    assert rows == before["raw_transactions"]["rows_ingested"]
+
+
+# What a user of the registry runs: nothing of this project, only MLflow and the registry's address.
+SCORE_WITH_PLAIN_MLFLOW = """
+import json, sys
+import mlflow.pyfunc
+import pandas as pd
+
+model = mlflow.pyfunc.load_model("models:/fraud_detector@champion")
+rows = json.load(sys.stdin)
+frame = pd.DataFrame(rows["data"], columns=rows["columns"], dtype="float64")
+print(json.dumps({"run_id": model.metadata.run_id, "scores": model.predict(frame).tolist()}))
+"""
+
+
+def test_the_champion_loads_with_plain_mlflow_in_a_fresh_process(resources, tmp_path):
+    mlflow = resources["mlflow"]
+    client = mlflow.client()
+    champion = registry.alias_version(client, mlflow.registered_model_name, registry.CHAMPION)
+    assert mlflow.registered_model_name == "fraud_detector" and champion is not None
+
+    # Real rows of dbt's transaction_features (landing-contract transactions, as features) of the
+    # latest day whose labels have all arrived, with their latest label.
+    rows = resources["warehouse"].query(
+        f"""
+        with labels as (
+            select transaction_id, arg_max(is_fraud, labeled_ts) as is_fraud from stg_labels group by 1
+        ), day as (
+            select max(event_date) as d from transaction_features join labels using (transaction_id)
+        )
+        select transaction_id, is_fraud, {", ".join(FEATURE_COLUMNS)}
+        from transaction_features join labels using (transaction_id)
+        where event_date = (select d from day)
+        order by transaction_id
+        """
+    )
+    assert rows.height > 500 and 0 < rows["is_fraud"].sum() < rows.height
+    # Floats, as the pipeline's own scoring passes them (training.matrix); nulls stay null (NaN).
+    features = rows.select(pl.col(FEATURE_COLUMNS).cast(pl.Float64))
+    payload = {"columns": FEATURE_COLUMNS, "data": features.rows()}
+
+    done = subprocess.run(
+        [sys.executable, "-c", SCORE_WITH_PLAIN_MLFLOW],
+        input=json.dumps(payload),
+        env={"MLFLOW_TRACKING_URI": mlflow.tracking_uri},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert out["run_id"] == client.get_model_version(mlflow.registered_model_name, champion).run_id
+    scores = np.array(out["scores"])
+    assert scores.shape == (rows.height,) and ((scores > 0) & (scores < 1)).all()
+    metrics = score_metrics(rows["is_fraud"].to_numpy(), scores)
+    assert metrics["roc_auc"] > 0.8
+    assert 0.2 * metrics["positives"] < scores.sum() < 5 * metrics["positives"]  # about as many as there are
+    # The very scores the pipeline's batch scoring wrote for the champion.
+    batch = (
+        resources["lake"]
+        .scan(tables.BATCH_PREDICTIONS)
+        .filter(pl.col("alias") == registry.CHAMPION, pl.col("transaction_id").is_in(rows["transaction_id"]))
+        .select("transaction_id", "model_version", SCORE)
+        .collect()
+        .sort("transaction_id")
+    )
+    assert batch["transaction_id"].to_list() == rows["transaction_id"].to_list()
+    assert set(batch["model_version"]) == {champion}
+    np.testing.assert_allclose(scores, batch[SCORE].to_numpy(), rtol=1e-9, atol=1e-12)
