@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(ML_ASSETS_DATA_DIR)/dagster_home
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup run dev test lint bench lock clean mlflow-ui
+.PHONY: help setup run dev test lint bench lock clean mlflow-ui kserve
 
 help:
 	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
@@ -20,6 +20,7 @@ help:
 	@echo "make test   set up, lint, validate the definitions, run the tests"
 	@echo "make bench  the benchmarks in bench/ (minutes; big data)"
 	@echo "make lock   recompile requirements.lock from pyproject.toml"
+	@echo "make kserve render deploy/kserve/fraud-detector.yaml (KServe) from the registry's aliases"
 
 # The environment is rebuilt whenever the lock or the project changes.
 $(VENV)/.synced: requirements.lock pyproject.toml
@@ -57,6 +58,10 @@ test: lint
 
 bench: setup
 	$(PY) -m bench
+
+# The registry (MLFLOW_TRACKING_URI) decides what serves; this writes it as a KServe InferenceService.
+kserve: setup
+	$(PY) -m ml_assets.kserve
 
 lock:
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock
