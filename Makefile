@@ -15,7 +15,7 @@ export DAGSTER_HOME ?= $(ML_ASSETS_DATA_DIR)/dagster_home
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup run dev serve test lint chromium bench lock clean mlflow-ui rollback retrain
+.PHONY: help setup run dev serve test lint chromium bench lock clean mlflow-ui rollback retrain kserve
 
 help:
 	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
@@ -27,6 +27,7 @@ help:
 	@echo "make mlflow-ui                       the MLflow UI on http://127.0.0.1:5000"
 	@echo "make retrain VERSION=3               retrain a model version from its pinned snapshot"
 	@echo "make rollback REASON='why'           champion back to previous_champion"
+	@echo "make kserve                          render deploy/kserve/fraud-detector.yaml (KServe) from the registry's aliases"
 
 # The environment is rebuilt whenever the lock or the project changes.
 $(VENV)/.synced: requirements.lock pyproject.toml
@@ -88,6 +89,10 @@ retrain: setup
 
 rollback: setup
 	$(PY) -m ml_assets.rollback --reason "$(or $(REASON),manual rollback from the command line)"
+
+# The registry (MLFLOW_TRACKING_URI) decides what serves; this writes it as a KServe InferenceService.
+kserve: setup
+	$(PY) -m ml_assets.kserve
 
 lock:
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock

@@ -2,7 +2,7 @@
 
 The tests share one small world and build on each other in file order: v1 (first model, becomes
 champion), v2 (shuffled labels: blocked), v3 (good: promoted, v1 kept as previous_champion),
-rollback to v1, then v4 promoted through a registry outage.
+rollback to v1, then v4 promoted through a registry outage, then v5 trained on a Dask cluster.
 """
 
 from __future__ import annotations
@@ -204,3 +204,29 @@ def test_training_snapshots_stay_readable_by_time_travel(small_world, state):
     old = lake.scan(tables.TRAINING_SET, version=pinned).collect()
     assert old.height > 0 and set(old["split"].unique()) == {"train", "validation", "holdout"}
     assert old.filter(pl.col("split") == "holdout")["event_date"].max().isoformat() <= "2026-01-24"
+
+
+def test_a_model_trained_on_a_dask_cluster_is_registered_and_judged_like_any_other(small_world, state):
+    from distributed import LocalCluster
+
+    _, definitions, instance = small_world
+    # Threads: LightGBM's network state is per thread, and worker processes would import it again.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        result = _retrain(definitions, instance, dask_scheduler=cluster.scheduler_address)
+
+    mlflow = _mlflow(definitions)
+    client = mlflow.client()
+    version = _aliases(definitions)[registry.CHALLENGER]
+    model_meta = result.asset_materializations_for_node("fraud_model")[0].metadata
+    assert model_meta["model_version"].value == version and model_meta["holdout_roc_auc"].value > 0.8
+    mv = client.get_model_version(mlflow.registered_model_name, version)
+    assert client.get_run(mv.run_id).data.params["dask_scheduler"] == cluster.scheduler_address
+    assert mlflow.load_booster(version).num_trees() == int(mv.tags[registry.TAG_BEST_ITERATION])
+    # The report judged it with every gate, and the version's verdict is theirs. (Whether this one
+    # passes depends on the tiny world's slices, as for any retrained model.)
+    gates = {
+        c.split(":")[1]: ev.passed for c, ev in check_results(result).items() if "validation_report" in c
+    }
+    assert set(gates) == set(GATES)
+    assert mv.tags[registry.TAG_VERDICT] == ("passed" if all(gates.values()) else "failed")
+    assert result.success == all(gates.values())

@@ -126,13 +126,15 @@ def base_params(num_threads: int, seed: int) -> dict:
     }
 
 
+CATEGORICAL_INDICES = [FEATURE_COLUMNS.index(c) for c in CATEGORICAL_FEATURES]
+
+
 def dataset(x: np.ndarray, y: np.ndarray, reference=None):
     import lightgbm as lgb
 
-    categorical = [FEATURE_COLUMNS.index(c) for c in CATEGORICAL_FEATURES]
     # feature_pre_filter off: tuning trials share this Dataset and vary min_child_samples, which
     # LightGBM refuses (fatal) once features were pre-filtered with a larger one.
-    return lgb.Dataset(x, label=y, feature_name=FEATURE_COLUMNS, categorical_feature=categorical,
+    return lgb.Dataset(x, label=y, feature_name=FEATURE_COLUMNS, categorical_feature=CATEGORICAL_INDICES,
                        reference=reference, free_raw_data=False,
                        params={"feature_pre_filter": False})  # fmt: skip
 
@@ -167,19 +169,89 @@ def train_booster(
     )
 
 
-def tune(
-    base: dict,
-    train,
-    valid,
-    n_trials: int,
+def dask_trainer(
+    client,
+    train: tuple[np.ndarray, np.ndarray],
+    valid: tuple[np.ndarray, np.ndarray],
     num_boost_round: int,
     early_stopping_rounds: int,
+) -> Callable[[dict], TrainResult]:
+    """`train_booster` on a Dask cluster: the data goes to the workers once, and each call of the
+    returned function is one `lightgbm.dask` fit with the given parameters.
+
+    Same parameters, same early stopping, and a plain `lightgbm.Booster` back, so tracking, the
+    registry and the report can't tell the difference. What does differ:
+    - Learning is data parallel (lightgbm.dask's default `tree_learner=data`): each worker holds one
+      shard of the training rows, and the workers build every tree together, so all of them hold the
+      same trees. Each worker finds the bins of some features from its own shard, so the model is
+      close to the single-machine one, not identical, and not bit-reproducible either: which worker
+      becomes which LightGBM rank varies between runs (`python -m ml_assets.retrain` retrains on
+      one machine and reports the difference).
+    - Early stopping: lightgbm.dask doesn't support it, because each worker scores only its own part
+      of an eval set, workers can stop at different rounds, and training hangs (LightGBM #3712,
+      #6351). Here every worker gets the whole validation set: same trees, same rows, so the same
+      metrics and the same stopping round everywhere. The price is one copy of the validation
+      window per worker, which is small beside the training window.
+    - `num_threads` is each worker's Dask thread count, not the parameter.
+    - The rows still pass through this process (scattered from numpy), so its memory bounds the
+      training set; what the cluster spreads is LightGBM's own work and memory (bins, histograms).
+    """
+    import dask
+    import dask.array as da
+    import lightgbm as lgb
+
+    workers = sorted(client.scheduler_info()["workers"])
+
+    def on_workers(parts: list[np.ndarray]):
+        """One dask array whose i-th block lives on worker i (lightgbm.dask trains each worker on
+        the blocks it holds). hash=False: the validation copies are distinct blocks, one per worker."""
+        futures = [client.scatter(p, workers=[w], hash=False) for p, w in zip(parts, workers, strict=True)]
+        blocks = [
+            da.from_delayed(dask.delayed(f), shape=p.shape, dtype=p.dtype)
+            for f, p in zip(futures, parts, strict=True)
+        ]
+        return da.concatenate(blocks), futures
+
+    (x, y), (x_valid, y_valid) = train, valid
+    n = len(workers)
+    shards = (np.array_split(x, n), np.array_split(y, n), [x_valid] * n, [y_valid] * n)
+    (x_d, y_d, xv_d, yv_d), futures = zip(*(on_workers(parts) for parts in shards), strict=True)
+
+    def fit(params: dict) -> TrainResult:
+        model = lgb.DaskLGBMClassifier(
+            client=client,
+            n_estimators=num_boost_round,
+            **{k: v for k, v in params.items() if k != "num_threads"},
+        )
+        started = time.perf_counter()
+        model.fit(
+            x_d, y_d, eval_X=(xv_d,), eval_y=(yv_d,), eval_names=["validation"],
+            feature_name=FEATURE_COLUMNS, categorical_feature=CATEGORICAL_INDICES,
+            callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+        )  # fmt: skip
+        booster = model.booster_
+        history = model.evals_result_["validation"]
+        return TrainResult(booster, params, booster.best_iteration, history, time.perf_counter() - started)
+
+    # A dask array refers to its blocks by key only, and the scheduler frees a block once no future
+    # names it: the futures must live as long as `fit` does.
+    fit.scattered = futures
+    return fit
+
+
+def tune(
+    base: dict,
+    fit: Callable[[dict], TrainResult],
+    n_trials: int,
     seed: int,
     on_trial: Callable[[int, dict, TrainResult], None] = lambda *_: None,
 ) -> tuple[TrainResult, list[dict]]:
     """Optuna search over the usual LightGBM knobs; the best trial's booster is the model.
 
-    Returns the best result and one summary per trial (params, best iteration, validation PR-AUC).
+    `fit` trains one model with the given parameters (`train_booster` on this machine, or
+    `dask_trainer`'s on a cluster). Trials run one after another: on a cluster each trial uses
+    every worker, rather than trials running side by side. Returns the best result and one summary
+    per trial (params, best iteration, validation PR-AUC).
     """
     import optuna
 
@@ -194,7 +266,7 @@ def tune(
             "feature_fraction": trial.suggest_float("feature_fraction", 0.6, 1.0),
             "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
         }
-        result = train_booster(params, train, valid, num_boost_round, early_stopping_rounds)
+        result = fit(params)
         results[trial.number] = result
         on_trial(trial.number, params, result)
         return result.history["average_precision"][result.best_iteration - 1]

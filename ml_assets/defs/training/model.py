@@ -2,6 +2,8 @@
 
 import tempfile
 import time
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +17,15 @@ from ml_assets.defs.resources import LakeResource, MlflowResource
 from ml_assets.lib import oracle, registry, tables, tracking
 from ml_assets.lib.evaluation import score_metrics
 from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
-from ml_assets.lib.training import SPLITS, base_params, dataset, matrix, tune
+from ml_assets.lib.training import (
+    SPLITS,
+    base_params,
+    dask_trainer,
+    dataset,
+    matrix,
+    train_booster,
+    tune,
+)
 
 
 class TrainingConfig(dg.Config):
@@ -26,6 +36,11 @@ class TrainingConfig(dg.Config):
         default=2, description="LightGBM threads. More than the free cores slows training down badly."
     )
     seed: int = Field(default=7, description="Seed for Optuna and LightGBM (training is deterministic).")
+    dask_scheduler: str | None = Field(
+        default=None,
+        description="Address of a Dask scheduler (tcp://host:8786): train every trial with lightgbm.dask "
+        "on that cluster, for a training set past one machine. Unset: LightGBM in this process.",
+    )
     shuffle_labels: bool = Field(
         default=False,
         description="Train on shuffled labels: a worthless challenger, to watch the gates block it.",
@@ -72,8 +87,6 @@ def fraud_model(
     snapshot = lake.version(tables.TRAINING_SET)
     frame = lake.scan(tables.TRAINING_SET, version=snapshot).collect()
     data = _splits(frame, config.shuffle_labels, config.seed)
-    train = dataset(*data["train"])
-    valid = dataset(*data["validation"], reference=train)
     windows = {}
     for split in SPLITS:
         days = frame.filter(pl.col("split") == split)["event_date"]
@@ -95,11 +108,23 @@ def fraud_model(
                 mlflow_api.log_metrics({"validation_pr_auc": ap, "best_iteration": result.best_iteration,
                                         "seconds": result.seconds})  # fmt: skip
 
+        rounds, patience = config.num_boost_round, config.early_stopping_rounds
         started = time.perf_counter()
-        best, trials = tune(
-            base_params(config.num_threads, config.seed), train, valid, config.n_trials,
-            config.num_boost_round, config.early_stopping_rounds, config.seed, log_trial,
-        )  # fmt: skip
+        with ExitStack() as stack:  # the Dask client, when there is one, closes after the last trial
+            if config.dask_scheduler:
+                from distributed import Client
+
+                cluster = stack.enter_context(Client(config.dask_scheduler))
+                context.log.info(f"training on the Dask cluster at {config.dask_scheduler}")
+                fit = dask_trainer(cluster, data["train"], data["validation"], rounds, patience)
+            else:
+                train = dataset(*data["train"])
+                valid = dataset(*data["validation"], reference=train)
+                fit = partial(train_booster, train=train, valid=valid, num_boost_round=rounds,
+                              early_stopping_rounds=patience)  # fmt: skip
+
+            base = base_params(config.num_threads, config.seed)
+            best, trials = tune(base, fit, config.n_trials, config.seed, log_trial)
         train_seconds = time.perf_counter() - started
         tracking.log_iteration_metrics(client, run_id, best.history)
         gains = best.booster.feature_importance(importance_type="gain").tolist()
