@@ -232,7 +232,7 @@ class MlflowResource(dg.ConfigurableResource):
         init = SimpleNamespace(
             log=context.log,
             dagster_run=context.run,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             resource_config={
                 "experiment_name": self.experiment_name,
                 "mlflow_tracking_uri": self.tracking_uri,

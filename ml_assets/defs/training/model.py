@@ -143,7 +143,9 @@ def fraud_model(
         )
         version = tracking.register(
             client, mlflow.registered_model_name, model_uri, run_id,
-            tracking.model_tags(context.run_id, snapshot, bronze, windows, best.params, best.best_iteration),
+            tracking.model_tags(
+                context.run.run_id, snapshot, bronze, windows, best.params, best.best_iteration
+            ),
         )  # fmt: skip
         client.set_registered_model_alias(mlflow.registered_model_name, registry.CHALLENGER, version)
     context.log.info(f"registered {mlflow.registered_model_name} v{version} as {registry.CHALLENGER}")

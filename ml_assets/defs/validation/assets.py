@@ -86,7 +86,7 @@ def model_validation_report(
     verdict, reasons = gates.summary(verdicts)
     client.set_model_version_tag(name, challenger, registry.TAG_VERDICT, verdict)
     client.set_model_version_tag(name, challenger, registry.TAG_VERDICT_REASONS, reasons)
-    client.set_model_version_tag(name, challenger, "validation_report_run", context.run_id)
+    client.set_model_version_tag(name, challenger, "validation_report_run", context.run.run_id)
 
     images, slices = report["images"], report["slice_table"]
     sections = [
