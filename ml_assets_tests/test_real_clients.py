@@ -169,7 +169,9 @@ def test_the_ui_shows_every_stage_with_its_checks_and_the_validation_report(chro
             # Wide enough that the graph, fitted to the screen, draws full asset nodes (names, check
             # counts) rather than the bare boxes it draws when zoomed far out.
             page = browser.new_page(viewport={"width": 3200, "height": 1400})
+            # Generous waits: on a loaded 2-core box a tab can take well over expect's default 5 s.
             page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
             # A new browser is invited to join the community first: skip that whenever it shows.
             page.add_locator_handler(
                 page.get_by_text("Join the Dagster community"),
