@@ -1,0 +1,262 @@
+"""Fault tolerance: what a killed, raced, cut-off or repeated run leaves behind, on real stores.
+
+Every test drives real Dagster runs against real Delta tables, a real MLflow SQLite store and a
+real DuckDB warehouse in temp dirs. A fault is injected from outside, the way it happens in
+production: a run's process is SIGKILLed at a chosen point of its work (watched on disk, not
+guessed by time), two processes write the same partition at once, the tracking server is not
+there. Then the stores are read back, and a re-run must converge to what a clean run gives.
+
+"Same contents" is an order-independent content hash of a table's rows (`_content`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from ml_assets.lib import tables
+from ml_assets_tests.conftest import DAGSTER_YAML, STORE_VARIABLES, load_defs, scoped_environ
+
+REPO = Path(__file__).resolve().parents[1]
+DAY = "2026-01-15"
+TX = tables.BRONZE["transactions"], tables.QUARANTINE["transactions"]
+
+# A run of one job in a fresh process, the way `dagster job execute` would start it: it loads the
+# code location, then (with a barrier file) waits until every driver is loaded, so that two of
+# them really start their work at the same moment. It prints what happened as one JSON line.
+DRIVER = """
+import json, os, sys, time
+import dagster as dg
+from ml_assets_tests.conftest import load_defs
+from ml_assets_tests.test_faults import outcome
+
+job, partition, select, config, barrier = sys.argv[1:6]
+tags = {}
+if ".." in partition:  # a range of days, in one run
+    start, end = partition.split("..")
+    tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+job_def = load_defs().resolve_job_def(job)
+instance = dg.DagsterInstance.get()
+if barrier:
+    open(f"{barrier}.{os.getpid()}", "w").close()
+    while not os.path.exists(barrier):
+        time.sleep(0.001)
+result = job_def.execute_in_process(
+    instance=instance,
+    partition_key=None if tags or not partition else partition,
+    tags=tags,
+    asset_selection=[dg.AssetKey(k) for k in select.split(",")] if select else None,
+    run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}} | json.loads(config),
+    raise_on_error=False,
+)
+print("OUTCOME " + json.dumps(outcome(result)), flush=True)
+"""
+
+
+def outcome(result) -> dict:
+    """What a run did: success, and the error of every retry and failure (with its causes)."""
+
+    def error(event) -> str:
+        data = event.event_specific_data
+        info = getattr(data, "error", None)
+        return info.to_string() if info else event.message or ""
+
+    events = result.all_events
+    return {
+        "run_id": result.run_id,
+        "success": result.success,
+        "retries": [error(e) for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"],
+        "failures": [error(e) for e in events if e.event_type_value == "STEP_FAILURE"],
+        "retried_steps": [e.step_key for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"],
+    }
+
+
+def _content(frame: pl.DataFrame, exclude: tuple[str, ...] = ()) -> str:
+    """Order-independent hash of a frame's rows (duplicates count): sha256 of the sorted row hashes."""
+    if frame.is_empty():
+        return "0 rows"
+    frame = frame.select(sorted(c for c in frame.columns if c not in exclude))
+    hashes = np.sort(frame.hash_rows(seed=0).to_numpy())
+    return f"{frame.height} rows {hashlib.sha256(hashes.tobytes()).hexdigest()[:16]}"
+
+
+def _read(root: Path, table: str) -> pl.DataFrame | None:
+    """A Delta table read twice, by deltalake and by polars, which must agree (None: no table)."""
+    from deltalake import DeltaTable
+
+    uri = str(root / "lake" / table)
+    if not DeltaTable.is_deltatable(uri):
+        return None
+    arrow = pl.from_arrow(DeltaTable(uri).to_pyarrow_table())
+    frame = pl.read_delta(uri)
+    assert _content(arrow) == _content(frame.select(arrow.columns))
+    return frame
+
+
+def _day(root: Path, table: str, column: str = "event_date", day: str = DAY) -> str:
+    """The content hash of one partition of a table (of nothing, when the table doesn't exist)."""
+    frame = _read(root, table)
+    if frame is None:
+        return _content(pl.DataFrame())
+    return _content(frame.filter(pl.col(column).cast(pl.String) == day))
+
+
+def _root(path: Path) -> Path:
+    """A data root with its own DAGSTER_HOME under it."""
+    (path / "landing").mkdir(parents=True, exist_ok=True)
+    (path / "dagster_home").mkdir(exist_ok=True)
+    (path / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
+    return path
+
+
+def _environ(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}
+    return env | {"ML_ASSETS_DATA_DIR": str(root), "DAGSTER_HOME": str(root / "dagster_home")} | extra
+
+
+def _spawn(root: Path, job: str, partition="", select="", config=None, barrier="", **env) -> subprocess.Popen:
+    """The driver in its own process group (so a kill reaches everything it started)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, job, partition, select, json.dumps(config or {}), barrier],
+        cwd=REPO,
+        env=_environ(root, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.startswith("OUTCOME ")]
+    assert lines, f"the driver printed no outcome (exit {proc.returncode}):\n{err[-3000:]}"
+    return json.loads(lines[-1].removeprefix("OUTCOME "))
+
+
+def _kill_when(proc: subprocess.Popen, trigger: Callable[[], bool], timeout: float = 300) -> None:
+    """SIGKILL the process (group) the moment `trigger()` holds; fail if it finished first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if trigger():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            assert proc.returncode == -signal.SIGKILL
+            return
+        time.sleep(0.001)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    pytest.fail(f"the run ended (exit {proc.returncode}) before the kill point:\n{err[-3000:]}")
+
+
+def _files(folder: Path) -> set[str]:
+    try:
+        return {e.name for e in os.scandir(folder)}
+    except FileNotFoundError:
+        return set()
+
+
+def _commits(root: Path, table: str) -> int:
+    return len([f for f in _files(root / "lake" / table / "_delta_log") if f.endswith(".json")])
+
+
+def _big_day(landing: Path, day: str, name: str, rows: int) -> None:
+    """`rows` valid transactions of `day` in one landing file (~0.1 s of Delta write per 100k)."""
+    i = pl.col("i")
+    two = lambda e: e.cast(pl.String).str.zfill(2)  # noqa: E731
+    frame = pl.DataFrame({"i": np.arange(rows)}).select(
+        transaction_id=pl.format(f"{day}-{name}-{{}}", i),
+        event_time=pl.format(f"{day}T{{}}:{{}}:{{}}Z", two(i // 3600 % 24), two(i // 60 % 60), two(i % 60)),
+        card_id=pl.format("card-{}", i % 5000),
+        merchant_id=pl.format("m-{}", i % 300),
+        merchant_category=pl.lit("5411"),
+        amount=(i % 10_000 / 100 + 1).cast(pl.String),
+        currency=pl.lit("EUR"),
+        country=pl.lit("FR"),
+        channel=pl.lit("pos"),
+        device_id=pl.lit(None, pl.String),
+    )
+    folder = landing / "transactions" / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(folder / f"{name}.csv")
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+DAYS = ("2026-01-14", "2026-01-16")
+RANGE = {"dagster/asset_partition_range_start": DAYS[0], "dagster/asset_partition_range_end": DAYS[1]}
+
+
+def _ingest_in_process(root: Path) -> dict:
+    """A clean run of raw_transactions for DAYS (one run, one commit) in this process."""
+    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
+        instance = dg.DagsterInstance.get()
+        try:
+            result = load_defs().resolve_job_def("ingestion_job").execute_in_process(
+                instance=instance, tags=RANGE, asset_selection=[dg.AssetKey("raw_transactions")],
+                run_config=QUIET, raise_on_error=False,
+            )  # fmt: skip
+        finally:
+            instance.dispose()
+    return outcome(result)
+
+
+def _days(root: Path) -> dict[str, str]:
+    """Table -> the content hash of each of DAYS."""
+    days = ["2026-01-14", "2026-01-15", "2026-01-16"]
+    return {f"{t} {d}": _day(root, t, day=d) for t in TX for d in days}
+
+
+def test_a_run_killed_during_its_delta_write_leaves_whole_days_and_a_rerun_converges(tmp_path):
+    """SIGKILL in the middle of a Delta write: the tables read, every day is all old or all new
+    (never partial, and all days of the commit move together), and a re-run converges to
+    exactly what a clean run on another data root gives."""
+    killed, clean = _root(tmp_path / "killed"), _root(tmp_path / "clean")
+    days = ["2026-01-14", "2026-01-15", "2026-01-16"]
+    for day in days:
+        _big_day(killed / "landing", day, "part-0", 100_000)
+    ingest = partial(_spawn, killed, "ingestion_job", f"{DAYS[0]}..{DAYS[1]}", "raw_transactions")
+
+    # 1. No table yet. Killed once bronze exists (created empty, as its own commit) while the
+    # three days' data is encoded: the table reads, and holds none of them.
+    _kill_when(ingest(), lambda: _commits(killed, TX[0]) >= 1)
+    assert set(_days(killed).values()) == {"0 rows"}
+    assert _ingest_in_process(killed)["success"]
+    old = _days(killed)
+    assert old[f"{TX[0]} {DAY}"].startswith("100000 rows")
+
+    # 2. The days are re-delivered with more rows. Killed the moment the first new data file
+    # appears: the other days' files are still being written, the commit not made.
+    for day in days:
+        for root in (killed, clean):
+            _big_day(root / "landing", day, "part-1", 20_000)
+        shutil.copy(killed / "landing" / "transactions" / f"date={day}" / "part-0.csv",
+                    clean / "landing" / "transactions" / f"date={day}")  # fmt: skip
+    assert _ingest_in_process(clean)["success"]
+    new = _days(clean)
+    folders = [killed / "lake" / TX[0] / f"event_date={d}" for d in days]
+    before = [_files(f) for f in folders]
+    commits = _commits(killed, TX[0])
+    _kill_when(ingest(), lambda: any(_files(f) - b for f, b in zip(folders, before, strict=True)))
+    after = _days(killed)
+    # One commit holds every day of the run: all of them old, or all new.
+    assert after in (old, new), {k: (after[k], old[k], new[k]) for k in after}
+    print(f"killed {'before' if _commits(killed, TX[0]) == commits else 'after'} the bronze commit")
+
+    assert _ingest_in_process(killed)["success"]
+    assert _days(killed) == new
+    assert [_content(_read(killed, t)) for t in TX] == [_content(_read(clean, t)) for t in TX]
