@@ -29,7 +29,7 @@ import polars as pl
 import pytest
 
 from ml_assets.lib import tables
-from ml_assets_tests.conftest import DAGSTER_YAML, STORE_VARIABLES, load_defs, scoped_environ
+from ml_assets_tests.conftest import DAGSTER_YAML, STORE_VARIABLES, load_defs, run_job, scoped_environ
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-01-15"
@@ -84,6 +84,9 @@ def outcome(result) -> dict:
         "retries": [error(e) for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"],
         "failures": [error(e) for e in events if e.event_type_value == "STEP_FAILURE"],
         "retried_steps": [e.step_key for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"],
+        "retry_waits": [
+            e.event_specific_data.seconds_to_wait for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"
+        ],
     }
 
 
@@ -277,8 +280,9 @@ def test_a_run_killed_during_its_delta_write_leaves_whole_days_and_a_rerun_conve
     assert [_content(_read(killed, t)) for t in TX] == [_content(_read(clean, t)) for t in TX]
 
 
-def _at_once(root: Path, runs: int, *args, repeat: int = 1) -> list[dict]:
-    """`runs` drivers of the same job, each loaded first; `repeat` rounds, each released together."""
+def _at_once(root: Path, runs: int, *args, repeat: int = 1, between=lambda: None) -> list[dict]:
+    """`runs` drivers of the same job, each loaded first; `repeat` rounds, each released together.
+    `between()` runs after each round (every driver has finished it), before the next one."""
     barrier = root / "go"
     # Each driver has its own DAGSTER_HOME: one SQLite run storage would serialize their event
     # writes and keep them out of step (production's PostgreSQL does not).
@@ -292,8 +296,12 @@ def _at_once(root: Path, runs: int, *args, repeat: int = 1) -> list[dict]:
             assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
             assert time.monotonic() < deadline
             time.sleep(0.01)
+        if i:
+            between()
         (root / f"go-{i}").touch()
-    return [o for p in procs for o in _finish(p)]
+    outcomes = [o for p in procs for o in _finish(p)]
+    between()
+    return outcomes
 
 
 def test_two_runs_of_the_same_partition_at_once_leave_one_copy_of_each_row(tmp_path):
@@ -308,13 +316,221 @@ def test_two_runs_of_the_same_partition_at_once_leave_one_copy_of_each_row(tmp_p
     # Round 0 on a lake with no table yet (both create it, then replace the day), then rounds on
     # the existing day. Whether a round's commits collide is up to the scheduler: the assertions
     # hold either way, and the printed count says how often they did (1 or 2 in 3 rounds here).
-    outcomes = _at_once(raced, 2, "ingestion_job", DAY, "raw_transactions", repeat=3)
+    def one_copy_of_each_row():
+        bronze = _read(raced, TX[0])
+        assert bronze.height == bronze["transaction_id"].n_unique() == 100_000
+        assert [_content(_read(raced, t)) for t in TX] == expected
+
+    outcomes = _at_once(
+        raced, 2, "ingestion_job", DAY, "raw_transactions", repeat=3, between=one_copy_of_each_row
+    )
     # All succeed: the one that loses the commit race gets deltalake's CommitFailedError (nothing
     # of it committed), and the step's retry policy runs it again on the winner's table.
     assert [o["success"] for o in outcomes] == [True] * 6, outcomes
     retries = [r for o in outcomes for r in o["retries"]]
     assert all("CommitFailedError: Failed to commit transaction" in r for r in retries), retries
     print(f"commit conflicts retried: {len(retries)}")
-    bronze = _read(raced, TX[0])
-    assert bronze.height == bronze["transaction_id"].n_unique() == 100_000
-    assert [_content(_read(raced, t)) for t in TX] == expected
+
+
+# --- On a small simulated world (conftest's small_world, shared in file order): assets run twice,
+# a tracking store that is not there, a training run killed mid-tuning.
+
+TRAINING = {"ops": {"fraud_model": {"config": {"n_trials": 3, "num_boost_round": 200}}}}
+# Days of the world materialized a second time: a week in the middle, so that later days' features
+# (which read these days as history) are compared too.
+AGAIN = ("2026-01-10", "2026-01-16")
+
+
+def _warehouse(root: Path, table: str) -> pl.DataFrame:
+    import duckdb
+
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        return con.sql(f"select * from {table}").pl()
+
+
+def _world_contents(root: Path) -> dict[str, str]:
+    # No column of these tables is run-specific (no load timestamps, run ids or Delta versions
+    # in rows), so nothing is excluded from the hashes.
+    lake = [*tables.BRONZE.values(), *tables.QUARANTINE.values()]
+    return {t: _content(_read(root, t)) for t in lake} | {
+        t: _content(_warehouse(root, t)) for t in ("stg_transactions", "stg_labels", "transaction_features")
+    }
+
+
+def _lake_versions(root: Path) -> dict[str, int]:
+    from deltalake import DeltaTable
+
+    return {
+        t: DeltaTable(str(root / "lake" / t)).version()
+        for t in [*tables.BRONZE.values(), *tables.QUARANTINE.values()]
+    }
+
+
+def test_every_asset_materialized_twice_has_identical_contents(small_world):
+    """Ingestion, the dbt features and the training snapshot, materialized again on the same
+    inputs: every table's contents are identical (and they were really rewritten)."""
+    root, definitions, instance = small_world
+    before, versions = _world_contents(root), _lake_versions(root)
+    assert all(not h.startswith("0 rows") for t, h in before.items() if "quarantine" not in t)
+    for job in ("ingestion_job", "features_job"):
+        result = run_job(definitions, job, instance=instance, days=AGAIN)
+        assert result.success, outcome(result)
+    assert all(v > versions[t] for t, v in _lake_versions(root).items())
+    assert _world_contents(root) == before
+
+    from ml_assets.defs.resources import LakeResource
+
+    lake, snapshots = LakeResource.from_env(), {}
+    for _ in range(2):
+        result = definitions.resolve_job_def("retraining_job").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("training_set")], run_config=QUIET
+        )
+        version = result.asset_materializations_for_node("training_set")[0].metadata["delta_version"].value
+        snapshots[version] = _content(lake.scan(tables.TRAINING_SET, version=version).collect())
+    assert len(snapshots) == 2 and len(set(snapshots.values())) == 1, snapshots
+
+
+def _registry(root: Path):
+    """The world's MLflow registry (its SQLite store), as the location's resource sees it."""
+    from ml_assets.defs.resources import MlflowResource
+
+    return MlflowResource(
+        tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", artifact_location=str(root / "mlflow")
+    )
+
+
+def _model_versions(root: Path) -> list:
+    mlflow = _registry(root)
+    return mlflow.client().search_model_versions(f"name='{mlflow.registered_model_name}'")
+
+
+def _aliases(root: Path) -> dict[str, str | None]:
+    from ml_assets.lib import registry
+
+    mlflow = _registry(root)
+    client = mlflow.client()
+    return {a: registry.alias_version(client, mlflow.registered_model_name, a) for a in registry.ALIASES}
+
+
+def _promotion_requests(root: Path, instance) -> list:
+    """What one tick of the promotion sensor asks for, from the start (no cursor)."""
+    from ml_assets.defs.promotion.sensors import model_promotion_sensor
+
+    context = dg.build_sensor_context(instance=instance, resources={"mlflow": _registry(root)})
+    return model_promotion_sensor(context).run_requests
+
+
+def test_an_unreachable_tracking_store_fails_training_after_retries_and_registers_nothing(small_world):
+    """Training with the MLflow server down: the step is retried with backoff (the storage_retry
+    policy), then fails naming the store; nothing is registered or promoted."""
+    import socket
+
+    from ml_assets.defs.policies import storage_retry
+    from ml_assets.defs.training.model import fraud_model
+
+    root, _, instance = small_world
+    assert fraud_model.op.retry_policy == storage_retry
+    with socket.socket() as s:  # a port nothing listens on (bound, then closed)
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    versions_before = len(_model_versions(root)) if (root / "mlflow" / "mlflow.db").exists() else 0
+    environ = {
+        "ML_ASSETS_DATA_DIR": str(root),
+        "DAGSTER_HOME": str(root / "dagster_home"),
+        "MLFLOW_TRACKING_URI": uri,
+        # MLflow's own HTTP retries (7, with backoff, by default) would take minutes per attempt:
+        # the step's retry policy is what is under test.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
+    with scoped_environ(**environ):
+        started = time.monotonic()
+        result = run_job(load_defs(), "retraining_job", instance=instance, run_config=TRAINING)
+        seconds = time.monotonic() - started
+    run = outcome(result)
+
+    assert not run["success"]
+    assert run["retried_steps"] == ["fraud_model"] * storage_retry.max_retries
+    unreachable = f"MLflow tracking store {uri} is unreachable"
+    assert all(unreachable in error for error in run["retries"] + run["failures"]), run
+    assert len(run["failures"]) == 1
+    # Exponential backoff (2, 6, 14 s, each +-2 s of jitter), and the run really waited.
+    for attempt, wait in enumerate(run["retry_waits"], start=1):
+        assert abs(wait - (2**attempt - 1) * storage_retry.delay) <= storage_retry.delay
+    assert seconds >= sum(run["retry_waits"])
+    assert result.asset_materializations_for_node("model_validation_report") == []
+
+    assert len(_model_versions(root)) == versions_before
+    assert _promotion_requests(root, instance) == []
+
+
+def _trials_logged(db: Path) -> int:
+    """Optuna trials the training run has logged to MLflow so far (nested runs)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("select count(*) from tags where key = 'mlflow.parentRunId'").fetchone()[0]
+    except sqlite3.OperationalError:  # the store's tables are not there yet, or it is busy
+        return 0
+
+
+def _clean_training_run(root: Path) -> dict:
+    """The same retraining on a copy of the world that nothing ever killed: fraud_model's metadata."""
+    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
+        instance = dg.DagsterInstance.get()
+        try:
+            result = run_job(load_defs(), "retraining_job", instance=instance, run_config=TRAINING)
+            assert result.success, outcome(result)
+        finally:
+            instance.dispose()
+    return result.asset_materializations_for_node("fraud_model")[0].metadata
+
+
+def _model_result(metadata) -> dict:
+    keys = ("holdout_roc_auc", "holdout_pr_auc", "validation_pr_auc", "best_iteration", "best_params")
+    return {k: metadata[k].value for k in keys}
+
+
+def test_a_training_run_killed_mid_tuning_leaves_no_model_and_a_rerun_matches_a_clean_run(
+    small_world, tmp_path
+):
+    """SIGKILL while fraud_model tunes: no version, no alias, nothing for the promotion sensor, a
+    readable snapshot; then a re-run registers a model with a clean run's exact holdout metrics."""
+    from ml_assets.defs.resources import LakeResource
+    from ml_assets.lib import registry
+
+    root, definitions, instance = small_world
+    # A clean twin of the world, before anything is killed in it (no registry yet in either).
+    assert not (root / "mlflow" / "mlflow.db").exists() or _model_versions(root) == []
+    twin = tmp_path / "twin"
+    shutil.copytree(root, twin, ignore=shutil.ignore_patterns("mlflow"))
+
+    training = _spawn(root, "retraining_job", config=TRAINING)
+    _kill_when(training, lambda: _trials_logged(root / "mlflow" / "mlflow.db") >= 1)
+
+    client = _registry(root).client()
+    (experiment,) = [e for e in client.search_experiments() if e.name == "fraud_detector"]
+    runs = client.search_runs([experiment.experiment_id])
+    (killed,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert killed.info.status == "RUNNING"  # a killed process ends nothing: the run stays open
+    assert _model_versions(root) == []
+    assert set(_aliases(root).values()) == {None}
+    assert _promotion_requests(root, instance) == []
+    # The snapshot the killed run wrote (before fraud_model) reads, whole.
+    lake = LakeResource.from_env()
+    snapshot = _content(lake.scan(tables.TRAINING_SET).collect())
+    assert _content(_read(root, tables.TRAINING_SET)) == snapshot
+
+    result = run_job(definitions, "retraining_job", instance=instance, run_config=TRAINING)
+    assert result.success, outcome(result)
+    rerun = result.asset_materializations_for_node("fraud_model")[0].metadata
+    (version,) = _model_versions(root)
+    assert version.tags[registry.TAG_DAGSTER_RUN] == result.run_id
+    assert _aliases(root)[registry.CHALLENGER] == str(version.version)
+    assert _content(lake.scan(tables.TRAINING_SET).collect()) == snapshot
+
+    clean = _clean_training_run(twin)
+    assert _model_result(rerun) == _model_result(clean)
