@@ -15,7 +15,10 @@
 {% set label_window = var('merchant_label_window_days') %}
 
 with history as (
-    select *
+    -- Amounts are summed as exact decimals: a sum of doubles depends on the order DuckDB adds
+    -- them in, which changes with the run's range and threads, so a re-run would differ in the
+    -- last bits. 12 decimals keep every amount the contract allows.
+    select *, amount::decimal(38, 12) as amount_exact
     from {{ ref('stg_transactions') }}
     where event_date between {{ min_date() }} - {{ lookback }} and {{ max_date() }}
 ),
@@ -34,15 +37,15 @@ card_history as (
     select
         c.transaction_id,
         count(p.transaction_id) filter (where p.event_ts >= c.event_ts - interval 1 hour) as card_tx_count_1h,
-        coalesce(sum(p.amount) filter (where p.event_ts >= c.event_ts - interval 1 hour), 0)
+        coalesce(sum(p.amount_exact) filter (where p.event_ts >= c.event_ts - interval 1 hour), 0)::double
             as card_amount_sum_1h,
         count(p.transaction_id) filter (where p.event_ts >= c.event_ts - interval 24 hour) as card_tx_count_24h,
-        coalesce(sum(p.amount) filter (where p.event_ts >= c.event_ts - interval 24 hour), 0)
+        coalesce(sum(p.amount_exact) filter (where p.event_ts >= c.event_ts - interval 24 hour), 0)::double
             as card_amount_sum_24h,
         count(p.transaction_id) filter (where p.event_ts >= c.event_ts - interval 7 day) as card_tx_count_7d,
-        coalesce(sum(p.amount) filter (where p.event_ts >= c.event_ts - interval 7 day), 0)
+        coalesce(sum(p.amount_exact) filter (where p.event_ts >= c.event_ts - interval 7 day), 0)::double
             as card_amount_sum_7d,
-        avg(p.amount) as card_amount_avg_lookback,
+        avg(p.amount_exact)::double as card_amount_avg_lookback,
         max(p.event_ts) as card_last_ts,
         count(p.transaction_id) filter (where p.device_id = c.device_id) as device_seen,
         count(p.transaction_id) filter (where p.country = c.country) as country_seen,

@@ -1,0 +1,533 @@
+"""Fault tolerance: what a killed, raced, cut-off or repeated run leaves behind, on real stores.
+
+Every test drives real Dagster runs against real Delta tables, a real MLflow SQLite store and a
+real DuckDB warehouse in temp dirs. A fault is injected from outside, the way it happens in
+production: a run's process is SIGKILLed at a chosen point of its work (watched on disk, not
+guessed by time), two processes write the same partition at once, the tracking server is not
+there. Then the stores are read back, and a re-run must converge to what a clean run gives.
+
+"Same contents" is an order-independent content hash of a table's rows (`_content`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from ml_assets.lib import tables
+from ml_assets_tests.conftest import DAGSTER_YAML, STORE_VARIABLES, load_defs, run_job, scoped_environ
+
+REPO = Path(__file__).resolve().parents[1]
+DAY = "2026-01-15"
+TX = tables.BRONZE["transactions"], tables.QUARANTINE["transactions"]
+
+# A run of one job in a fresh process, the way `dagster job execute` would start it: it loads the
+# code location, then runs the job `repeat` times. With a barrier, each run first waits until
+# every driver is ready for it, so that runs in two processes really start at the same moment.
+# It prints what happened in each run as one JSON line.
+DRIVER = """
+import json, os, sys, time
+import dagster as dg
+from ml_assets_tests.conftest import load_defs
+from ml_assets_tests.test_faults import outcome
+
+job, partition, select, config, barrier, repeat = sys.argv[1:7]
+tags = {}
+if ".." in partition:  # a range of days, in one run
+    start, end = partition.split("..")
+    tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+job_def = load_defs().resolve_job_def(job)
+instance = dg.DagsterInstance.get()
+for i in range(int(repeat)):
+    if barrier:  # say this driver is ready for round i, then wait for the signal
+        open(f"{barrier}-{i}.{os.getpid()}", "w").close()
+        while not os.path.exists(f"{barrier}-{i}"):
+            time.sleep(0.001)
+    result = job_def.execute_in_process(
+        instance=instance,
+        partition_key=None if tags or not partition else partition,
+        tags=tags,
+        asset_selection=[dg.AssetKey(k) for k in select.split(",")] if select else None,
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}} | json.loads(config),
+        raise_on_error=False,
+    )
+    print("OUTCOME " + json.dumps(outcome(result)), flush=True)
+"""
+
+
+def outcome(result) -> dict:
+    """What a run did: success, and the error of every retry and failure (with its causes)."""
+
+    def error(event) -> str:
+        data = event.event_specific_data
+        info = getattr(data, "error", None)
+        return info.to_string() if info else event.message or ""
+
+    events = result.all_events
+    return {
+        "run_id": result.run_id,
+        "success": result.success,
+        "retries": [error(e) for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"],
+        "failures": [error(e) for e in events if e.event_type_value == "STEP_FAILURE"],
+        "retried_steps": [e.step_key for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"],
+        "retry_waits": [
+            e.event_specific_data.seconds_to_wait for e in events if e.event_type_value == "STEP_UP_FOR_RETRY"
+        ],
+    }
+
+
+def _content(frame: pl.DataFrame) -> str:
+    """Order-independent hash of a frame's rows (duplicates count): sha256 of the sorted row hashes."""
+    if frame.is_empty():
+        return "0 rows"
+    frame = frame.select(sorted(frame.columns))
+    hashes = np.sort(frame.hash_rows(seed=0).to_numpy())
+    return f"{frame.height} rows {hashlib.sha256(hashes.tobytes()).hexdigest()[:16]}"
+
+
+def _read(root: Path, table: str) -> pl.DataFrame | None:
+    """A Delta table read twice, by deltalake and by polars, which must agree (None: no table)."""
+    from deltalake import DeltaTable
+
+    uri = str(root / "lake" / table)
+    if not DeltaTable.is_deltatable(uri):
+        return None
+    arrow = pl.from_arrow(DeltaTable(uri).to_pyarrow_table())
+    frame = pl.read_delta(uri)
+    assert _content(arrow) == _content(frame.select(arrow.columns))
+    return frame
+
+
+def _day(root: Path, table: str, column: str = "event_date", day: str = DAY) -> str:
+    """The content hash of one partition of a table (of nothing, when the table doesn't exist)."""
+    frame = _read(root, table)
+    if frame is None:
+        return _content(pl.DataFrame())
+    return _content(frame.filter(pl.col(column).cast(pl.String) == day))
+
+
+def _root(path: Path) -> Path:
+    """A data root with its own DAGSTER_HOME under it."""
+    (path / "landing").mkdir(parents=True, exist_ok=True)
+    (path / "dagster_home").mkdir(exist_ok=True)
+    (path / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
+    return path
+
+
+def _environ(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}
+    return env | {"ML_ASSETS_DATA_DIR": str(root), "DAGSTER_HOME": str(root / "dagster_home")} | extra
+
+
+def _spawn(
+    root: Path, job: str, partition="", select="", config=None, barrier="", repeat=1, **env
+) -> subprocess.Popen:
+    """The driver in its own process group (so a kill reaches everything it started)."""
+    args = [job, partition, select, json.dumps(config or {}), barrier, str(repeat)]
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *args],
+        cwd=REPO,
+        env=_environ(root, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> list[dict]:
+    """The outcome of each run the driver made."""
+    out, err = proc.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.startswith("OUTCOME ")]
+    assert lines, f"the driver printed no outcome (exit {proc.returncode}):\n{err[-3000:]}"
+    return [json.loads(line.removeprefix("OUTCOME ")) for line in lines]
+
+
+def _kill_when(
+    proc: subprocess.Popen, trigger: Callable[[], bool], timeout: float = 300, poll: float = 0.001
+) -> None:
+    """SIGKILL the process (group) the moment `trigger()` holds; fail if it finished first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if trigger():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            assert proc.returncode == -signal.SIGKILL
+            return
+        time.sleep(poll)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    pytest.fail(f"the run ended (exit {proc.returncode}) before the kill point:\n{err[-3000:]}")
+
+
+def _files(folder: Path) -> set[str]:
+    try:
+        return {e.name for e in os.scandir(folder)}
+    except FileNotFoundError:
+        return set()
+
+
+def _commits(root: Path, table: str) -> int:
+    return len([f for f in _files(root / "lake" / table / "_delta_log") if f.endswith(".json")])
+
+
+def _big_day(landing: Path, day: str, name: str, rows: int) -> None:
+    """`rows` valid transactions of `day` in one landing file (~0.1 s of Delta write per 100k)."""
+    i = pl.col("i")
+    two = lambda e: e.cast(pl.String).str.zfill(2)  # noqa: E731
+    frame = pl.DataFrame({"i": np.arange(rows)}).select(
+        transaction_id=pl.format(f"{day}-{name}-{{}}", i),
+        event_time=pl.format(f"{day}T{{}}:{{}}:{{}}Z", two(i // 3600 % 24), two(i // 60 % 60), two(i % 60)),
+        card_id=pl.format("card-{}", i % 5000),
+        merchant_id=pl.format("m-{}", i % 300),
+        merchant_category=pl.lit("5411"),
+        amount=(i % 10_000 / 100 + 1).cast(pl.String),
+        currency=pl.lit("EUR"),
+        country=pl.lit("FR"),
+        channel=pl.lit("pos"),
+        device_id=pl.lit(None, pl.String),
+    )
+    folder = landing / "transactions" / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(folder / f"{name}.csv")
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+DAYS = ("2026-01-14", "2026-01-15", "2026-01-16")  # DAY in the middle
+RANGE = {"dagster/asset_partition_range_start": DAYS[0], "dagster/asset_partition_range_end": DAYS[-1]}
+
+
+def _ingest_in_process(root: Path, partition: str | None = None) -> dict:
+    """A clean run of raw_transactions in this process: for `partition`, or DAYS (one commit)."""
+    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
+        instance = dg.DagsterInstance.get()
+        try:
+            result = load_defs().resolve_job_def("ingestion_job").execute_in_process(
+                instance=instance, partition_key=partition, tags={} if partition else RANGE,
+                asset_selection=[dg.AssetKey("raw_transactions")], run_config=QUIET, raise_on_error=False,
+            )  # fmt: skip
+        finally:
+            instance.dispose()
+    return outcome(result)
+
+
+def _days(root: Path) -> dict[str, str]:
+    """'table day' -> the content hash of that day, for each of DAYS."""
+    return {f"{t} {d}": _day(root, t, day=d) for t in TX for d in DAYS}
+
+
+def test_a_run_killed_during_its_delta_write_leaves_whole_days_and_a_rerun_converges(tmp_path):
+    """SIGKILL in the middle of a Delta write: the tables read, every day is all old or all new
+    (never partial, and all days of the commit move together), and a re-run converges to
+    exactly what a clean run on another data root gives."""
+    killed, clean = _root(tmp_path / "killed"), _root(tmp_path / "clean")
+    for day in DAYS:
+        _big_day(killed / "landing", day, "part-0", 100_000)
+    ingest = partial(_spawn, killed, "ingestion_job", f"{DAYS[0]}..{DAYS[-1]}", "raw_transactions")
+
+    # 1. No table yet. Killed once bronze exists (created empty, as its own commit) while the
+    # three days' data is encoded: the table reads, and holds none of them.
+    _kill_when(ingest(), lambda: _commits(killed, TX[0]) >= 1)
+    assert set(_days(killed).values()) == {"0 rows"}
+    assert _ingest_in_process(killed)["success"]
+    old = _days(killed)
+    assert old[f"{TX[0]} {DAY}"].startswith("100000 rows")
+
+    # 2. The days are re-delivered with more rows. Killed the moment the first new data file
+    # appears: the other days' files are still being written, the commit not made.
+    for day in DAYS:
+        for root in (killed, clean):
+            _big_day(root / "landing", day, "part-1", 20_000)
+        shutil.copy(killed / "landing" / "transactions" / f"date={day}" / "part-0.csv",
+                    clean / "landing" / "transactions" / f"date={day}")  # fmt: skip
+    assert _ingest_in_process(clean)["success"]
+    new = _days(clean)
+    folders = [killed / "lake" / TX[0] / f"event_date={d}" for d in DAYS]
+    before = [_files(f) for f in folders]
+    commits = _commits(killed, TX[0])
+    _kill_when(ingest(), lambda: any(_files(f) - b for f, b in zip(folders, before, strict=True)))
+    after = _days(killed)
+    # One commit holds every day of the run: all of them old, or all new.
+    assert after in (old, new), {k: (after[k], old[k], new[k]) for k in after}
+    print(f"killed {'before' if _commits(killed, TX[0]) == commits else 'after'} the bronze commit")
+
+    assert _ingest_in_process(killed)["success"]
+    assert _days(killed) == new
+    assert [_content(_read(killed, t)) for t in TX] == [_content(_read(clean, t)) for t in TX]
+
+
+def _at_once(root: Path, runs: int, *args, repeat: int = 1, between=lambda: None) -> list[dict]:
+    """`runs` drivers of the same job, each loaded first; `repeat` rounds, each released together.
+    `between()` runs after each round (every driver has finished it), before the next one."""
+    barrier = root / "go"
+    # Each driver has its own DAGSTER_HOME: one SQLite run storage would serialize their event
+    # writes and keep them out of step (production's PostgreSQL does not).
+    homes = [_root(root / f"instance-{i}") / "dagster_home" for i in range(runs)]
+    procs = [
+        _spawn(root, *args, barrier=str(barrier), repeat=repeat, DAGSTER_HOME=str(home)) for home in homes
+    ]
+    deadline = time.monotonic() + 300
+    for i in range(repeat):
+        while len(list(root.glob(f"go-{i}.*"))) < runs:
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        if i:
+            between()
+        (root / f"go-{i}").touch()
+    outcomes = [o for p in procs for o in _finish(p)]
+    between()
+    return outcomes
+
+
+def test_two_runs_of_the_same_partition_at_once_leave_one_copy_of_each_row(tmp_path):
+    """Two processes materializing the same day at the same moment: no row twice, the table
+    reads, its contents are a single clean run's; a lost commit race is retried, never merged."""
+    raced, clean = _root(tmp_path / "raced"), _root(tmp_path / "clean")
+    for root in (raced, clean):
+        _big_day(root / "landing", DAY, "part-0", 100_000)
+    assert _ingest_in_process(clean, DAY)["success"]
+    expected = [_content(_read(clean, t)) for t in TX]
+
+    # Round 0 on a lake with no table yet (both create it, then replace the day), then rounds on
+    # the existing day. Whether a round's commits collide is up to the scheduler: the assertions
+    # hold either way, and the printed count says how often they did (about one round in four on
+    # this loaded 2-core box; each such round exercises the CommitFailedError -> retry path).
+    def one_copy_of_each_row():
+        bronze = _read(raced, TX[0])
+        assert bronze.height == bronze["transaction_id"].n_unique() == 100_000
+        assert [_content(_read(raced, t)) for t in TX] == expected
+
+    outcomes = _at_once(
+        raced, 2, "ingestion_job", DAY, "raw_transactions", repeat=3, between=one_copy_of_each_row
+    )
+    # All succeed: the one that loses the commit race gets deltalake's CommitFailedError (nothing
+    # of it committed), and the step's retry policy runs it again on the winner's table.
+    assert [o["success"] for o in outcomes] == [True] * 6, outcomes
+    retries = [r for o in outcomes for r in o["retries"]]
+    assert all("CommitFailedError: Failed to commit transaction" in r for r in retries), retries
+    print(f"commit conflicts retried: {len(retries)}")
+
+
+# --- On a small simulated world (conftest's small_world, shared in file order): assets run twice,
+# a tracking store that is not there, a training run killed mid-tuning.
+
+TRAINING = {"ops": {"fraud_model": {"config": {"n_trials": 2, "num_boost_round": 200}}}}
+# Days of the world materialized a second time: a week in the middle, so that later days' features
+# (which read these days as history) are compared too.
+AGAIN = ("2026-01-10", "2026-01-16")
+
+
+def _warehouse(root: Path, table: str) -> pl.DataFrame:
+    import duckdb
+
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        return con.sql(f"select * from {table}").pl()
+
+
+def _world_contents(root: Path) -> dict[str, str]:
+    # No column of these tables is run-specific (no load timestamps, run ids or Delta versions
+    # in rows), so nothing is excluded from the hashes.
+    lake = [*tables.BRONZE.values(), *tables.QUARANTINE.values()]
+    return {t: _content(_read(root, t)) for t in lake} | {
+        t: _content(_warehouse(root, t)) for t in ("stg_transactions", "stg_labels", "transaction_features")
+    }
+
+
+def _lake_versions(root: Path) -> dict[str, int]:
+    from deltalake import DeltaTable
+
+    return {
+        t: DeltaTable(str(root / "lake" / t)).version()
+        for t in [*tables.BRONZE.values(), *tables.QUARANTINE.values()]
+    }
+
+
+def test_every_asset_materialized_twice_has_identical_contents(small_world):
+    """Ingestion, the dbt features and the training snapshot, materialized again on the same
+    inputs: every table's contents are identical (and they were really rewritten)."""
+    root, definitions, instance = small_world
+    before, versions = _world_contents(root), _lake_versions(root)
+    assert all(not h.startswith("0 rows") for t, h in before.items() if "quarantine" not in t)
+    for job in ("ingestion_job", "features_job"):
+        result = run_job(definitions, job, instance=instance, days=AGAIN)
+        assert result.success, outcome(result)
+    assert all(v > versions[t] for t, v in _lake_versions(root).items())
+    assert _world_contents(root) == before
+
+    from ml_assets.defs.resources import LakeResource
+
+    lake, snapshots = LakeResource.from_env(), {}
+    for _ in range(2):
+        result = definitions.resolve_job_def("retraining_job").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("training_set")], run_config=QUIET
+        )
+        version = result.asset_materializations_for_node("training_set")[0].metadata["delta_version"].value
+        snapshots[version] = _content(lake.scan(tables.TRAINING_SET, version=version).collect())
+    assert len(snapshots) == 2 and len(set(snapshots.values())) == 1, snapshots
+
+
+def _registry(root: Path):
+    """The world's MLflow registry (its SQLite store), as the location's resource sees it."""
+    from ml_assets.defs.resources import MlflowResource
+
+    return MlflowResource(
+        tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", artifact_location=str(root / "mlflow")
+    )
+
+
+def _model_versions(root: Path) -> list:
+    mlflow = _registry(root)
+    return mlflow.client().search_model_versions(f"name='{mlflow.registered_model_name}'")
+
+
+def _aliases(root: Path) -> dict[str, str | None]:
+    from ml_assets.lib import registry
+
+    mlflow = _registry(root)
+    client = mlflow.client()
+    return {a: registry.alias_version(client, mlflow.registered_model_name, a) for a in registry.ALIASES}
+
+
+def _promotion_requests(root: Path, instance) -> list:
+    """What one tick of the promotion sensor asks for, from the start (no cursor)."""
+    from ml_assets.defs.promotion.sensors import model_promotion_sensor
+
+    context = dg.build_sensor_context(instance=instance, resources={"mlflow": _registry(root)})
+    return model_promotion_sensor(context).run_requests
+
+
+def test_an_unreachable_tracking_store_fails_training_after_retries_and_registers_nothing(small_world):
+    """Training with the MLflow server down: the step is retried with backoff (the storage_retry
+    policy), then fails naming the store; nothing is registered or promoted."""
+    import socket
+
+    from ml_assets.defs.policies import storage_retry
+    from ml_assets.defs.training.model import fraud_model
+
+    root, _, instance = small_world
+    assert fraud_model.op.retry_policy == storage_retry
+    with socket.socket() as s:  # a port nothing listens on (bound, then closed)
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    versions_before = len(_model_versions(root)) if (root / "mlflow" / "mlflow.db").exists() else 0
+    environ = {
+        "ML_ASSETS_DATA_DIR": str(root),
+        "DAGSTER_HOME": str(root / "dagster_home"),
+        "MLFLOW_TRACKING_URI": uri,
+        # MLflow's own HTTP retries (7, with backoff, by default) would take minutes per attempt:
+        # the step's retry policy is what is under test.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
+    with scoped_environ(**environ):
+        started = time.monotonic()
+        result = run_job(load_defs(), "retraining_job", instance=instance, run_config=TRAINING)
+        seconds = time.monotonic() - started
+    run = outcome(result)
+
+    assert not run["success"]
+    assert run["retried_steps"] == ["fraud_model"] * storage_retry.max_retries
+    unreachable = f"MLflow tracking store {uri} is unreachable"
+    assert all(unreachable in error for error in run["retries"] + run["failures"]), run
+    assert len(run["failures"]) == 1
+    # Exponential backoff (2, 6, 14 s, each +-2 s of jitter), and the run really waited.
+    for attempt, wait in enumerate(run["retry_waits"], start=1):
+        assert abs(wait - (2**attempt - 1) * storage_retry.delay) <= storage_retry.delay
+    assert seconds >= sum(run["retry_waits"])
+    assert result.asset_materializations_for_node("model_validation_report") == []
+
+    assert len(_model_versions(root)) == versions_before
+    assert _promotion_requests(root, instance) == []
+
+
+def _trials_logged(db: Path) -> int:
+    """Optuna trials the training run has logged to MLflow so far (nested runs)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("select count(*) from tags where key = 'mlflow.parentRunId'").fetchone()[0]
+    except sqlite3.OperationalError:  # the store's tables are not there yet, or it is busy
+        return 0
+
+
+def _clean_training_run(root: Path) -> dict:
+    """The same training on a copy of the world that nothing ever killed: fraud_model's metadata.
+    (Snapshot and model only: the report does not change what was trained.)"""
+    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
+        instance = dg.DagsterInstance.get()
+        try:
+            result = load_defs().resolve_job_def("retraining_job").execute_in_process(
+                instance=instance, asset_selection=[dg.AssetKey("training_set"), dg.AssetKey("fraud_model")],
+                run_config=QUIET | TRAINING, raise_on_error=False,
+            )  # fmt: skip
+            assert result.success, outcome(result)
+        finally:
+            instance.dispose()
+    return result.asset_materializations_for_node("fraud_model")[0].metadata
+
+
+def _model_result(metadata) -> dict:
+    keys = ("holdout_roc_auc", "holdout_pr_auc", "validation_pr_auc", "best_iteration", "best_params")
+    return {k: metadata[k].value for k in keys}
+
+
+def test_a_training_run_killed_mid_tuning_leaves_no_model_and_a_rerun_matches_a_clean_run(
+    small_world, tmp_path
+):
+    """SIGKILL while fraud_model tunes: no version, no alias, nothing for the promotion sensor, a
+    readable snapshot; then a re-run registers a model with a clean run's exact holdout metrics."""
+    from ml_assets.defs.resources import LakeResource
+    from ml_assets.lib import registry
+
+    root, definitions, instance = small_world
+    # A clean twin of the world, before anything is killed in it (no registry yet in either).
+    assert not (root / "mlflow" / "mlflow.db").exists() or _model_versions(root) == []
+    twin = tmp_path / "twin"
+    shutil.copytree(root, twin, ignore=shutil.ignore_patterns("mlflow"))
+
+    training = _spawn(root, "retraining_job", config=TRAINING)
+    # Killed once the first Optuna trial is logged: the second one is training.
+    _kill_when(training, lambda: _trials_logged(root / "mlflow" / "mlflow.db") >= 1, poll=0.01)
+
+    client = _registry(root).client()
+    (experiment,) = [e for e in client.search_experiments() if e.name == "fraud_detector"]
+    runs = client.search_runs([experiment.experiment_id])
+    (killed,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert killed.info.status == "RUNNING"  # a killed process ends nothing: the run stays open
+    assert _model_versions(root) == []
+    assert set(_aliases(root).values()) == {None}
+    assert _promotion_requests(root, instance) == []
+    # The snapshot the killed run wrote (before fraud_model) reads, whole.
+    lake = LakeResource.from_env()
+    snapshot = _content(lake.scan(tables.TRAINING_SET).collect())
+    assert _content(_read(root, tables.TRAINING_SET)) == snapshot
+
+    result = run_job(definitions, "retraining_job", instance=instance, run_config=TRAINING)
+    assert result.success, outcome(result)
+    rerun = result.asset_materializations_for_node("fraud_model")[0].metadata
+    (version,) = _model_versions(root)
+    assert version.tags[registry.TAG_DAGSTER_RUN] == result.run_id
+    assert _aliases(root)[registry.CHALLENGER] == str(version.version)
+    assert _content(lake.scan(tables.TRAINING_SET).collect()) == snapshot
+
+    clean = _clean_training_run(twin)
+    assert _model_result(rerun) == _model_result(clean)
