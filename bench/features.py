@@ -58,7 +58,10 @@ def main() -> dict:
             "dagster/asset_partition_range_end": str(last),
         }
         defs().resolve_job_def("ingestion_job").execute_in_process(
-            instance=dg.DagsterInstance.get(), tags=tags, raise_on_error=False
+            instance=dg.DagsterInstance.get(),
+            tags=tags,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},  # the figures only
         )
         figures = {}
         for n in (5, 60):
