@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 
 
@@ -31,7 +32,15 @@ def main() -> dict:
     from ml_assets.lib.plots import feature_importance_png
     from ml_assets.lib.report import build_report
     from ml_assets.lib.report_html import render_report
-    from ml_assets.lib.training import base_params, build_training_set, dataset, labels_as_of, matrix, tune
+    from ml_assets.lib.training import (
+        base_params,
+        build_training_set,
+        dataset,
+        labels_as_of,
+        matrix,
+        train_booster,
+        tune,
+    )  # fmt: skip
 
     stages: dict[str, float] = {}
     clock = time.perf_counter()
@@ -103,7 +112,8 @@ def main() -> dict:
             with mlflow.start_run(run_name=f"trial-{number}", nested=True):
                 mlflow.log_params({k: v for k, v in params.items() if k != "metric"})
 
-        best, _ = tune(base_params(2, 7), train, valid, 6, 600, 40, 7, log_trial)
+        fit = partial(train_booster, train=train, valid=valid, num_boost_round=600, early_stopping_rounds=40)
+        best, _ = tune(base_params(2, 7), fit, 6, 7, log_trial)
         tracking.log_iteration_metrics(client, run.info.run_id, best.history)
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "feature_importance.png"
