@@ -6,7 +6,10 @@ inside dbt_project/ on its own; here Dagster passes each run's partition range a
 """
 
 import json
+import os
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
@@ -15,7 +18,12 @@ from ml_assets.defs.policies import daily_partitions, one_run_per_range, storage
 from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-# `dagster dev` re-parses the project when it starts; elsewhere `make setup` prepares the manifest.
+# `dagster dev` / `dg` re-parse the project when they start (elsewhere `make setup` prepares the
+# manifest). dagster-dbt's preparer runs whatever `dbt` is on PATH: make that this environment's,
+# so `.venv/bin/dagster dev` works without an activated venv.
+_env_bin = str(Path(sys.executable).parent)
+if _env_bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join([_env_bin, os.environ.get("PATH", "")])
 dbt_project.prepare_if_dev()
 
 
