@@ -40,7 +40,7 @@ def main() -> dict:
         matrix,
         train_booster,
         tune,
-    )  # fmt: skip
+    )
 
     stages: dict[str, float] = {}
     clock = time.perf_counter()

@@ -118,7 +118,7 @@ def main() -> dict:
             "rows/s",
             rows / batch["predict_s"],
             "raw booster.predict",
-        )  # fmt: skip
+        )
     )
     if run["roc_auc_over_oracle"]:
         print(f"  holdout ROC-AUC / oracle ROC-AUC on the same rows: {run['roc_auc_over_oracle']:.4f}")

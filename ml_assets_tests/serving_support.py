@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ml_assets.lib import tracking
 from ml_assets.lib.features import FEATURE_COLUMNS
 
 _names = itertools.count()
@@ -34,9 +35,7 @@ class SharedRegistry:
         aliases (alias -> version) and tags; returns its name."""
         import mlflow
 
-        # register_model resolves the store through process-wide URIs: point both at ours.
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
+        tracking.use_store(self.tracking_uri)
         name = f"{prefix}_{next(_names)}"
         for uri in self.model_uris:
             mlflow.register_model(uri, name)
@@ -100,8 +99,7 @@ def _create_registry(root: Path) -> SharedRegistry:
     import mlflow
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    tracking.use_store(uri)
     experiment = mlflow.create_experiment("serving-tests", artifact_location=str(root / "artifacts"))
     mlflow.set_experiment(experiment_id=experiment)
     return SharedRegistry(uri, [log_booster(*train_booster(seed)) for seed in (1, 2, 3)])

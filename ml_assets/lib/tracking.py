@@ -17,17 +17,26 @@ def pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("lightgbm", "numpy", "pandas", "scikit-learn", "mlflow")]
 
 
-def load_booster(tracking_uri: str, model_name: str, version: str):
-    """The native LightGBM booster of `model_name` version `version` in the store at `tracking_uri`.
+def use_store(tracking_uri: str) -> None:
+    """Point MLflow's process-wide tracking and registry URIs at one store.
 
-    Always by version number, never by alias: an alias may move between reading and loading.
-    MLflow resolves `models:/` through process-wide URIs (and `set_tracking_uri` even exports
-    MLFLOW_TRACKING_URI), so both are pointed at this store right before the load.
+    MLflow's fluent API (`models:/` loads, `register_model`) resolves the store through both, and
+    `set_tracking_uri` even exports MLFLOW_TRACKING_URI: set them right before each use.
     """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+
+
+def load_booster(tracking_uri: str, model_name: str, version: str):
+    """The native LightGBM booster of `model_name` version `version` in the store at `tracking_uri`.
+
+    Always by version number, never by alias: an alias may move between reading and loading.
+    """
+    import mlflow
+
+    use_store(tracking_uri)
     return mlflow.lightgbm.load_model(f"models:/{model_name}/{version}")
 
 
