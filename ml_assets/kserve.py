@@ -26,8 +26,9 @@ from ml_assets.lib.serving_config import ServingConfig, Strategy
 
 API_VERSION = "serving.kserve.io/v1beta1"
 # KServe's ClusterServingRuntime for the `mlflow` model format (MLServer's MLflow runtime). It loads
-# the model with mlflow.pyfunc, so its image must carry lightgbm: the version's requirements.txt
-# says which.
+# the model with mlflow.pyfunc (ml_assets.serving.mlflow_model: landing-contract rows in), so its
+# image must carry the version's requirements.txt (lightgbm, polars, deltalake), and the pod must
+# read the lake's bronze tables: the features need each card's history.
 RUNTIME = "kserve-mlserver"
 # What KServe's storage initializer can download. A local path or `mlflow-artifacts:` (the tracking
 # server's proxy) is not among them: production keeps artifacts on S3 (ML_ASSETS_MLFLOW_ARTIFACTS).

@@ -23,7 +23,8 @@ def _artifacts_of(client, name: str, version: str) -> Path:
     model_id = client.get_model_version(name, version).source.removeprefix("models:/")
     folder = Path(uri.removeprefix("file://"))
     assert (
-        model_id in folder.parts and "lightgbm" in yaml.safe_load((folder / "MLmodel").read_text())["flavors"]
+        model_id in folder.parts
+        and "python_function" in yaml.safe_load((folder / "MLmodel").read_text())["flavors"]
     )
     return folder
 

@@ -25,7 +25,6 @@ import pytest
 
 from ml_assets.lib import paths, registry, tables
 from ml_assets.lib.evaluation import score_metrics
-from ml_assets.lib.features import FEATURE_COLUMNS
 from ml_assets.lib.gates import GATES
 from ml_assets.lib.monitoring import SCORE
 from ml_assets_tests.conftest import DAGSTER_YAML
@@ -290,48 +289,48 @@ def test_a_job_launched_through_graphql_runs_and_its_materializations_read_back(
     assert rows == before["raw_transactions"]["rows_ingested"]
 
 
-# What a user of the registry runs: nothing of this project, only MLflow and the registry's address.
+# What a user of the registry runs: nothing of this project, only MLflow, pandas and the registry's
+# address. The input is the feed's own files, as text.
 SCORE_WITH_PLAIN_MLFLOW = """
 import json, sys
 import mlflow.pyfunc
 import pandas as pd
 
 model = mlflow.pyfunc.load_model("models:/fraud_detector@champion")
-rows = json.load(sys.stdin)
-frame = pd.DataFrame(rows["data"], columns=rows["columns"], dtype="float64")
-print(json.dumps({"run_id": model.metadata.run_id, "scores": model.predict(frame).tolist()}))
+files = json.load(sys.stdin)
+landing = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
+out = model.predict(landing)
+print(json.dumps({"run_id": model.metadata.run_id, "code": sys.modules["ml_assets"].__file__,
+                  "rows": landing.shape[0], "scores": out.to_dict("list")}))
 """
 
 
-def test_the_champion_loads_with_plain_mlflow_in_a_fresh_process(resources, tmp_path):
+def test_the_champion_scores_landing_files_with_plain_mlflow_in_a_fresh_process(resources, tmp_path):
     mlflow = resources["mlflow"]
     client = mlflow.client()
     champion = registry.alias_version(client, mlflow.registered_model_name, registry.CHAMPION)
     assert mlflow.registered_model_name == "fraud_detector" and champion is not None
 
-    # Real rows of dbt's transaction_features (landing-contract transactions, as features) of the
-    # latest day whose labels have all arrived, with their latest label.
-    rows = resources["warehouse"].query(
-        f"""
+    # The latest day whose labels have all arrived, with every transaction's latest label.
+    labelled = resources["warehouse"].query(
+        """
         with labels as (
             select transaction_id, arg_max(is_fraud, labeled_ts) as is_fraud from stg_labels group by 1
         ), day as (
             select max(event_date) as d from transaction_features join labels using (transaction_id)
         )
-        select transaction_id, is_fraud, {", ".join(FEATURE_COLUMNS)}
+        select transaction_id, is_fraud, event_date
         from transaction_features join labels using (transaction_id)
         where event_date = (select d from day)
-        order by transaction_id
         """
     )
-    assert rows.height > 500 and 0 < rows["is_fraud"].sum() < rows.height
-    # Floats, as the pipeline's own scoring passes them (training.matrix); nulls stay null (NaN).
-    features = rows.select(pl.col(FEATURE_COLUMNS).cast(pl.Float64))
-    payload = {"columns": FEATURE_COLUMNS, "data": features.rows()}
+    day = labelled["event_date"][0]
+    files = sorted(str(f) for f in (paths.landing_dir() / "transactions" / f"date={day}").glob("*.csv*"))
+    assert files
 
     done = subprocess.run(
         [sys.executable, "-c", SCORE_WITH_PLAIN_MLFLOW],
-        input=json.dumps(payload),
+        input=json.dumps(files),
         env={"MLFLOW_TRACKING_URI": mlflow.tracking_uri},
         cwd=tmp_path,
         capture_output=True,
@@ -339,22 +338,51 @@ def test_the_champion_loads_with_plain_mlflow_in_a_fresh_process(resources, tmp_
     )
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-
     assert out["run_id"] == client.get_model_version(mlflow.registered_model_name, champion).run_id
-    scores = np.array(out["scores"])
-    assert scores.shape == (rows.height,) and ((scores > 0) & (scores < 1)).all()
-    metrics = score_metrics(rows["is_fraud"].to_numpy(), scores)
-    assert metrics["roc_auc"] > 0.8
-    assert 0.2 * metrics["positives"] < scores.sum() < 5 * metrics["positives"]  # about as many as there are
-    # The very scores the pipeline's batch scoring wrote for the champion.
+    assert "/code/ml_assets/" in out["code"]  # the model's own copy of the code: no project needed
+    scored = pl.DataFrame(out["scores"], schema={"transaction_id": pl.String, "score": pl.Float64,
+                                                  "problems": pl.String})  # fmt: skip
+    assert scored.height == out["rows"]
+
+    # Every row ingestion took is scored, with the very score the pipeline's batch scoring gave it
+    # from dbt's features: the model computes the same features from the landing row and the lake.
+    bronze = (
+        resources["lake"]
+        .scan(tables.BRONZE["transactions"])
+        .filter(pl.col("event_date") == day)
+        .select("transaction_id")
+        .collect()
+    )
     batch = (
         resources["lake"]
         .scan(tables.BATCH_PREDICTIONS)
-        .filter(pl.col("alias") == registry.CHAMPION, pl.col("transaction_id").is_in(rows["transaction_id"]))
+        .filter(
+            pl.col("alias") == registry.CHAMPION,
+            pl.col("transaction_id").is_in(bronze["transaction_id"].to_list()),
+        )
         .select("transaction_id", "model_version", SCORE)
         .collect()
-        .sort("transaction_id")
     )
-    assert batch["transaction_id"].to_list() == rows["transaction_id"].to_list()
-    assert set(batch["model_version"]) == {champion}
-    np.testing.assert_allclose(scores, batch[SCORE].to_numpy(), rtol=1e-9, atol=1e-12)
+    assert batch.height == bronze.height > 500 and set(batch["model_version"]) == {champion}
+    both = batch.join(scored, on="transaction_id", how="left")
+    assert both["problems"].to_list() == [""] * both.height
+    np.testing.assert_allclose(both["score"].to_numpy(), both[SCORE].to_numpy(), rtol=1e-9, atol=1e-12)
+    # ... and it ranks that day's frauds as the pipeline's model does.
+    truth = labelled.join(scored, on="transaction_id")
+    assert score_metrics(truth["is_fraud"].to_numpy(), truth["score"].to_numpy())["roc_auc"] > 0.8
+
+    # A row the contract refuses gets no score and the contract's reasons; ingestion quarantined it.
+    refused = scored.filter(pl.col("problems") != "")
+    assert refused["score"].is_nan().all()
+    assert not refused["transaction_id"].is_in(bronze["transaction_id"].to_list()).any()
+    quarantined = (
+        resources["lake"]
+        .scan(tables.QUARANTINE["transactions"])
+        .filter(pl.col("event_date") == day, pl.col("level") == "row")
+        .select(pl.col("raw").str.json_path_match("$.transaction_id").alias("transaction_id"), "reasons")
+        .collect()
+    )
+    assert refused.height > 0  # the feed breaks the contract now and then (bad_row_rate)
+    for transaction_id, problems in refused.select("transaction_id", "problems").iter_rows():
+        reasons = quarantined.filter(pl.col("transaction_id") == transaction_id)["reasons"].to_list()
+        assert reasons and set(problems.split("; ")) <= set(reasons[0]), (transaction_id, problems, reasons)

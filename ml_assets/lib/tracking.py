@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from importlib.metadata import version
-
-import numpy as np
-import polars as pl
+from pathlib import Path
 
 from ml_assets.lib import registry
-from ml_assets.lib.features import FEATURE_COLUMNS
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # ml_assets/: logged with every model
 
 
 def pip_requirements() -> list[str]:
-    """Pinned explicitly: letting MLflow infer them costs ~20 s per model here."""
-    return [f"{pkg}=={version(pkg)}" for pkg in ("lightgbm", "numpy", "pandas", "scikit-learn", "mlflow")]
+    """Pinned explicitly: letting MLflow infer them costs ~20 s per model here. What the logged
+    model imports when it loads (ml_assets.serving.mlflow_model): the booster, and polars and
+    deltalake to read its features' history from the lake."""
+    packages = ("lightgbm", "numpy", "pandas", "polars", "deltalake", "pyarrow", "mlflow")
+    return [f"{pkg}=={version(pkg)}" for pkg in packages]
 
 
 def use_store(tracking_uri: str) -> None:
@@ -30,14 +33,22 @@ def use_store(tracking_uri: str) -> None:
 
 
 def load_booster(tracking_uri: str, model_name: str, version: str):
-    """The native LightGBM booster of `model_name` version `version` in the store at `tracking_uri`.
+    """The LightGBM booster of `model_name` version `version` in the store at `tracking_uri`.
 
-    Always by version number, never by alias: an alias may move between reading and loading.
+    Always by version number, never by alias: an alias may move between reading and loading. Only
+    the booster's file is fetched: the pipeline scores its own features, not landing rows.
     """
+    import lightgbm as lgb
     import mlflow
 
+    from ml_assets.serving.mlflow_model import booster_path
+
     use_store(tracking_uri)
-    return mlflow.lightgbm.load_model(f"models:/{model_name}/{version}")
+    model_dir = mlflow.MlflowClient().get_model_version_download_uri(model_name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        relative = booster_path("").as_posix()
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_dir}/{relative}", dst_path=tmp)
+        return lgb.Booster(model_file=local)
 
 
 def log_iteration_metrics(client, run_id: str, history: dict[str, list[float]]) -> None:
@@ -56,20 +67,31 @@ def log_iteration_metrics(client, run_id: str, history: dict[str, list[float]]) 
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
-def log_model(booster, example: pl.DataFrame) -> str:
-    """Log the booster in the active run with signature and input example; return its model URI."""
-    import mlflow
-    from mlflow.models import infer_signature
+def log_model(booster, lake_uri: str | None) -> str:
+    """Log the booster in the active run as the registry's model, and return its model URI.
 
-    sample = example.select(FEATURE_COLUMNS).head(5).to_pandas().astype(np.float64)
-    signature = infer_signature(sample, booster.predict(sample.to_numpy()))
-    info = mlflow.lightgbm.log_model(
-        booster,
-        name="model",
-        signature=signature,
-        input_example=sample,
-        pip_requirements=pip_requirements(),
-    )
+    The model is ml_assets.serving.mlflow_model's: plain `mlflow.pyfunc` scores landing-contract
+    rows with it, computing their features from the lake at `lake_uri`. The package's code travels
+    with it, so loading it needs only the pip requirements, not this project.
+    """
+    import mlflow
+    import pandas as pd
+
+    from ml_assets.serving import mlflow_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        booster_file = Path(tmp) / mlflow_model.BOOSTER
+        booster.save_model(str(booster_file))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PACKAGE_DIR / "serving" / "mlflow_model_entry.py"),
+            artifacts={"booster": str(booster_file)},
+            code_paths=[str(PACKAGE_DIR)],
+            model_config=mlflow_model.model_config(lake_uri),
+            signature=mlflow_model.signature(),
+            input_example=pd.DataFrame([mlflow_model.EXAMPLE]),
+            pip_requirements=pip_requirements(),
+        )
     return info.model_uri
 
 

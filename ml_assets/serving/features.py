@@ -195,9 +195,12 @@ class FeatureState:
 
     RISK_DAYS_KEPT = 3  # event days whose merchant risk stays cached (late events of yesterday)
 
-    def __init__(self, params: FeatureParams, lake_uri: str | None = None):
+    def __init__(
+        self, params: FeatureParams, lake_uri: str | None = None, storage_options: dict | None = None
+    ):
         self.params = params
         self.lake_uri = lake_uri
+        self.storage_options = storage_options or None  # delta-rs/polars options of an object store
         self.cards: dict[str, list[Past]] = {}
         self.history_until: date | None = None  # the last bronze day loaded
         self._risk: dict[date, dict[str, tuple[int, int]]] = {}
@@ -205,33 +208,38 @@ class FeatureState:
 
     # -- bronze ------------------------------------------------------------------------------
 
-    def _bronze(self, feed: str) -> str | None:
+    def bronze_uri(self, feed: str) -> str | None:
         """The URI of a bronze table, if it exists yet."""
         from deltalake import DeltaTable
 
         uri = f"{self.lake_uri.rstrip('/')}/{tables.BRONZE[feed]}" if self.lake_uri else None
-        return uri if uri and DeltaTable.is_deltatable(uri) else None
+        return uri if uri and DeltaTable.is_deltatable(uri, storage_options=self.storage_options) else None
 
     def _table(self, feed: str) -> pl.LazyFrame | None:
-        uri = self._bronze(feed)
-        return pl.scan_delta(uri) if uri else None
+        uri = self.bronze_uri(feed)
+        return pl.scan_delta(uri, storage_options=self.storage_options) if uri else None
 
     def _labels_table_version(self) -> int | None:
         from deltalake import DeltaTable
 
-        uri = self._bronze("labels")
-        return DeltaTable(uri).version() if uri else None
+        uri = self.bronze_uri("labels")
+        return DeltaTable(uri, storage_options=self.storage_options).version() if uri else None
 
-    def load_history(self, until: date | None = None) -> int:
+    def load_history(
+        self, until: date | None = None, cards: list[str] | None = None, first: date | None = None
+    ) -> int:
         """Load each card's transactions of the lookback ending on `until` (default: bronze's last
-        day) from bronze; return how many."""
+        day) from bronze; return how many. `cards` and `first` narrow it to a batch's own cards and
+        days (first: its earliest day's lookback)."""
         bronze = self._table("transactions")
         if bronze is None:
             return 0
         until = until or bronze.select(pl.col("event_date").max()).collect().item()
         if until is None:
             return 0
-        first = until - timedelta(days=self.params.card_lookback_days + 1)
+        first = first or until - timedelta(days=self.params.card_lookback_days + 1)
+        if cards is not None:
+            bronze = bronze.filter(pl.col("card_id").is_in(cards))
         frame = (
             bronze.filter(pl.col("event_date").is_between(first, until))
             .select(

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from ml_assets.lib import tables
+from ml_assets.lib import paths, tables
 from ml_assets.serving.features import FeatureParams, FeatureState, Tx
 from ml_assets.serving.inference_log import Chunk, InferenceLog
 from ml_assets.serving.registry import Deployment, Registry
@@ -31,7 +31,9 @@ class Service:
     def __init__(self, settings: ServingSettings):
         self.settings = settings
         self.registry = Registry(settings.tracking_uri, settings.model_name)
-        self.features = FeatureState(FeatureParams.from_dbt_project(), settings.lake_uri)
+        self.features = FeatureState(
+            FeatureParams.from_dbt_project(), settings.lake_uri, paths.lake_storage_options()
+        )
         self.inference_log = InferenceLog(
             f"{settings.lake_uri.rstrip('/')}/{tables.INFERENCE_LOG}",
             flush_seconds=settings.log_flush_seconds,

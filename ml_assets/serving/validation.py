@@ -87,10 +87,20 @@ def read_body(body: bytes, max_batch: int) -> list[list[str | None]]:
             raise RequestError(413, f"at most {max_batch} transactions per request, got {len(items)}")
     else:
         items = [doc]
+    rows, problems = raw_rows(items)
+    if problems:
+        raise RequestError(422, "transactions have values of the wrong type", problems)
+    return rows
+
+
+def raw_rows(items: list) -> tuple[list[list[str | None]], list[dict]]:
+    """Transactions (mappings of field to value) as raw text in FIELDS order, one row each, and
+    the values that can't be text (such a value's row holds None for it)."""
     rows, problems = [], []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             problems.append(_problem(i, None, "a transaction must be a JSON object"))
+            rows.append([None] * len(FIELDS))
             continue
         row = []
         for name in FIELDS:
@@ -99,10 +109,9 @@ def read_body(body: bytes, max_batch: int) -> list[list[str | None]]:
             except (ValueError, UnicodeEncodeError) as e:
                 reason = f"{name} must be valid UTF-8 text" if isinstance(e, UnicodeEncodeError) else str(e)
                 problems.append(_problem(i, name, reason))
+                row.append(None)
         rows.append(row)
-    if problems:
-        raise RequestError(422, "transactions have values of the wrong type", problems)
-    return rows
+    return rows, problems
 
 
 def _rule_checks() -> list[tuple[str, str, pl.Expr]]:
@@ -139,16 +148,22 @@ def contract_problems(rows: list[list[str | None]]) -> tuple[pl.DataFrame, list[
     return out.select(FIELDS).cast(_TYPED_SCHEMA), problems
 
 
+def batch_problems(rows: list[list[str | None]]) -> tuple[pl.DataFrame, list[dict]]:
+    """`contract_problems`, and transaction_ids repeated in the batch: like the feed, a
+    transaction_id is unique, and in a batch a repeat would be scored twice."""
+    typed, problems = contract_problems(rows)
+    dup = typed.select(pl.col("transaction_id").is_duplicated().arg_true()).to_series().to_list()
+    problems += [_problem(r, "transaction_id", "transaction_id must be unique in the batch") for r in dup]
+    return typed, problems
+
+
 def validate(body: bytes, max_batch: int) -> list[Tx]:
     """A request body as validated transactions, or RequestError naming every problem."""
     rows = read_body(body, max_batch)
     txs = fast_path.transactions(rows)
-    # Like the feed, a transaction_id is unique; in a batch, a repeat would be scored twice.
     if txs is not None and len({tx.transaction_id for tx in txs}) == len(txs):
         return txs
-    typed, problems = contract_problems(rows)
-    dup = typed.select(pl.col("transaction_id").is_duplicated().arg_true()).to_series().to_list()
-    problems += [_problem(r, "transaction_id", "transaction_id must be unique in the batch") for r in dup]
+    typed, problems = batch_problems(rows)
     if problems:
         raise RequestError(422, "transactions break the landing contract", problems)
     return transactions_of(typed)

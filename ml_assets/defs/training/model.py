@@ -132,7 +132,7 @@ def fraud_model(
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "feature_importance.png").write_bytes(importance)
             mlflow_api.log_artifact(str(Path(tmp) / "feature_importance.png"))
-        model_uri = tracking.log_model(best.booster, frame)
+        model_uri = tracking.log_model(best.booster, lake.root)
 
         x_hold, y_hold = data["holdout"]
         p_hold = best.booster.predict(x_hold)

@@ -1,0 +1,73 @@
+"""The registered model through plain `mlflow.pyfunc`: landing-contract rows in, scores and reasons
+out (ml_assets.serving.mlflow_model), on the shared registry's real models. These models were
+logged without a lake, so a card's history is its earlier rows in the batch; test_real_clients
+scores a pipeline's champion against its lake."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml_assets.lib import tracking
+from ml_assets.serving.mlflow_model import EXAMPLE
+from ml_assets_tests.serving_support import shared_registry
+
+
+@pytest.fixture(scope="module")
+def model():
+    import mlflow
+
+    shared = shared_registry()
+    name = shared.register(aliases={"champion": 2})
+    tracking.use_store(shared.tracking_uri)
+    return mlflow.pyfunc.load_model(f"models:/{name}@champion")
+
+
+def _rows(n: int) -> pd.DataFrame:
+    """n valid transactions of one card, an hour apart, as the feed's text."""
+    return pd.DataFrame(
+        [
+            EXAMPLE
+            | {
+                "transaction_id": f"tx-{i}",
+                "event_time": f"2026-01-15T{i:02d}:00:00Z",
+                "amount": f"{10 + i}.00",
+            }
+            for i in range(n)
+        ]
+    )
+
+
+def test_valid_rows_get_scores_and_broken_rows_get_the_contracts_reasons(model):
+    rows = _rows(4)
+    rows.loc[1, "amount"] = "-3"
+    rows.loc[2, "channel"] = "teleport"
+    rows.loc[2, "event_time"] = "yesterday"
+    out = model.predict(rows)
+
+    assert out["transaction_id"].tolist() == rows["transaction_id"].tolist()
+    assert out["problems"].tolist() == [
+        "",
+        "amount must be finite, > 0 and <= 1000000",
+        "event_time must be ISO-8601 with a Z or an offset; channel must be one of pos, ecom, atm",
+        "",
+    ]
+    scores = out["score"].to_numpy()
+    assert np.isnan(scores[[1, 2]]).all() and ((scores[[0, 3]] > 0) & (scores[[0, 3]] < 1)).all()
+
+
+def test_a_row_scores_the_same_in_any_batch_that_holds_its_history(model):
+    """Stateless: the same batch twice gives the same scores, whatever was scored in between."""
+    rows = _rows(5)
+    first = model.predict(rows)["score"]
+    model.predict(_rows(3).assign(transaction_id=lambda f: "other-" + f["transaction_id"]))
+    second = model.predict(rows.iloc[::-1].reset_index(drop=True))["score"]
+    np.testing.assert_array_equal(first.to_numpy(), second.iloc[::-1].to_numpy())
+
+
+def test_device_id_may_be_absent_and_a_missing_required_column_is_named(model):
+    out = model.predict(_rows(2).drop(columns=["device_id"]))
+    assert out["problems"].tolist() == ["", ""]
+    with pytest.raises(Exception, match="amount"):
+        model.predict(_rows(2).drop(columns=["amount"]))
