@@ -94,7 +94,7 @@ def _worker(stage: str) -> None:
     # What explains a stage's cost besides volume: rows written, and how long training ran.
     explained: dict[str, float] = {}
     for event in (e for r in results for e in r.get_asset_materialization_events()):
-        metadata = event.asset_materialization.metadata
+        metadata = event.materialization.metadata
         for key in ("dagster/row_count", "best_iteration", "train_seconds"):
             if key in metadata:
                 explained[key] = explained.get(key, 0) + metadata[key].value
