@@ -34,11 +34,11 @@ def main() -> dict:
     from ml_assets.lib.report_html import render_report
     from ml_assets.lib.training import (
         base_params,
-        build_training_set,
         dataset,
         labels_as_of,
         matrix,
         train_booster,
+        training_set_batches,
         tune,
     )
 
@@ -94,10 +94,13 @@ def main() -> dict:
 
     labels = lake.scan(tables.BRONZE["labels"]).collect()
     cutoff = labels["label_date"].max()
-    features = warehouse.query(f"select * from transaction_features where event_date <= date '{cutoff}'")
-    frame, _ = build_training_set(features, labels, cutoff, 7, 5, 60)
-    snapshot = lake.replace_table(tables.TRAINING_SET, frame)
+    with warehouse.connect() as con:
+        snapshot = lake.replace_table(
+            tables.TRAINING_SET, training_set_batches(con, labels, cutoff, 7, 5, 60)[0]
+        )
     lap("training_set")
+
+    frame = lake.scan(tables.TRAINING_SET, version=snapshot).collect()  # as fraud_model reads it
 
     split = {s: frame.filter(pl.col("split") == s) for s in ("train", "validation", "holdout")}
     train = dataset(matrix(split["train"]), split["train"][LABEL].to_numpy())

@@ -98,14 +98,15 @@ class LakeResource(dg.ConfigurableResource):
         )
         return handle.version()
 
-    def replace_table(self, table: str, frame: pl.DataFrame) -> int:
-        """Replace a whole (unpartitioned) table with `frame`, as a new version; return it.
+    def replace_table(self, table: str, frame) -> int:
+        """Replace a whole (unpartitioned) table with `frame` (a polars frame, or an Arrow
+        RecordBatchReader to stream), as a new version; return it.
 
         Older versions stay readable by time travel: that is what pins a training snapshot.
         """
         from deltalake import write_deltalake
 
-        data = _arrow(frame)
+        data = _arrow(frame) if isinstance(frame, pl.DataFrame) else frame
         handle = self._open_or_create(table, data.schema, partition_by=None)
         # A predicate, though it matches every row: delta-rs 1.6 lets a plain overwrite of a table
         # with no files yet commit over a concurrent writer's (both frames stay). With a predicate
@@ -174,10 +175,16 @@ class WarehouseResource(dg.ConfigurableResource):
 
     path: str = Field(description="DuckDB database file dbt builds into.")
 
-    def query(self, sql: str) -> pl.DataFrame:
+    def connect(self):
+        """A read-only DuckDB connection (a context manager), its memory bounded as dbt's is."""
         import duckdb
 
-        with duckdb.connect(self.path, read_only=True) as con:
+        # The same variable and default as dbt's profile (dbt_project/profiles.yml).
+        limit = os.environ.get("ML_ASSETS_DUCKDB_MEMORY_LIMIT", "4GB")
+        return duckdb.connect(self.path, read_only=True, config={"memory_limit": limit})
+
+    def query(self, sql: str) -> pl.DataFrame:
+        with self.connect() as con:
             return con.sql(sql).pl()
 
 

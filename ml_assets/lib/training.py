@@ -65,42 +65,56 @@ def choose_windows(labelled_days: list[date], cutoff: date, holdout_days: int, v
     return Windows((train[0], train[-1]), (validation[0], validation[-1]), (holdout[0], holdout[-1]), cutoff)
 
 
-def build_training_set(
-    features: pl.DataFrame,
+def training_set_batches(
+    con,
     labels: pl.DataFrame,
     cutoff: date,
     holdout_days: int,
     validation_days: int,
     max_train_days: int,
     min_labelled_share: float = 0.5,
-) -> tuple[pl.DataFrame, Windows]:
-    """Features joined with labels known at `cutoff`, each row tagged with its split.
+    batch_rows: int = 100_000,
+):
+    """Features joined with labels known at `cutoff`, each row tagged with its split, in event order.
+
+    Joined, split and sorted in DuckDB (`con`, a connection to the warehouse holding dbt's
+    `transaction_features`), and returned as an Arrow RecordBatchReader with the windows: the rows
+    stream to the Delta writer in batches, so memory stays bounded by DuckDB's limit however many
+    there are (in polars, the whole frame and its copies peaked at 17 GB for 20M transactions).
+    Read the reader while `con` is open.
 
     An event day counts as labelled when at least `min_labelled_share` of its transactions have a
     label by the cutoff: the last few days before the cutoff are still waiting for theirs.
     """
-    known = labels_as_of(labels, cutoff)
-    joined = features.join(known, on="transaction_id", how="left")
-    coverage = joined.group_by("event_date").agg(pl.col(LABEL).is_not_null().mean().alias("share"))
+    con.register("known_labels", labels_as_of(labels, cutoff).to_arrow())
+    coverage = con.sql(
+        f"""
+        select f.event_date, avg((k.transaction_id is not null)::double) as share
+        from transaction_features f left join known_labels k using (transaction_id)
+        where f.event_date <= date '{cutoff}'
+        group by f.event_date
+        """
+    ).pl()
     labelled_days = coverage.filter(pl.col("share") >= min_labelled_share)["event_date"].to_list()
     windows = choose_windows(labelled_days, cutoff, holdout_days, validation_days, max_train_days)
-    split = (
-        pl.when(pl.col("event_date").is_between(*windows.train))
-        .then(pl.lit("train"))
-        .when(pl.col("event_date").is_between(*windows.validation))
-        .then(pl.lit("validation"))
-        .when(pl.col("event_date").is_between(*windows.holdout))
-        .then(pl.lit("holdout"))
+    split = " ".join(
+        f"when f.event_date between date '{first}' and date '{last}' then '{name}'"
+        for name, (first, last) in ((name, getattr(windows, name)) for name in SPLITS)
     )
-    frame = (
-        joined.filter(pl.col(LABEL).is_not_null())
-        .with_columns(split.alias("split"))
-        .filter(pl.col("split").is_not_null())
-        .select(*KEY_COLUMNS, *FEATURE_COLUMNS, pl.col(LABEL).cast(pl.Int8), "label_date", "split")
-        .with_columns(pl.col(FEATURE_COLUMNS).cast(pl.Float64))
-        .sort("event_time", "transaction_id")
+    columns = ", ".join(
+        [f"f.{c}" for c in KEY_COLUMNS]
+        + [f"cast(f.{c} as double) as {c}" for c in FEATURE_COLUMNS]
+        + [f"cast(k.{LABEL} as tinyint) as {LABEL}", "k.label_date", f"case {split} end as split"]
     )
-    return frame, windows
+    rows = con.sql(
+        f"""
+        select {columns}
+        from transaction_features f join known_labels k using (transaction_id)
+        where f.event_date between date '{windows.train[0]}' and date '{windows.holdout[1]}'
+        order by f.event_time, f.transaction_id
+        """
+    )
+    return rows.fetch_record_batch(batch_rows), windows
 
 
 def default_cutoff(labels: pl.DataFrame) -> date:

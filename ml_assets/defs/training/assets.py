@@ -11,7 +11,7 @@ from ml_assets.defs.policies import storage_retry
 from ml_assets.defs.resources import LakeResource, WarehouseResource
 from ml_assets.lib import tables
 from ml_assets.lib.features import LABEL
-from ml_assets.lib.training import build_training_set, default_cutoff
+from ml_assets.lib.training import default_cutoff, training_set_batches
 
 
 class TrainingSetConfig(dg.Config):
@@ -51,36 +51,37 @@ def training_set(
             "no labels in bronze yet: ingest labels before building a training set", allow_retries=False
         )
     cutoff = date.fromisoformat(config.label_cutoff) if config.label_cutoff else default_cutoff(labels)
-    features = warehouse.query(
-        f"select * from transaction_features where event_date <= date '{cutoff}'"  # labels can't be older
-    )
-    frame, windows = build_training_set(
-        features, labels, cutoff, config.holdout_days, config.validation_days, config.max_train_days
-    )
-    version = lake.replace_table(tables.TRAINING_SET, frame)
+    with warehouse.connect() as con:
+        batches, windows = training_set_batches(
+            con, labels, cutoff, config.holdout_days, config.validation_days, config.max_train_days
+        )
+        version = lake.replace_table(tables.TRAINING_SET, batches)
     inputs = {
         "bronze_transactions": lake.version(tables.BRONZE["transactions"]),
         "bronze_labels": lake.version(labels_table),
     }
+    written = lake.scan(tables.TRAINING_SET, version=version)
     balance = (
-        frame.group_by("split")
+        written.group_by("split")
         .agg(
             pl.len().alias("rows"),
             pl.col(LABEL).sum().alias("frauds"),
             pl.col(LABEL).mean().alias("fraud_rate"),
         )
         .sort(pl.col("split").replace({"train": "0", "validation": "1", "holdout": "2"}))
+        .collect()
     )
-    context.log.info(f"training set v{version}: {frame.height:,} rows, windows {windows.as_dict()}")
+    rows, frauds = int(balance["rows"].sum()), int(balance["frauds"].sum())
+    context.log.info(f"training set v{version}: {rows:,} rows, windows {windows.as_dict()}")
     return dg.MaterializeResult(
         metadata={
             "delta_version": version,
             "input_delta_versions": dg.MetadataValue.json(inputs),
             "windows": dg.MetadataValue.json(windows.as_dict()),
-            "dagster/row_count": frame.height,
+            "dagster/row_count": rows,
             "dagster/uri": lake.uri(tables.TRAINING_SET),
-            "dagster/column_schema": table_schema(frame.schema),
+            "dagster/column_schema": table_schema(written.collect_schema()),
             "class_balance": dg.MetadataValue.md(markdown_table(balance.columns, balance.rows())),
-            "fraud_rate": float(frame[LABEL].mean()),
+            "fraud_rate": frauds / rows,
         }
     )
