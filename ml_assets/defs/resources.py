@@ -179,9 +179,7 @@ class WarehouseResource(dg.ConfigurableResource):
         """A read-only DuckDB connection (a context manager), its memory bounded as dbt's is."""
         import duckdb
 
-        # The same variable and default as dbt's profile (dbt_project/profiles.yml).
-        limit = os.environ.get("ML_ASSETS_DUCKDB_MEMORY_LIMIT", "4GB")
-        return duckdb.connect(self.path, read_only=True, config={"memory_limit": limit})
+        return duckdb.connect(self.path, read_only=True, config={"memory_limit": paths.duckdb_memory_limit()})
 
     def query(self, sql: str) -> pl.DataFrame:
         with self.connect() as con:

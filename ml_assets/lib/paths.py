@@ -85,3 +85,9 @@ def mlflow_artifact_root() -> str:
 
 def dagster_home() -> Path:
     return _env_path("DAGSTER_HOME", data_dir() / "dagster_home")
+
+
+def duckdb_memory_limit() -> str:
+    """DuckDB's memory limit for the warehouse, `ML_ASSETS_DUCKDB_MEMORY_LIMIT` (past it, DuckDB
+    spills to disk). dbt's profile reads the same variable, with the same default."""
+    return os.environ.get("ML_ASSETS_DUCKDB_MEMORY_LIMIT", "4GB")

@@ -10,6 +10,7 @@ from pathlib import Path
 from ml_assets.lib import registry
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # ml_assets/: logged with every model
+BOOSTER_FILE = "booster.txt"  # the booster, in LightGBM's text format, under the model's artifacts/
 
 
 def pip_requirements() -> list[str]:
@@ -41,13 +42,11 @@ def load_booster(tracking_uri: str, model_name: str, version: str):
     import lightgbm as lgb
     import mlflow
 
-    from ml_assets.serving.mlflow_model import booster_path
-
     use_store(tracking_uri)
     model_dir = mlflow.MlflowClient().get_model_version_download_uri(model_name, version)
     with tempfile.TemporaryDirectory() as tmp:
-        relative = booster_path("").as_posix()
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_dir}/{relative}", dst_path=tmp)
+        uri = f"{model_dir}/artifacts/{BOOSTER_FILE}"
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
         return lgb.Booster(model_file=local)
 
 
@@ -80,7 +79,7 @@ def log_model(booster, lake_uri: str | None) -> str:
     from ml_assets.serving import mlflow_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        booster_file = Path(tmp) / mlflow_model.BOOSTER
+        booster_file = Path(tmp) / BOOSTER_FILE
         booster.save_model(str(booster_file))
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -15,7 +15,9 @@ cards and days from bronze and keeps nothing between calls: the same rows get th
 any process, thread or order. It is the registry's portable model (mlflow serve, MLServer/KServe,
 batch jobs); the service (ml_assets.serving) keeps card history in memory instead, for latency.
 
-The pipeline itself loads only the booster (`booster_path`), never this class: no pandas round trip.
+`LandingScorer` (mlflow_model_entry.py, the file MLflow runs to load the model) wraps these
+functions. The pipeline itself loads only the booster file (ml_assets.lib.tracking.load_booster):
+no pandas round trip. Nothing here imports mlflow or pandas at module level.
 """
 
 from __future__ import annotations
@@ -23,20 +25,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from datetime import timedelta
-from pathlib import Path
 
-import mlflow.pyfunc
 import numpy as np
-import pandas as pd
 import polars as pl
 
-from ml_assets.lib import paths
 from ml_assets.lib.contract import TRANSACTIONS
 from ml_assets.serving.features import FeatureParams, FeatureState, transactions_of
 from ml_assets.serving.validation import FIELDS, batch_problems, raw_rows
-
-BOOSTER = "booster.txt"  # the booster, in LightGBM's text format, under the model's artifacts/
-
 
 # A transaction as the feed carries it: the input example logged with the model (MLflow shows it,
 # and checks at logging time that the model scores it).
@@ -45,11 +40,6 @@ EXAMPLE = {
     "merchant_id": "m-000001", "merchant_category": "5411", "amount": "42.50", "currency": "EUR",
     "country": "DE", "channel": "pos", "device_id": None,
 }  # fmt: skip
-
-
-def booster_path(model_dir: str | Path) -> Path:
-    """Where a downloaded model folder keeps its booster."""
-    return Path(model_dir) / "artifacts" / BOOSTER
 
 
 def signature():
@@ -72,8 +62,10 @@ def model_config(lake_uri: str | None) -> dict:
     return {"lake_uri": lake_uri, "feature_params": asdict(FeatureParams.from_dbt_project())}
 
 
-def _items(frame: pd.DataFrame) -> list[dict]:
+def _items(frame) -> list[dict]:
     """The frame's rows as field -> value, with pandas' missing values (NaN, NA, NaT) as None."""
+    import pandas as pd
+
     columns = [c for c in FIELDS if c in frame.columns]
     return [
         {c: None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA else v
@@ -83,13 +75,16 @@ def _items(frame: pd.DataFrame) -> list[dict]:
 
 
 def score_landing_rows(
-    frame: pd.DataFrame,
+    frame,
     booster,
     params: FeatureParams,
     lake_uri: str | None,
     storage_options: dict | None = None,
-) -> pd.DataFrame:
-    """Score landing-contract rows; rows that break the contract get NaN and their reasons."""
+):
+    """Score landing-contract rows (a pandas frame); rows that break the contract get NaN and their
+    reasons. Returns a pandas frame: transaction_id, score, problems."""
+    import pandas as pd
+
     rows, problems = raw_rows(_items(frame))
     typed, contract = batch_problems(rows)
     reasons: dict[int, list[str]] = {}
@@ -122,20 +117,3 @@ def score_landing_rows(
             "problems": ["; ".join(reasons.get(i, [])) for i in range(len(rows))],
         }
     )
-
-
-class LandingScorer(mlflow.pyfunc.PythonModel):
-    """The fraud model on landing-contract transactions (see the module's docstring)."""
-
-    def load_context(self, context):
-        import lightgbm as lgb
-
-        self.booster = lgb.Booster(model_file=context.artifacts["booster"])
-        config = context.model_config
-        self.params = FeatureParams(**config["feature_params"])
-        self.lake_uri = config.get("lake_uri")
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return score_landing_rows(
-            model_input, self.booster, self.params, self.lake_uri, paths.lake_storage_options()
-        )
