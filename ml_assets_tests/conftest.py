@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import os
+import shutil
+import sqlite3
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,11 +95,61 @@ def _environ_restored_after_each_test():
     os.environ.update(saved)
 
 
+_store_template: Path | None = None
+
+
+def seed_mlflow_store(root: Path) -> Path:
+    """An empty MLflow store, already migrated, where the data root `root` keeps its own
+    (`mlflow/mlflow.db`, paths.mlflow_tracking_uri's default); returns its path.
+
+    MLflow spends ~10 s creating a new SQLite store's tables: the session creates one and every
+    world starts from a copy. Its Default experiment is pointed into `root`, as creating the store
+    there would have done. A store already there is kept.
+    """
+    global _store_template
+    if _store_template is None:
+        from mlflow import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="ml_assets_mlflow_template_"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(), client.search_registered_models()  # creates every table
+        _store_template = folder / "mlflow.db"
+    target = root / "mlflow" / "mlflow.db"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_store_template, target)
+        with sqlite3.connect(target) as con:
+            con.execute(
+                "update experiments set artifact_location = ? where experiment_id = 0",
+                (str(root / "mlflow" / "mlruns" / "0"),),
+            )
+        con.close()
+    return target
+
+
+def new_root(path: Path, dagster_yaml: str = DAGSTER_YAML) -> Path:
+    """A data root at `path` with its own DAGSTER_HOME (`dagster_home/` under it) and an empty
+    MLflow store; returns it."""
+    (path / "landing").mkdir(parents=True, exist_ok=True)
+    (path / "dagster_home").mkdir(exist_ok=True)
+    (path / "dagster_home" / "dagster.yaml").write_text(dagster_yaml)
+    seed_mlflow_store(path)
+    return path
+
+
+def root_environ(root: Path) -> dict[str, str]:
+    """The variables that point a process at the data root `root` (and its DAGSTER_HOME)."""
+    return {"ML_ASSETS_DATA_DIR": str(root), "DAGSTER_HOME": str(root / "dagster_home")}
+
+
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch) -> Path:
     """A fresh ML_ASSETS_DATA_DIR (and DAGSTER_HOME) for one test."""
     root = tmp_path / "data"
     (root / "landing").mkdir(parents=True)
+    seed_mlflow_store(root)
     monkeypatch.setenv("ML_ASSETS_DATA_DIR", str(root))
     for name in STORE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -150,28 +204,44 @@ def check_results(result) -> dict[str, object]:
     return out
 
 
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory):
-    """A small simulated world, ingested and featurized: 24 days x 1,500 transactions, 3% fraud.
+WORLD_DAYS = ("2026-01-01", "2026-01-24")
 
-    Module-scoped: the tests of one module share it (and may build on each other's state, in file
-    order). Yields (data root, definitions, a persistent Dagster instance).
-    """
+
+@pytest.fixture(scope="session")
+def small_world_template(tmp_path_factory) -> Path:
+    """The small world, built once a session: 24 days x 1,500 transactions, 3% fraud, ingested
+    and featurized. Modules never write to it: `small_world` gives each its own copy."""
     import dagster as dg
 
     from ml_assets.simulate.generator import SimulatorConfig, simulate
 
-    root = tmp_path_factory.mktemp("world") / "data"
-    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
-        (root / "dagster_home").mkdir(parents=True)
-        (root / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
+    root = new_root(tmp_path_factory.mktemp("world-template") / "data")
+    with scoped_environ(**root_environ(root)):
         cfg = SimulatorConfig(days=24, transactions_per_day=1500, base_fraud_rate=0.03, drift_day=None)
         simulate(cfg, root / "landing", root / "simulator" / "truth", log=lambda _: None)
         instance = dg.DagsterInstance.get()
+        try:
+            definitions = load_defs()
+            for job in ("ingestion_job", "features_job"):
+                result = run_job(definitions, job, instance=instance, days=WORLD_DAYS)
+                assert result.success, [e.message for e in result.all_events if e.is_failure]
+        finally:
+            instance.dispose()
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_world(small_world_template, tmp_path_factory):
+    """A module's own copy of the small world (its lake, warehouse, empty MLflow store and Dagster
+    instance with the runs that built it). The tests of one module share it, and may build on each
+    other's state, in file order. Yields (data root, definitions, a persistent Dagster instance).
+    """
+    import dagster as dg
+
+    root = tmp_path_factory.mktemp("world") / "data"
+    shutil.copytree(small_world_template, root)
+    with scoped_environ(**root_environ(root)):
+        instance = dg.DagsterInstance.get()
         definitions = load_defs()
-        days = ("2026-01-01", "2026-01-24")
-        for job in ("ingestion_job", "features_job"):
-            result = run_job(definitions, job, instance=instance, days=days)
-            assert result.success, [e.message for e in result.all_events if e.is_failure]
         yield root, definitions, instance
         instance.dispose()

@@ -1,6 +1,6 @@
 """Shared by the serving tests: a real MLflow registry with small real models, and a real server.
 
-A new SQLite MLflow store costs ~10 s to create, so one store (and three logged LightGBM models) is
+One store (a copy of the session's pre-migrated empty store) and three logged LightGBM models are
 shared by every serving test in the session. Each test registers its own model name in it, so
 tests that move aliases and tags never see each other's.
 """
@@ -91,7 +91,9 @@ def log_booster(booster) -> str:
 def _create_registry(root: Path) -> SharedRegistry:
     import mlflow
 
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    from ml_assets_tests.conftest import seed_mlflow_store
+
+    uri = f"sqlite:///{seed_mlflow_store(root)}"
     tracking.use_store(uri)
     experiment = mlflow.create_experiment("serving-tests", artifact_location=str(root / "artifacts"))
     mlflow.set_experiment(experiment_id=experiment)

@@ -21,6 +21,7 @@ from ml_assets.serving.features import (
     merchant_risk,
     transaction_features,
 )
+from ml_assets_tests.conftest import WORLD_DAYS
 
 PARAMS = FeatureParams.from_dbt_project()
 T = int(datetime(2026, 1, 15, 12, 0, tzinfo=UTC).timestamp() * US)  # a Thursday
@@ -114,9 +115,7 @@ def test_merchant_risk_counts_the_latest_label_made_in_the_window_before_the_day
 
 # -- the skew test -------------------------------------------------------------------------------
 
-DAYS, PER_DAY = 12, 1500
-FIRST_DAY = date(2026, 1, 1)
-LAST_DAY = FIRST_DAY + timedelta(days=DAYS - 1)
+LAST_DAY = date.fromisoformat(WORLD_DAYS[1])  # the last day of conftest's small world
 
 
 def _warehouse_features(day: date, out) -> pl.DataFrame:
@@ -136,25 +135,16 @@ def _warehouse_features(day: date, out) -> pl.DataFrame:
     return pl.read_parquet(out)
 
 
-def test_service_features_equal_dbt_features_on_a_simulated_world(data_dir, tmp_path):
+def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, tmp_path):
+    """The small simulated world (24 days, ingested and featurized by the pipeline): its last day
+    replayed through the service, in event-time order, gives dbt's features row by row."""
     from fastapi.testclient import TestClient
 
     from ml_assets.lib import paths, tables
     from ml_assets.serving.app import create_app
     from ml_assets.serving.service import Service
     from ml_assets.serving.settings import ServingSettings
-    from ml_assets_tests.conftest import load_defs, run_job
     from ml_assets_tests.serving_support import request_rows, shared_registry
-
-    subprocess.run(
-        [sys.executable, "-m", "ml_assets.simulate", "--start", str(FIRST_DAY), "--days", str(DAYS),
-         "--transactions-per-day", str(PER_DAY)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    definitions = load_defs()
-    span = (str(FIRST_DAY), str(LAST_DAY))
-    assert run_job(definitions, "ingestion_job", days=span).success
-    assert run_job(definitions, "features_job", days=span).success
 
     registry = shared_registry()
     settings = ServingSettings(

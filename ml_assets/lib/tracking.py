@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from importlib.metadata import version
@@ -33,20 +34,28 @@ def use_store(tracking_uri: str) -> None:
     mlflow.set_registry_uri(tracking_uri)
 
 
+@functools.lru_cache(maxsize=16)
 def load_booster(tracking_uri: str, model_name: str, version: str):
     """The LightGBM booster of `model_name` version `version` in the store at `tracking_uri`.
 
     Always by version number, never by alias: an alias may move between reading and loading. Only
     the booster's file is fetched: the pipeline scores its own features, not landing rows.
+    Cached per (store, name, version): a registered version's artifacts never change, and each
+    load costs a registry query and a download. The store is named explicitly, so loading leaves
+    MLflow's process-wide URIs alone. Callers only predict with the booster, never change it.
     """
     import lightgbm as lgb
     import mlflow
 
-    use_store(tracking_uri)
-    model_dir = mlflow.MlflowClient().get_model_version_download_uri(model_name, version)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    model_dir = client.get_model_version_download_uri(model_name, version)
     with tempfile.TemporaryDirectory() as tmp:
-        uri = f"{model_dir}/artifacts/{BOOSTER_FILE}"
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{model_dir}/artifacts/{BOOSTER_FILE}",
+            dst_path=tmp,
+            tracking_uri=tracking_uri,
+            registry_uri=tracking_uri,
+        )
         return lgb.Booster(model_file=local)
 
 
