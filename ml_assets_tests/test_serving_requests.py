@@ -44,6 +44,64 @@ VALUES = {
 }  # fmt: skip
 
 
+ID = "must be 1-64 chars of [A-Za-z0-9_-]"
+MCC = "merchant_category must be exactly 4 digits (MCC)"
+DECIMAL = "amount must be a decimal number"
+ISO = "event_time must be ISO-8601 with a Z or an offset"
+YEARS = "event_time must be within years 0001-9999 in UTC"
+# Adversarial values: digits, letters and spaces of other scripts where the contract means ASCII,
+# look-alikes, and instants outside years 0001-9999 (these seven once got a 500 from /predict).
+# Each with the one reason both paths must give.
+HOSTILE = [
+    ("merchant_category", "٥٤١١", MCC),  # Arabic-Indic digits (once a 500, and a failed dbt day)
+    ("merchant_category", "５４１１", MCC),  # fullwidth digits (once a 500)
+    ("merchant_category", "۵۴۱۱", MCC),  # Extended Arabic-Indic
+    ("merchant_category", "५४११", MCC),  # Devanagari
+    ("merchant_category", "𝟓𝟒𝟏𝟏", MCC),  # mathematical bold
+    ("merchant_category", "²411", MCC),  # str.isdigit() says yes, int() says no
+    ("merchant_category", "5411\u00a0", MCC),  # no-break space
+    ("merchant_category", "\u20075411", MCC),  # figure space
+    ("transaction_id", "tx\u00a01", f"transaction_id {ID}"),
+    ("transaction_id", "t\u0445-1", f"transaction_id {ID}"),  # Cyrillic х
+    ("transaction_id", "tx_１", f"transaction_id {ID}"),
+    ("transaction_id", "tx٣", f"transaction_id {ID}"),
+    ("card_id", "card\u200b1", f"card_id {ID}"),  # zero-width space
+    ("card_id", "ｃard1", f"card_id {ID}"),
+    ("merchant_id", "m\u20111", f"merchant_id {ID}"),  # non-breaking hyphen
+    ("merchant_id", "m_ſ", f"merchant_id {ID}"),  # long s: [a-z] under Unicode case folding
+    ("currency", "\u0415UR", "currency must be 3 uppercase letters"),  # Cyrillic Е
+    ("currency", "ÉUR", "currency must be 3 uppercase letters"),
+    ("currency", "ＥＵＲ", "currency must be 3 uppercase letters"),
+    ("currency", "\u212aRW", "currency must be 3 uppercase letters"),  # Kelvin sign
+    ("country", "\u0391\u0392", "country must be 2 uppercase letters"),  # Greek Α Β
+    ("country", "FＲ", "country must be 2 uppercase letters"),
+    ("channel", "p\u043es", "channel must be one of pos, ecom, atm"),  # Cyrillic о
+    ("channel", "pos\u200b", "channel must be one of pos, ecom, atm"),
+    ("amount", "١٢.٥", DECIMAL),
+    ("amount", "１２.５", DECIMAL),
+    ("amount", "12٫5", DECIMAL),  # Arabic decimal separator
+    ("amount", "12.5\u00a0", DECIMAL),
+    ("amount", "\u200912.5", DECIMAL),
+    ("event_time", f"{DAY}T10:00:00\u00a0Z", ISO),  # polars' %+ alone took these spaces
+    ("event_time", f"{DAY}T10:00:00\u2009+02:00", ISO),
+    ("event_time", f"\u3000{DAY}T10:00:00Z", ISO),
+    ("event_time", f" {DAY}T10:00:00Z", ISO),
+    ("event_time", f"{DAY}T10:00:00UTC", ISO),
+    ("event_time", f"{DAY}T１0:00:00Z", ISO),
+    ("event_time", "٢٠٢٦-01-15T10:00:00Z", ISO),
+    ("event_time", f"{DAY}T10:00:00.٥Z", ISO),
+    ("event_time", f"{DAY}T10:00:00+٠٢:00", ISO),
+    ("event_time", "2026-1-15T10:00:00Z", ISO),
+    ("event_time", "10000-01-01T00:00:00Z", ISO),
+    ("event_time", "0000-01-15T10:00:00Z", YEARS),  # the five below were 500s
+    ("event_time", "-0001-01-15T10:00:00Z", YEARS),
+    ("event_time", "+12026-01-15T10:00:00Z", YEARS),
+    ("event_time", "0001-01-01T00:00:00+01:00", YEARS),  # the offset takes it before year 1
+    ("event_time", "9999-12-31T23:59:59-01:00", YEARS),  # ... and after year 9999
+    ("device_id", "e\u0301" * 33, "device_id must be at most 64 chars"),  # 66 code points
+]
+
+
 def _rows() -> tuple[list[dict[str, str]], list[str]]:
     """The rows, and which field each one varies."""
     rows, varied = [], []
@@ -54,8 +112,9 @@ def _rows() -> tuple[list[dict[str, str]], list[str]]:
     return rows, varied
 
 
-def test_request_validation_and_ingestion_give_the_same_verdicts(tmp_path):
-    rows, varied = _rows()
+def _verdicts(tmp_path, rows: list[dict]) -> dict[str, dict]:
+    """Each row's sorted reasons from ingestion, from the service (a request per row) and from one
+    batch request; plus the rows ingestion stored and the service accepted, by row index."""
     # Ingestion: one landing file per row, so each verdict is tied to its row by the file's name.
     for i, row in enumerate(rows):
         write_landing(tmp_path, "transactions", DAY, f"row{i:04d}.csv", csv_bytes([row]))
@@ -75,16 +134,27 @@ def test_request_validation_and_ingestion_give_the_same_verdicts(tmp_path):
             by_service[i] = []
         except RequestError as e:
             by_service[i] = sorted(p["reason"] for p in e.problems)
-    assert by_service == by_ingestion
     # ... and all rows as one request (judged by the contract's rules, in one polars call).
-    with pytest.raises(RequestError) as batch:
+    try:
         validate(json.dumps({"transactions": rows}).encode(), len(rows))
-    in_batch = {
-        i: sorted(p["reason"] for p in batch.value.problems if p["row"] == i) for i in range(len(rows))
-    }
-    assert in_batch == by_ingestion
+        problems = []
+    except RequestError as e:
+        problems = e.problems
+    in_batch = {i: sorted(p["reason"] for p in problems if p["row"] == i) for i in range(len(rows))}
+    return {
+        "ingestion": by_ingestion, "service": by_service, "batch": in_batch,
+        "bronze": bronze, "accepted": accepted,
+    }  # fmt: skip
+
+
+def test_request_validation_and_ingestion_give_the_same_verdicts(tmp_path):
+    rows, varied = _rows()
+    v = _verdicts(tmp_path, rows)
+    assert v["service"] == v["ingestion"]
+    assert v["batch"] == v["ingestion"]
 
     # What the service accepts, it reads as bronze stores it.
+    accepted, bronze = v["accepted"], v["bronze"]
     assert accepted.keys() == bronze.keys()
     for i, tx_ in accepted.items():
         stored = bronze[i]
@@ -94,7 +164,37 @@ def test_request_validation_and_ingestion_give_the_same_verdicts(tmp_path):
         )  # fmt: skip
     # Every field had values accepted and values rejected.
     for field in VALUES:
-        assert {bool(by_service[i]) for i, f in enumerate(varied) if f == field} == {True, False}, field
+        assert {bool(v["service"][i]) for i, f in enumerate(varied) if f == field} == {True, False}, field
+
+
+def test_hostile_values_are_refused_alike_by_ingestion_and_requests(tmp_path):
+    """Same verdict, same single reason, on every path: ingestion, a request, a batch."""
+    rows = [tx(i, day=DAY, **{field: value}) for i, (field, value, _) in enumerate(HOSTILE)]
+    v = _verdicts(tmp_path, rows)
+    expected = {i: [reason] for i, (_, _, reason) in enumerate(HOSTILE)}
+    assert v["ingestion"] == expected
+    assert v["service"] == expected
+    assert v["batch"] == expected
+    assert v["bronze"] == v["accepted"] == {}
+
+
+def test_hostile_values_get_a_422_with_the_reason_from_a_real_server():
+    """Through uvicorn: none of them is a 5xx, each names its field and reason, and the service
+    still scores afterwards."""
+    import tempfile
+
+    from ml_assets_tests.serving_support import service_and_server, shared_registry
+
+    registry = shared_registry()
+    name = registry.register(aliases={"champion": 1})
+    with tempfile.TemporaryDirectory() as lake:
+        _, server = service_and_server(registry, name, lake)
+        with server, httpx.Client(base_url=server.url) as http:
+            for i, (field, value, reason) in enumerate(HOSTILE):
+                response = http.post("/predict", json=tx(i, **{field: value}))
+                assert response.status_code == 422, (field, value, response.text)
+                assert _problems(response) == {(0, field, reason)}, (field, value)
+            assert http.post("/predict", json=tx(999)).status_code == 200
 
 
 def test_the_fast_path_is_written_for_the_contract_as_it_is():
@@ -110,7 +210,7 @@ def _canonical_or_near(pattern: str, near):
     return st.one_of(st.from_regex(pattern, fullmatch=True), near)
 
 
-_id = _canonical_or_near(r"[A-Za-z0-9_-]{1,64}", _chars("aZ09_-é /\n", 0, 66))
+_id = _canonical_or_near(r"[A-Za-z0-9_-]{1,64}", _chars("aZ09_-é /\n٣\u00a0\u0445", 0, 66))
 _two = _chars("0123456789", 2, 2)
 # Per field: values in the canonical form, and near misses (invalid, or valid but unusual).
 NEAR = {
@@ -118,7 +218,7 @@ NEAR = {
     "event_time": st.one_of(
         st.builds(
             lambda m, frac, zone: f"{m.year:04d}-{m:%m-%dT%H:%M:%S}{frac}{zone}",
-            st.datetimes(datetime(1, 1, 2), datetime(9999, 12, 30)),
+            st.datetimes(datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59)),  # offsets push some out
             st.sampled_from(["", ".5", ".000001", ".", ".1234567"]),
             st.sampled_from(["Z", "+00:00", "-23:59", "+05:30", "z", "", "+0200", "+24:00", "+05:60"]),
         ),
@@ -129,14 +229,14 @@ NEAR = {
     ),
     "card_id": _id,
     "merchant_id": _id,
-    "merchant_category": _canonical_or_near(r"[0-9]{4}", _chars("0123456789５a", 3, 5)),
+    "merchant_category": _canonical_or_near(r"[0-9]{4}", _chars("0123456789５a٥²\u00a0", 3, 5)),
     "amount": st.one_of(
         st.decimals("0", "1000001", places=4).map(str),
         st.from_regex(r"[0-9]{1,8}(\.[0-9]{0,13})?", fullmatch=True),
         st.floats(allow_nan=True, allow_infinity=True),
     ),
-    "currency": _canonical_or_near(r"[A-Z]{3}", _chars("AEURz", 2, 4)),
-    "country": _canonical_or_near(r"[A-Z]{2}", _chars("FRr", 1, 3)),
+    "currency": _canonical_or_near(r"[A-Z]{3}", _chars("AEURzÉ\u0415\u212a", 2, 4)),
+    "country": _canonical_or_near(r"[A-Z]{2}", _chars("FRrＲ", 1, 3)),
     "channel": st.sampled_from(["pos", "ecom", "atm", "POS", "", "web"]),
     "device_id": st.one_of(st.none(), st.text(max_size=66)),
 }  # fmt: skip

@@ -1,4 +1,4 @@
-"""The landing contract (README, "The landing contract"), as pandera schemas over the raw text of
+r"""The landing contract (README, "The landing contract"), as pandera schemas over the raw text of
 each row.
 
 This is the seam where a user plugs in their own feed: describe each column once, with the rules
