@@ -35,11 +35,11 @@ TIMESTAMP_PATTERN = (
     r"(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})"
 )
 MAX_AMOUNT = 1_000_000
-# The instants every later stage can hold: Python's datetime (serving, dagster metadata) and
-# DuckDB's dates stop at years 1 and 9999. Microseconds since the epoch, as both forms see them.
+# The instants every later stage can hold: Python's datetime (serving's features, any Python
+# reader of bronze) stops at years 1 and 9999. Microseconds since the epoch, as both forms see them.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MIN_TIME_US = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // (datetime.resolution)
-MAX_TIME_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // (datetime.resolution)
+MIN_TIME_US = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // datetime.resolution
+MAX_TIME_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // datetime.resolution
 
 _UNICODE_WIDE = re.compile(r"\\[dDwWsSbB]")  # classes that are Unicode-wide in polars and in re
 
