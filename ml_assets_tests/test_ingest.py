@@ -73,6 +73,17 @@ def test_valid_rows_are_typed_and_traced(tmp_path):
         ({"channel": "POS"}, "channel must be one of pos, ecom, atm"),
         ({"channel": " pos"}, "channel must be one of pos, ecom, atm"),
         ({"device_id": "d" * 65}, "device_id must be at most 64 chars"),
+        # ASCII where the contract means ASCII: digits, letters and spaces of other scripts.
+        ({"merchant_category": "٥٤١١"}, "merchant_category must be exactly 4 digits (MCC)"),
+        ({"merchant_category": "５４１１"}, "merchant_category must be exactly 4 digits (MCC)"),
+        ({"transaction_id": "tx\u00a01"}, "transaction_id must be 1-64 chars of [A-Za-z0-9_-]"),
+        ({"currency": "ÉUR"}, "currency must be 3 uppercase letters"),
+        ({"amount": "١٢.٥"}, "amount must be a decimal number"),
+        ({"event_time": "2026-01-15T10:00:00\u00a0Z"}, "event_time must be ISO-8601 with a Z or an offset"),
+        ({"event_time": " 2026-01-15T10:00:00Z"}, "event_time must be ISO-8601 with a Z or an offset"),
+        # Instants no later stage can hold, reported once (not also as the wrong folder date).
+        ({"event_time": "0000-01-15T10:00:00Z"}, "event_time must be within years 0001-9999 in UTC"),
+        ({"event_time": "9999-12-31T23:59:59-01:00"}, "event_time must be within years 0001-9999 in UTC"),
     ],
 )
 def test_each_rule_quarantines_with_its_reason(tmp_path, override, reason):
@@ -83,6 +94,20 @@ def test_each_rule_quarantines_with_its_reason(tmp_path, override, reason):
     assert any(reason in x for x in q["reasons"]), q["reasons"]
     raw = json.loads(q["raw"])
     assert raw == {c: (tx(2, **override)[c] or None) for c in TX_COLUMNS}  # raw values kept
+
+
+def test_a_time_outside_years_1_to_9999_has_that_one_reason(tmp_path):
+    r = _ingest(tmp_path, [tx(1, event_time="+12026-01-15T10:00:00Z")])
+    assert _reasons(r) == [["event_time must be within years 0001-9999 in UTC"]]
+    r = _ingest(tmp_path, [label(1, labeled_at="-0001-01-18T09:00:00Z")], feed=LABELS, day="2026-01-18")
+    assert _reasons(r) == [["labeled_at must be within years 0001-9999 in UTC"]]
+
+
+def test_a_header_name_with_a_unicode_space_is_not_the_contract_column(tmp_path):
+    rows = [{("amount\u00a0" if c == "amount" else c): v for c, v in tx(1).items()}]
+    r = _ingest(tmp_path, rows)
+    assert r.bronze.height == 0
+    assert r.quarantine["reasons"].to_list() == [["missing required column(s): amount"]]
 
 
 def test_every_reason_of_a_row_is_recorded(tmp_path):

@@ -4,7 +4,7 @@ a 4xx naming the reason, the row and the field."""
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import pytest
@@ -17,8 +17,9 @@ from ml_assets.serving import fast_path
 from ml_assets.serving.features import transactions_of
 from ml_assets.serving.validation import RequestError, contract_problems, read_body, validate
 from ml_assets_tests.conftest import csv_bytes, tx, write_landing
+from ml_assets_tests.contract_corpus import DAY, EDGES, HOSTILE
 
-DAY = "2026-01-15"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Good and bad raw text for every contract field (each row changes one field of a valid row).
 VALUES = {
@@ -54,8 +55,9 @@ def _rows() -> tuple[list[dict[str, str]], list[str]]:
     return rows, varied
 
 
-def test_request_validation_and_ingestion_give_the_same_verdicts(tmp_path):
-    rows, varied = _rows()
+def _verdicts(tmp_path, rows: list[dict]) -> dict[str, dict]:
+    """Each row's sorted reasons from ingestion, from the service (a request per row) and from one
+    batch request; plus the rows ingestion stored and the service accepted, by row index."""
     # Ingestion: one landing file per row, so each verdict is tied to its row by the file's name.
     for i, row in enumerate(rows):
         write_landing(tmp_path, "transactions", DAY, f"row{i:04d}.csv", csv_bytes([row]))
@@ -75,26 +77,77 @@ def test_request_validation_and_ingestion_give_the_same_verdicts(tmp_path):
             by_service[i] = []
         except RequestError as e:
             by_service[i] = sorted(p["reason"] for p in e.problems)
-    assert by_service == by_ingestion
     # ... and all rows as one request (judged by the contract's rules, in one polars call).
-    with pytest.raises(RequestError) as batch:
+    try:
         validate(json.dumps({"transactions": rows}).encode(), len(rows))
-    in_batch = {
-        i: sorted(p["reason"] for p in batch.value.problems if p["row"] == i) for i in range(len(rows))
-    }
-    assert in_batch == by_ingestion
+        problems = []
+    except RequestError as e:
+        problems = e.problems
+    in_batch = {i: sorted(p["reason"] for p in problems if p["row"] == i) for i in range(len(rows))}
+    return {
+        "ingestion": by_ingestion, "service": by_service, "batch": in_batch,
+        "bronze": bronze, "accepted": accepted,
+    }  # fmt: skip
 
-    # What the service accepts, it reads as bronze stores it.
+
+def _assert_read_as_stored(v: dict) -> None:
+    """What the service accepts, it reads as bronze stores it."""
+    accepted, bronze = v["accepted"], v["bronze"]
     assert accepted.keys() == bronze.keys()
     for i, tx_ in accepted.items():
         stored = bronze[i]
-        assert tx_.ts == int(stored["event_time"].timestamp() * 1_000_000)
-        assert (tx_.amount, tx_.device_id, tx_.transaction_id) == (
-            stored["amount"], stored["device_id"], stored["transaction_id"],
+        assert tx_.ts == (stored["event_time"] - EPOCH) // timedelta(microseconds=1)
+        assert (tx_.amount, tx_.device_id, tx_.transaction_id, tx_.merchant_category) == (
+            stored["amount"], stored["device_id"], stored["transaction_id"], stored["merchant_category"],
         )  # fmt: skip
+
+
+def test_request_validation_and_ingestion_give_the_same_verdicts(tmp_path):
+    rows, varied = _rows()
+    v = _verdicts(tmp_path, rows)
+    assert v["service"] == v["ingestion"]
+    assert v["batch"] == v["ingestion"]
+    _assert_read_as_stored(v)
     # Every field had values accepted and values rejected.
     for field in VALUES:
-        assert {bool(by_service[i]) for i, f in enumerate(varied) if f == field} == {True, False}, field
+        assert {bool(v["service"][i]) for i, f in enumerate(varied) if f == field} == {True, False}, field
+
+
+def test_every_edge_the_contract_allows_is_accepted_alike_and_read_as_stored(tmp_path):
+    rows = [tx(i, day=DAY, **edge) for i, edge in enumerate(EDGES)]
+    v = _verdicts(tmp_path, rows)
+    assert v["ingestion"] == v["service"] == v["batch"] == {i: [] for i in range(len(rows))}
+    _assert_read_as_stored(v)
+
+
+def test_hostile_values_are_refused_alike_by_ingestion_and_requests(tmp_path):
+    """Same verdict, same single reason, on every path: ingestion, a request, a batch."""
+    rows = [tx(i, day=DAY, **{field: value}) for i, (field, value, _) in enumerate(HOSTILE)]
+    v = _verdicts(tmp_path, rows)
+    expected = {i: [reason] for i, (_, _, reason) in enumerate(HOSTILE)}
+    assert v["ingestion"] == expected
+    assert v["service"] == expected
+    assert v["batch"] == expected
+    assert v["bronze"] == v["accepted"] == {}
+
+
+def test_hostile_values_get_a_422_with_the_reason_from_a_real_server():
+    """Through uvicorn: none of them is a 5xx, each names its field and reason, and the service
+    still scores afterwards."""
+    import tempfile
+
+    from ml_assets_tests.serving_support import service_and_server, shared_registry
+
+    registry = shared_registry()
+    name = registry.register(aliases={"champion": 1})
+    with tempfile.TemporaryDirectory() as lake:
+        _, server = service_and_server(registry, name, lake)
+        with server, httpx.Client(base_url=server.url) as http:
+            for i, (field, value, reason) in enumerate(HOSTILE):
+                response = http.post("/predict", json=tx(i, **{field: value}))
+                assert response.status_code == 422, (field, value, response.text)
+                assert _problems(response) == {(0, field, reason)}, (field, value)
+            assert http.post("/predict", json=tx(999)).status_code == 200
 
 
 def test_the_fast_path_is_written_for_the_contract_as_it_is():
@@ -110,7 +163,7 @@ def _canonical_or_near(pattern: str, near):
     return st.one_of(st.from_regex(pattern, fullmatch=True), near)
 
 
-_id = _canonical_or_near(r"[A-Za-z0-9_-]{1,64}", _chars("aZ09_-é /\n", 0, 66))
+_id = _canonical_or_near(r"[A-Za-z0-9_-]{1,64}", _chars("aZ09_-é /\n٣\u00a0\u0445", 0, 66))
 _two = _chars("0123456789", 2, 2)
 # Per field: values in the canonical form, and near misses (invalid, or valid but unusual).
 NEAR = {
@@ -118,7 +171,7 @@ NEAR = {
     "event_time": st.one_of(
         st.builds(
             lambda m, frac, zone: f"{m.year:04d}-{m:%m-%dT%H:%M:%S}{frac}{zone}",
-            st.datetimes(datetime(1, 1, 2), datetime(9999, 12, 30)),
+            st.datetimes(datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59)),  # offsets push some out
             st.sampled_from(["", ".5", ".000001", ".", ".1234567"]),
             st.sampled_from(["Z", "+00:00", "-23:59", "+05:30", "z", "", "+0200", "+24:00", "+05:60"]),
         ),
@@ -129,14 +182,14 @@ NEAR = {
     ),
     "card_id": _id,
     "merchant_id": _id,
-    "merchant_category": _canonical_or_near(r"[0-9]{4}", _chars("0123456789５a", 3, 5)),
+    "merchant_category": _canonical_or_near(r"[0-9]{4}", _chars("0123456789５a٥²\u00a0", 3, 5)),
     "amount": st.one_of(
         st.decimals("0", "1000001", places=4).map(str),
         st.from_regex(r"[0-9]{1,8}(\.[0-9]{0,13})?", fullmatch=True),
         st.floats(allow_nan=True, allow_infinity=True),
     ),
-    "currency": _canonical_or_near(r"[A-Z]{3}", _chars("AEURz", 2, 4)),
-    "country": _canonical_or_near(r"[A-Z]{2}", _chars("FRr", 1, 3)),
+    "currency": _canonical_or_near(r"[A-Z]{3}", _chars("AEURzÉ\u0415\u212a", 2, 4)),
+    "country": _canonical_or_near(r"[A-Z]{2}", _chars("FRrＲ", 1, 3)),
     "channel": st.sampled_from(["pos", "ecom", "atm", "POS", "", "web"]),
     "device_id": st.one_of(st.none(), st.text(max_size=66)),
 }  # fmt: skip

@@ -1,45 +1,116 @@
-"""The landing contract (DESIGN.md), as pandera schemas over the raw text of each row.
+r"""The landing contract (README, "The landing contract"), as pandera schemas over the raw text of
+each row.
 
 This is the seam where a user plugs in their own feed: describe each column once, with the rules
 its raw text must follow and the type it is stored as. Validation runs on the raw strings so that
 a bad value is reported as it arrived, and every rule a row breaks is named.
+
+Every rule is written once, here, in two forms built from the same pattern, set or bounds: a polars
+expression (ingestion, and serving for the requests it judges in polars) and plain Python (the
+serving fast path, `ml_assets.serving.fast_path`). The contract's character classes are ASCII:
+patterns spell their classes out (`[0-9]`, `[A-Z]`), never `\d`, `\w` or `\s`, which match digits,
+letters and spaces of every script in both regex engines.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 
 import polars as pl
 
 Expr = Callable[[pl.Expr], pl.Expr]
 TYPED = "__typed__"  # prefix of the parsed twin of each raw column while validating
 
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-DECIMAL_PATTERN = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$"
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+DECIMAL_PATTERN = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+# ISO-8601 / RFC 3339 with a `Z` or an offset, in ASCII: what polars' `%+` parser is allowed to see.
+# `%+` alone also takes leading spaces, Unicode spaces before the zone, a `UTC` suffix and
+# unpadded fields. A signed year of up to 6 digits gets through here so that it is reported by the
+# year range rule, not as a malformed timestamp.
+TIMESTAMP_PATTERN = (
+    r"(?:[0-9]{4}|[+-][0-9]{4,6})-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})"
+)
 MAX_AMOUNT = 1_000_000
+# The instants every later stage can hold: Python's datetime (serving's features, any Python
+# reader of bronze) stops at years 1 and 9999. Microseconds since the epoch, as both forms see them.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_TIME_US = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // datetime.resolution
+MAX_TIME_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // datetime.resolution
+
+_UNICODE_WIDE = re.compile(r"\\[dDwWsSbB]")  # classes that are Unicode-wide in polars and in re
+
+
+def _full(pattern: str) -> str:
+    """`pattern` as a polars (Rust regex) full match: `$` there is the end of the text only."""
+    return f"^(?:{pattern})$"
 
 
 def parse_timestamp(col: pl.Expr) -> pl.Expr:
     """ISO-8601 with a `Z` or an offset, as UTC; null when the text is not one."""
-    return col.str.to_datetime("%+", strict=False, time_zone="UTC", time_unit="us")
+    iso = col.str.contains(_full(TIMESTAMP_PATTERN))
+    return pl.when(iso).then(col.str.to_datetime("%+", strict=False, time_zone="UTC", time_unit="us"))
 
 
 def parse_decimal(col: pl.Expr) -> pl.Expr:
-    return pl.when(col.str.contains(DECIMAL_PATTERN)).then(col.cast(pl.Float64, strict=False))
+    return pl.when(col.str.contains(_full(DECIMAL_PATTERN))).then(col.cast(pl.Float64, strict=False))
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One rule a column must follow: `test(raw, parsed)` is True where the value is valid.
+    """One rule a column must follow, in its two forms.
 
-    `raw` is the text as it arrived, `parsed` the column's parsed value (parsed once, shared by
-    every rule and by the stored value).
+    `test(raw, parsed)` is a polars expression, True where the value is valid: `raw` is the text as
+    it arrived, `parsed` the column's parsed value (parsed once, shared by every rule and by the
+    stored value). `holds(raw, parsed)` is the same rule in plain Python, for one non-null value
+    and its parsed form (str for text columns, float for amounts, microseconds since the epoch for
+    timestamps), or None where the rule has no Python form (then the fast path is off for it).
     """
 
     name: str
     test: Callable[[pl.Expr, pl.Expr], pl.Expr]
+    holds: Callable[[str, object], bool] | None = None
+
+
+def matches(pattern: str, what: str) -> Rule:
+    """The raw text must match `pattern` whole (an ASCII pattern with its classes spelt out)."""
+    if not pattern.isascii() or _UNICODE_WIDE.search(pattern):
+        raise ValueError(f"contract patterns spell out ASCII classes ([0-9], not \\d): {pattern!r}")
+    fullmatch = re.compile(pattern).fullmatch  # fullmatch: re's "$" also matches before a final \n
+    return Rule(
+        what,
+        lambda raw, _: raw.str.contains(_full(pattern)),
+        lambda raw, _: fullmatch(raw) is not None,
+    )
+
+
+def one_of(values: tuple[str, ...], what: str) -> Rule:
+    """The raw text must be exactly one of `values`."""
+    allowed = frozenset(values)
+    return Rule(what, lambda raw, _: raw.is_in(list(values)), lambda raw, _: raw in allowed)
+
+
+def at_most_chars(n: int, what: str) -> Rule:
+    """At most `n` characters (code points: polars' len_chars and Python's len agree on them)."""
+    return Rule(what, lambda raw, _: raw.str.len_chars() <= n, lambda raw, _: len(raw) <= n)
+
+
+def parses(what: str) -> Rule:
+    """The column's parser made a value of the text (the fast path only has parsed values)."""
+    return Rule(what, lambda _, parsed: parsed.is_not_null(), lambda _, parsed: parsed is not None)
+
+
+def between(what: str, lo: float, hi: float, closed: str, of: Expr = lambda p: p) -> Rule:
+    """`of(parsed)` must lie in [lo, hi] (`closed`: "both" or "right", as polars' is_between)."""
+    low_ok = (lambda x: lo < x) if closed == "right" else (lambda x: lo <= x)
+    return Rule(
+        what,
+        lambda _, parsed: of(parsed).is_between(lo, hi, closed=closed),
+        lambda _, parsed: low_ok(parsed) and parsed <= hi,
+    )
 
 
 @dataclass(frozen=True)
@@ -73,14 +144,11 @@ class Feed:
         }
 
 
-def _matches(pattern: str, what: str) -> Rule:
-    return Rule(what, lambda raw, _: raw.str.contains(pattern))
-
-
-_TIMESTAMP = (Rule("must be ISO-8601 with a Z or an offset", lambda _, parsed: parsed.is_not_null()),)
-
-
-_ID = _matches(ID_PATTERN, "must be 1-64 chars of [A-Za-z0-9_-]")
+TIME_RANGE = between(
+    "must be within years 0001-9999 in UTC", MIN_TIME_US, MAX_TIME_US, "both", lambda p: p.dt.epoch("us")
+)
+_TIMESTAMP = (parses("must be ISO-8601 with a Z or an offset"), TIME_RANGE)
+_ID = matches(ID_PATTERN, "must be 1-64 chars of [A-Za-z0-9_-]")
 
 TRANSACTIONS = Feed(
     name="transactions",
@@ -93,37 +161,23 @@ TRANSACTIONS = Feed(
         "card_id": Column(pl.String(), True, (_ID,)),
         "merchant_id": Column(pl.String(), True, (_ID,)),
         "merchant_category": Column(
-            pl.String(), True, (_matches(r"^\d{4}$", "must be exactly 4 digits (MCC)"),)
+            pl.String(), True, (matches(r"[0-9]{4}", "must be exactly 4 digits (MCC)"),)
         ),
         "amount": Column(
             pl.Float64(),
             True,
             (
-                Rule("must be a decimal number", lambda _, parsed: parsed.is_not_null()),
-                Rule(
-                    f"must be finite, > 0 and <= {MAX_AMOUNT}",
-                    lambda _, parsed: parsed.is_between(0, MAX_AMOUNT, closed="right"),
-                ),
+                parses("must be a decimal number"),
+                between(f"must be finite, > 0 and <= {MAX_AMOUNT}", 0, MAX_AMOUNT, "right"),
             ),
             parse_decimal,
         ),
-        "currency": Column(pl.String(), True, (_matches(r"^[A-Z]{3}$", "must be 3 uppercase letters"),)),
-        "country": Column(pl.String(), True, (_matches(r"^[A-Z]{2}$", "must be 2 uppercase letters"),)),
+        "currency": Column(pl.String(), True, (matches(r"[A-Z]{3}", "must be 3 uppercase letters"),)),
+        "country": Column(pl.String(), True, (matches(r"[A-Z]{2}", "must be 2 uppercase letters"),)),
         "channel": Column(
-            pl.String(),
-            True,
-            (
-                Rule(
-                    "must be one of pos, ecom, atm",
-                    lambda raw, _: raw.is_in(["pos", "ecom", "atm"]),
-                ),
-            ),
+            pl.String(), True, (one_of(("pos", "ecom", "atm"), "must be one of pos, ecom, atm"),)
         ),
-        "device_id": Column(
-            pl.String(),
-            False,
-            (Rule("must be at most 64 chars", lambda raw, _: raw.str.len_chars() <= 64),),
-        ),
+        "device_id": Column(pl.String(), False, (at_most_chars(64, "must be at most 64 chars"),)),
     },
 )
 
@@ -139,7 +193,7 @@ LABELS = Feed(
         "is_fraud": Column(
             pl.Int8(),
             True,
-            (Rule("must be 0 or 1", lambda raw, _: raw.is_in(["0", "1"])),),
+            (one_of(("0", "1"), "must be 0 or 1"),),
             lambda c: c.cast(pl.Int8, strict=False),
         ),
     },
@@ -172,10 +226,14 @@ def pandera_schema(feed: Feed, folder_date: date):
     for name, col in feed.columns.items():
         rules = list(col.rules)
         if name == feed.time_column:
+            # Only for instants in range: one outside is reported once, by TIME_RANGE, as serving
+            # (which has no folder) reports it.
             rules.append(
                 Rule(
                     f"UTC date must equal the folder's date {folder_date}",
-                    lambda _, parsed: parsed.dt.date() == folder_date,
+                    lambda raw, parsed: pl.when(TIME_RANGE.test(raw, parsed)).then(
+                        parsed.dt.date() == folder_date
+                    ),
                 )
             )
         checks = [check(r, name) for r in rules]

@@ -233,7 +233,9 @@ def _header(data: bytes) -> list[str] | FileProblem:
         return FileProblem(f"not CSV: header unreadable ({e})")
     if not names:
         return FileProblem("empty file: no header row")
-    names = [n.strip() for n in names]
+    # ASCII blanks only: str.strip() would also take Unicode spaces (NBSP...), making a look-alike
+    # name count as a contract column.
+    names = [n.strip(" \t") for n in names]
     if any(not n for n in names):
         return FileProblem("header has an empty column name")
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -62,7 +62,8 @@ def _json(status: int, body: dict, headers: dict | None = None) -> Response:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    # isascii: str.isdigit() is also True for "²" and other digits int() may refuse.
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"body is larger than {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -2,15 +2,16 @@
 
 Evaluating the contract's rules in polars costs about a millisecond per call however few the
 rows: several times everything else a one-transaction request costs. Most transactions arrive in
-one canonical form (ASCII ids and codes, `YYYY-MM-DDTHH:MM:SS[.ffffff]` with `Z` or `+HH:MM`,
-plain decimals), and for those plain Python can tell that every rule holds and parse the values
-exactly as the contract does. The fast path only ever accepts: one value it is unsure of sends
-the whole request to the contract's own rules (`validation.contract_problems`), which decide
-every rejection and its reason.
+one canonical form (`YYYY-MM-DDTHH:MM:SS[.ffffff]` with `Z` or `+HH:MM`, plain decimals), and for
+those plain Python can parse the values exactly as the contract does, then check every rule in
+the Python form the contract itself gives it (`Rule.holds`: same pattern, set or bounds, written
+once in `ml_assets.lib.contract`). The fast path only ever accepts: one value it can't parse, or
+one that breaks a rule, sends the whole request to the contract's polars rules
+(`validation.contract_problems`), which decide every rejection and its reason.
 
-Each shortcut was written for the contract rules (and parser) it names. If the contract changes
-them for a column, that column's shortcut switches off, its values always go to the contract,
-and test_serving_requests fails until the shortcut is reviewed.
+The parsers here were written for the contract parsers they name. If the contract changes a
+column's parser, or gives it a rule without a Python form, that column's shortcut switches off,
+its values always go to the contract, and test_serving_requests fails until it is reviewed.
 """
 
 from __future__ import annotations
@@ -20,14 +21,7 @@ import re
 from collections.abc import Callable
 from datetime import date
 
-from ml_assets.lib.contract import (
-    ID_PATTERN,
-    MAX_AMOUNT,
-    TRANSACTIONS,
-    Column,
-    parse_decimal,
-    parse_timestamp,
-)
+from ml_assets.lib.contract import TRANSACTIONS, Column, parse_decimal, parse_timestamp
 from ml_assets.serving.features import DAY, US, Tx
 
 log = logging.getLogger(__name__)
@@ -35,31 +29,21 @@ log = logging.getLogger(__name__)
 UNSURE = object()  # the shortcut can't vouch for this value: ask the contract
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
-_id = re.compile(ID_PATTERN).fullmatch  # fullmatch: "$" must not accept a trailing newline
-_mcc = re.compile(r"[0-9]{4}").fullmatch  # ASCII digits only; the contract's \d is Unicode-wide
+# Canonical forms only: subsets of the contract's DECIMAL_PATTERN and TIMESTAMP_PATTERN.
 _decimal = re.compile(r"[0-9]{1,7}(?:\.[0-9]{1,12})?").fullmatch
-_currency = re.compile(r"[A-Z]{3}").fullmatch
-_country = re.compile(r"[A-Z]{2}").fullmatch
 _timestamp = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?"
     r"(?:Z|([+-])([0-9]{2}):([0-9]{2}))"
 ).fullmatch
 
 
-def _matching(match: Callable) -> Callable[[str | None], object]:
-    return lambda v: v if v is not None and match(v) else UNSURE
+def _amount(v: str) -> object:
+    return float(v) if _decimal(v) else UNSURE  # correctly rounded, as polars' cast is
 
 
-def _amount(v: str | None) -> object:
-    if v is None or not _decimal(v):
-        return UNSURE
-    x = float(v)  # correctly rounded, as polars' cast is
-    return x if 0 < x <= MAX_AMOUNT else UNSURE
-
-
-def _event_time(v: str | None) -> object:
+def _event_time(v: str) -> object:
     """Microseconds since the epoch (UTC), as the contract's parser gives them."""
-    m = _timestamp(v) if v is not None else None
+    m = _timestamp(v)
     if m is None:
         return UNSURE
     y, mo, d, h, mi, s, frac, sign, oh, om = m.groups()
@@ -74,47 +58,43 @@ def _event_time(v: str | None) -> object:
     return (day.toordinal() - _EPOCH_ORDINAL) * DAY + seconds * US + int((frac or "").ljust(6, "0"))
 
 
-def _device(v: str | None) -> object:
-    return v if v is None or len(v) <= 64 else UNSURE
-
-
-# column -> (the contract rules it was written for, the contract's parser, the shortcut)
-_IDENTITY = Column.parse
-SHORTCUTS: dict[str, tuple[tuple[str, ...], Callable, Callable[[str | None], object]]] = {
-    "transaction_id": (("must be 1-64 chars of [A-Za-z0-9_-]",), _IDENTITY, _matching(_id)),
-    "event_time": (("must be ISO-8601 with a Z or an offset",), parse_timestamp, _event_time),
-    "card_id": (("must be 1-64 chars of [A-Za-z0-9_-]",), _IDENTITY, _matching(_id)),
-    "merchant_id": (("must be 1-64 chars of [A-Za-z0-9_-]",), _IDENTITY, _matching(_id)),
-    "merchant_category": (("must be exactly 4 digits (MCC)",), _IDENTITY, _matching(_mcc)),
-    "amount": (
-        ("must be a decimal number", f"must be finite, > 0 and <= {MAX_AMOUNT}"),
-        parse_decimal,
-        _amount,
-    ),
-    "currency": (("must be 3 uppercase letters",), _IDENTITY, _matching(_currency)),
-    "country": (("must be 2 uppercase letters",), _IDENTITY, _matching(_country)),
-    "channel": (
-        ("must be one of pos, ecom, atm",),
-        _IDENTITY,
-        lambda v: v if v in ("pos", "ecom", "atm") else UNSURE,
-    ),
-    "device_id": (("must be at most 64 chars",), _IDENTITY, _device),
+# The contract's parser -> the fast parser written for it (raw text -> value, or UNSURE).
+PARSERS: dict[Callable, Callable[[str], object]] = {
+    Column.parse: lambda v: v,
+    parse_decimal: _amount,
+    parse_timestamp: _event_time,
 }
 
 
+def _shortcut(col: Column) -> Callable[[str | None], object]:
+    parse, rules, required = PARSERS[col.parse], tuple(r.holds for r in col.rules), col.required
+
+    def shortcut(v: str | None) -> object:
+        if v is None:
+            return UNSURE if required else None  # an optional null breaks no rule (fill_null(True))
+        value = parse(v)
+        if value is UNSURE:
+            return UNSURE
+        for holds in rules:  # a plain loop: all() over a generator costs more than the rules
+            if not holds(v, value):
+                return UNSURE
+        return value
+
+    return shortcut
+
+
 def _active() -> list[Callable[[str | None], object]] | None:
-    """The shortcuts in contract column order, or None if any column's rules changed under them."""
+    """The shortcuts in contract column order, or None if a column has a parser or a rule the
+    fast path has no Python form for."""
     stale = [
         name
         for name, col in TRANSACTIONS.columns.items()
-        if name not in SHORTCUTS
-        or tuple(r.name for r in col.rules) != SHORTCUTS[name][0]
-        or col.parse is not SHORTCUTS[name][1]
+        if col.parse not in PARSERS or any(r.holds is None for r in col.rules)
     ]
     if stale:
         log.warning("the contract changed for %s: the fast path is off, every request is judged by it", stale)
         return None
-    return [SHORTCUTS[name][2] for name in TRANSACTIONS.columns]
+    return [_shortcut(col) for col in TRANSACTIONS.columns.values()]
 
 
 ACTIVE = _active()
