@@ -1,4 +1,5 @@
-"""The MLflow model registry contract (DESIGN.md): model name, aliases, version tags. No Dagster."""
+"""The MLflow model registry contract (README: "Training, validation, promotion"): model name, aliases,
+version tags. No Dagster."""
 
 from __future__ import annotations
 

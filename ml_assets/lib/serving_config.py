@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-# The registry contract's names (DESIGN.md), shared with the training and promotion side.
+# The registry contract's names (ml_assets.lib.registry), shared with the training and promotion side.
 from ml_assets.lib.registry import CANARY, CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, SHADOW
 from ml_assets.lib.registry import MODEL_NAME as DEFAULT_MODEL_NAME  # noqa: F401  (re-exported)
 
