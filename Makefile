@@ -11,6 +11,9 @@ PY := $(VENV)/bin/python
 UV := $(PYTHON) -m uv
 export ML_ASSETS_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(ML_ASSETS_DATA_DIR)/dagster_home
+# MLflow sends usage telemetry unless told not to (dbt's is off in dbt_project.yml): a pipeline run
+# contacts no one.
+export MLFLOW_DISABLE_TELEMETRY := true
 # `dg` warns unless it runs inside the project's environment, and dagster-dbt finds dbt on PATH.
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)

@@ -23,7 +23,7 @@ def main() -> dict:
     import polars as pl
 
     from ml_assets.defs.resources import build_resources
-    from ml_assets.lib import deployment, gates, registry, tables, tracking
+    from ml_assets.lib import deployment, gates, paths, registry, tables, tracking
     from ml_assets.lib.contract import FEEDS
     from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
     from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
@@ -84,7 +84,7 @@ def main() -> dict:
             ".",
             "--quiet",
             "--vars",
-            json.dumps({"min_date": days[0], "max_date": days[-1]}),
+            json.dumps({"min_date": days[0], "max_date": days[-1]} | paths.dbt_vars()),
         ],
         cwd=DBT_PROJECT_DIR,
         check=True,

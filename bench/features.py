@@ -28,7 +28,9 @@ def _dbt(env: dict, first: date, last: date) -> tuple[float, float]:
     from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 
     dbt = str(Path(sys.executable).parent / "dbt")
-    days = json.dumps({"min_date": first.isoformat(), "max_date": last.isoformat()})
+    from ml_assets.lib import paths
+
+    days = json.dumps({"min_date": first.isoformat(), "max_date": last.isoformat()} | paths.dbt_vars())
     t0 = time.perf_counter()
     subprocess.run([dbt, "build", "--profiles-dir", ".", "--vars", days, "--quiet"], cwd=DBT_PROJECT_DIR,
                    env=env, check=True, capture_output=True)  # fmt: skip

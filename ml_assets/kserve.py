@@ -21,8 +21,9 @@ from urllib.parse import urlparse
 import yaml
 
 from ml_assets.lib import paths
-from ml_assets.lib.registry import CANARY, CHAMPION, MODEL_NAME, alias_version
+from ml_assets.lib.registry import CANARY, CHAMPION, alias_version
 from ml_assets.lib.serving_config import ServingConfig, Strategy
+from ml_assets.lib.settings import value
 
 API_VERSION = "serving.kserve.io/v1beta1"
 # KServe's ClusterServingRuntime for the `mlflow` model format (MLServer's MLflow runtime). It loads
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow import MlflowClient
 
     ap = argparse.ArgumentParser(prog="python -m ml_assets.kserve", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-name", default=MODEL_NAME)
+    ap.add_argument("--model-name", default=value("ML_ASSETS_MODEL_NAME"))
     ap.add_argument("--output", help="file to write, '-' for stdout (default: deploy/kserve/<name>.yaml)")
     ap.add_argument("--namespace", help="metadata.namespace (default: kubectl's current namespace)")
     ap.add_argument("--service-account", help="service account whose credentials read the artifact store")

@@ -60,15 +60,15 @@ def retrain(version: str, model_name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ml_assets.lib.registry import MODEL_NAME
+    from ml_assets.lib.settings import value
 
     ap = argparse.ArgumentParser(prog="python -m ml_assets.retrain", description=__doc__.split("\n\n")[0])
     ap.add_argument("version", help="registered model version number")
-    ap.add_argument("--model-name", default=MODEL_NAME)
+    ap.add_argument("--model-name", default=value("ML_ASSETS_MODEL_NAME"))
     args = ap.parse_args(argv)
     result = retrain(args.version, args.model_name)
-    for key, value in result.items():
-        print(f"{key:<28} {value}")
+    for key, figure in result.items():
+        print(f"{key:<28} {figure}")
     same = (
         result["max_prediction_difference"] <= 1e-12
         and abs(result["retrained_holdout_roc_auc"] - result["logged_holdout_roc_auc"]) <= 1e-12

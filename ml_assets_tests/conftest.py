@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ml_assets.lib.settings import SETTINGS
+
 # Test instances don't send telemetry (nor log every step's telemetry event).
 DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 
@@ -64,12 +66,11 @@ def write_landing(root: Path, feed: str, day: str, name: str, data: bytes) -> Pa
     return path
 
 
-# Variables that would point a test at someone else's store. MLflow's `set_tracking_uri` itself
-# exports MLFLOW_TRACKING_URI, so one test's store leaks into the next unless it is cleared.
-STORE_VARIABLES = (
-    "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "ML_ASSETS_LAKE_URI", "ML_ASSETS_LAKE_STORAGE_OPTIONS",
-    "ML_ASSETS_DBT_TARGET", "ML_ASSETS_LANDING_DIR",
-)  # fmt: skip
+# Every setting the project reads (ml_assets.lib.settings): a test sets what it needs on a clean
+# slate, so no variable of the shell (production's, say) points it at someone else's store. MLflow's
+# `set_tracking_uri` itself exports MLFLOW_TRACKING_URI, so one test's store leaks into the next
+# unless it is cleared.
+STORE_VARIABLES = tuple(SETTINGS)
 
 
 @contextmanager

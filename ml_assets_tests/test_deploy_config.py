@@ -8,6 +8,7 @@ import importlib
 import json
 import subprocess
 
+import dagster as dg
 import pytest
 import yaml
 
@@ -137,8 +138,14 @@ def test_the_code_location_takes_the_production_environment(production_env):
     assert dbt.target == "prod"
     assert resources["warehouse"].path == "md:ml_assets"
     assert resources["landing"].root == "/mnt/landing"
-    assert resources["alerts"].webhook_url == "stand-in-ML_ASSETS_ALERT_WEBHOOK"
-    assert not (production_env / "lake").exists() and not (production_env / "mlflow").exists()
+    # A secret: the resource names the variable (the UI shows the name), resolved only in a run.
+    webhook = resources["alerts"].webhook_url
+    assert isinstance(webhook, dg.EnvVar) and webhook.env_var_name == "ML_ASSETS_ALERT_WEBHOOK"
+    assert webhook.get_value() == "stand-in-ML_ASSETS_ALERT_WEBHOOK"
+    # Nothing local was made: no lake, and the data root's MLflow folder holds only the empty store
+    # the fixture put there.
+    assert not (production_env / "lake").exists()
+    assert [p.name for p in (production_env / "mlflow").iterdir()] == ["mlflow.db"]
 
 
 def test_dbt_parses_with_the_production_target(production_env, tmp_path):

@@ -3,7 +3,7 @@ Delta, dbt), and the leakage test catching a planted leak."""
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import subprocess
 import sys
@@ -121,17 +121,12 @@ def test_leakage_test_catches_a_planted_leak(world, tmp_path):
     sql = model.read_text()
     assert "and p.event_ts < c.event_ts" in sql
     model.write_text(sql.replace("and p.event_ts < c.event_ts", "and p.event_ts <= c.event_ts"))
-    env = {
-        **os.environ,
-        "ML_ASSETS_DATA_DIR": str(root),
-        "ML_ASSETS_WAREHOUSE": str(tmp_path / "leak.duckdb"),
-    }
     dbt = str(Path(sys.executable).parent / "dbt")
-    vars_ = '{"min_date": "2026-01-15", "max_date": "2026-01-20", "leakage_test_sample_modulo": 1}'
+    vars_ = {"min_date": "2026-01-15", "max_date": "2026-01-20", "leakage_test_sample_modulo": 1}
+    vars_ |= {"lake_uri": str(root / "lake"), "warehouse": str(tmp_path / "leak.duckdb")}
     out = subprocess.run(
-        [dbt, "build", "--profiles-dir", ".", "--vars", vars_],
+        [dbt, "build", "--profiles-dir", ".", "--vars", json.dumps(vars_)],
         cwd=project,
-        env=env,
         capture_output=True,
         text=True,
     )

@@ -1,16 +1,14 @@
 """Partitioning and retry policies that every stage shares."""
 
-import os
-
 import dagster as dg
 
-DEFAULT_START_DATE = "2026-01-01"
+from ml_assets.lib.settings import SETTINGS, value
+
+DEFAULT_START_DATE = SETTINGS["ML_ASSETS_START_DATE"].default
 
 # Partitions are structure, read when the code location loads (not per run): change the first
 # day with ML_ASSETS_START_DATE. The simulator's demo days start on the same default.
-daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=os.environ.get("ML_ASSETS_START_DATE", DEFAULT_START_DATE)
-)
+daily_partitions = dg.DailyPartitionsDefinition(start_date=value("ML_ASSETS_START_DATE"))
 
 # One run may cover a range of days (backfills, `make run`): each asset loops over the days, and
 # records metadata for each one.

@@ -4,7 +4,6 @@ This is the one place that decides where things live: local folders under `ML_AS
 by default, object storage and servers when the environment says so (see deploy/).
 """
 
-import os
 import sys
 from contextlib import contextmanager
 from datetime import date
@@ -17,6 +16,7 @@ from pydantic import Field
 
 from ml_assets.lib import paths
 from ml_assets.lib.gates import Thresholds
+from ml_assets.lib.settings import SETTINGS, value
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -200,7 +200,9 @@ class MlflowResource(dg.ConfigurableResource):
     )
     artifact_location: str = Field(description="Where new experiments keep artifacts (a folder or s3://...).")
     experiment_name: str = Field(default="fraud_detector", description="MLflow experiment of training runs.")
-    registered_model_name: str = Field(default="fraud_detector", description="Registered model name.")
+    registered_model_name: str = Field(
+        default=SETTINGS["ML_ASSETS_MODEL_NAME"].default, description="Registered model name."
+    )
     ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI, for links in metadata.")
 
     def client(self):
@@ -342,10 +344,30 @@ class AlertsResource(dg.ConfigurableResource):
             log.warning(f"could not post the alert to the webhook: {e}")
 
 
+def _dbt_resource(**config) -> dg.ConfigurableResource:
+    """dagster-dbt's DbtCliResource, told this environment's dbt version instead of asking.
+
+    dagster-dbt learns the version by running `dbt --version` once per run, and that command also
+    asks PyPI for the latest release (a network call from every run, found by test_real_clients'
+    audit). `dbt_executable` is this environment's dbt, so dbt-core's package metadata says the
+    same version.
+    """
+    from functools import cached_property
+    from importlib.metadata import version as installed
+
+    from dagster_dbt import DbtCliResource
+    from packaging.version import Version
+
+    class DbtResource(DbtCliResource):
+        @cached_property
+        def _cli_version(self) -> Version:
+            return Version(installed("dbt-core"))
+
+    return DbtResource(**config)
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Every resource, configured from the environment (read now, when the location loads)."""
-    from dagster_dbt import DbtCliResource
-
     from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 
     return {
@@ -353,13 +375,19 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "landing": LandingResource(root=str(paths.landing_dir())),
         "warehouse": WarehouseResource(path=paths.warehouse_uri()),
         "mlflow": MlflowResource(
-            tracking_uri=paths.mlflow_tracking_uri(), artifact_location=paths.mlflow_artifact_root()
+            tracking_uri=paths.mlflow_tracking_uri(),
+            artifact_location=paths.mlflow_artifact_root(),
+            registered_model_name=value("ML_ASSETS_MODEL_NAME"),
         ),
         "quality_gates": QualityGatesResource(),
         "monitoring": MonitoringResource(),
-        "serving": ServingResource(strategy=os.environ.get("ML_ASSETS_SERVING_STRATEGY", "canary")),
-        "alerts": AlertsResource(webhook_url=os.environ.get("ML_ASSETS_ALERT_WEBHOOK")),
-        "dbt": DbtCliResource(
+        "serving": ServingResource(strategy=value("ML_ASSETS_SERVING_STRATEGY")),
+        # A secret: the resource holds the variable's name, resolved only when a run uses it, so the
+        # UI's resource config never shows the URL.
+        "alerts": AlertsResource(
+            webhook_url=dg.EnvVar("ML_ASSETS_ALERT_WEBHOOK") if value("ML_ASSETS_ALERT_WEBHOOK") else None
+        ),
+        "dbt": _dbt_resource(
             project_dir=str(DBT_PROJECT_DIR),
             profiles_dir=str(DBT_PROJECT_DIR),
             # The environment's own dbt, whether or not the venv is on PATH.

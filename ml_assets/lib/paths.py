@@ -1,22 +1,23 @@
 """Where local state lives. One root (`ML_ASSETS_DATA_DIR`), each path movable by its own variable.
 
-Every function reads the environment when called, never at import, so tests and the CLI can
-point a process at any data root.
+Every function reads its setting (ml_assets.lib.settings) when called, never at import, so tests
+and the CLI can point a process at any data root. The derived defaults ("<data>/lake") are here.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from ml_assets.lib.settings import value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FEEDS = ("transactions", "labels")
 
 
 def _env_path(var: str, default: Path) -> Path:
-    value = os.environ.get(var)
-    return Path(value).expanduser().resolve() if value else default
+    given = value(var)
+    return Path(given).expanduser().resolve() if given else default
 
 
 def data_dir() -> Path:
@@ -29,7 +30,7 @@ def landing_dir() -> Path:
 
 def lake_uri() -> str:
     """The lake root: a local folder by default, or an object-store URI such as s3://bucket/lake."""
-    return os.environ.get("ML_ASSETS_LAKE_URI") or str(data_dir() / "lake")
+    return value("ML_ASSETS_LAKE_URI") or str(data_dir() / "lake")
 
 
 def lake_storage_options() -> dict[str, str]:
@@ -39,7 +40,7 @@ def lake_storage_options() -> dict[str, str]:
     Keep credentials out of it: delta-rs, polars, boto3 and MLflow all read the standard AWS_*
     variables (or the pod's IAM role) themselves.
     """
-    raw = os.environ.get("ML_ASSETS_LAKE_STORAGE_OPTIONS", "").strip()
+    raw = (value("ML_ASSETS_LAKE_STORAGE_OPTIONS") or "").strip()
     if not raw:
         return {}
     try:
@@ -62,25 +63,30 @@ def warehouse_path() -> Path:
 
 def warehouse_uri() -> str:
     """The DuckDB database dbt builds into: a file, or a MotherDuck database ("md:name") in production."""
-    value = os.environ.get("ML_ASSETS_WAREHOUSE", "")
-    return value if value.startswith("md:") else str(warehouse_path())
+    given = value("ML_ASSETS_WAREHOUSE") or ""
+    return given if given.startswith("md:") else str(warehouse_path())
 
 
 def dbt_target() -> str:
     """The dbt target (an output in dbt_project/profiles.yml): `local` DuckDB, or `prod`."""
-    return os.environ.get("ML_ASSETS_DBT_TARGET") or "local"
+    return value("ML_ASSETS_DBT_TARGET")
 
 
 def mlflow_tracking_uri() -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if given := value("MLFLOW_TRACKING_URI"):
+        return given
     folder = data_dir() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def mlflow_artifact_root() -> str:
-    return os.environ.get("ML_ASSETS_MLFLOW_ARTIFACTS") or str(data_dir() / "mlflow" / "artifacts")
+    return value("ML_ASSETS_MLFLOW_ARTIFACTS") or str(data_dir() / "mlflow" / "artifacts")
+
+
+def dbt_runs_dir() -> Path:
+    """dbt's artifacts (manifest, run results, compiled SQL, its log), one folder per Dagster run."""
+    return data_dir() / "dbt" / "runs"
 
 
 def dagster_home() -> Path:
@@ -90,4 +96,15 @@ def dagster_home() -> Path:
 def duckdb_memory_limit() -> str:
     """DuckDB's memory limit for the warehouse, `ML_ASSETS_DUCKDB_MEMORY_LIMIT` (past it, DuckDB
     spills to disk). dbt's profile reads the same variable, with the same default."""
-    return os.environ.get("ML_ASSETS_DUCKDB_MEMORY_LIMIT", "4GB")
+    return value("ML_ASSETS_DUCKDB_MEMORY_LIMIT")
+
+
+def dbt_vars() -> dict[str, str]:
+    """What dbt reads of the settings, as the vars every dbt invocation gets (dbt reads no
+    environment variable of ours: profiles.yml and sources.yml take these, with the local defaults
+    for a plain `dbt build` inside dbt_project/)."""
+    return {
+        "lake_uri": lake_uri(),
+        "warehouse": warehouse_uri(),
+        "duckdb_memory_limit": duckdb_memory_limit(),
+    }

@@ -7,8 +7,9 @@ import subprocess
 from functools import cache
 
 from ml_assets.lib import paths
+from ml_assets.lib.settings import SETTINGS
 
-MODEL_NAME = "fraud_detector"
+MODEL_NAME = SETTINGS["ML_ASSETS_MODEL_NAME"].default  # the default; ML_ASSETS_MODEL_NAME moves it
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_champion"
 CANARY, SHADOW = "canary", "shadow"
 ALIASES = (CHAMPION, PREVIOUS_CHAMPION, CHALLENGER, CANARY, SHADOW)

@@ -15,6 +15,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from ml_assets.defs.policies import daily_partitions, one_run_per_range, storage_retry
+from ml_assets.lib import paths
 from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
@@ -59,4 +60,7 @@ def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
         "max_date": (window.end - timedelta(days=1)).date().isoformat(),
     }
     context.log.info(f"dbt build for event days {days['min_date']}..{days['max_date']}")
-    yield from dbt.cli(["build", "--vars", json.dumps(days)], context=context).stream()
+    # dbt's run artifacts and log go under the data root, not into the project folder.
+    target = paths.dbt_runs_dir() / context.run.run_id
+    args = ["build", "--vars", json.dumps(days | paths.dbt_vars())]
+    yield from dbt.cli(args, context=context, target_path=target).stream()

@@ -1,0 +1,85 @@
+"""Every setting the project reads from the environment: one table of name, default, description.
+
+Nothing else reads a setting from `os.environ`: the paths, the resources, the partitions, the
+serving service and the registered model all call `value()`, and dbt gets what it needs as vars
+(`dbt_vars()`), so a plain `dbt build` and a Dagster run read the same values. Tests clear every
+name in `SETTINGS` (ml_assets_tests/conftest.py), so a shell with production's variables can't
+point a test at production. The README's settings table is `markdown()`; a test holds them equal.
+
+Defaults in angle brackets are derived from other settings when the value is read (paths.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the environment variable
+    default: str | None  # None: unset unless given (derived, optional, or read by another program)
+    description: str
+    secret: bool = False  # never logged or shown in the UI: resources take it as dg.EnvVar
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting("ML_ASSETS_DATA_DIR", "<repo>/data", "Root of all local state."),
+        Setting("ML_ASSETS_LANDING_DIR", "<data>/landing", "The upstream feed's landing zone (read-only)."),
+        Setting(
+            "ML_ASSETS_LAKE_URI", "<data>/lake", "Root of the Delta lake: a folder or s3://bucket/prefix."
+        ),
+        Setting(
+            "ML_ASSETS_LAKE_STORAGE_OPTIONS",
+            "{}",
+            "JSON object of strings for delta-rs and polars (AWS_REGION, AWS_ENDPOINT_URL, conditional_put).",
+        ),
+        Setting("ML_ASSETS_SIMULATOR_DIR", "<data>/simulator", "Where the simulator writes its oracle."),
+        Setting("ML_ASSETS_WAREHOUSE", "<data>/warehouse.duckdb", "dbt's DuckDB: a file, or md:<name>."),
+        Setting("ML_ASSETS_DBT_TARGET", "local", "The output of dbt_project/profiles.yml dbt runs against."),
+        Setting("ML_ASSETS_DUCKDB_MEMORY_LIMIT", "4GB", "DuckDB's memory limit (past it, DuckDB spills)."),
+        Setting(
+            "MLFLOW_TRACKING_URI", "sqlite:///<data>/mlflow/mlflow.db", "MLflow tracking store and registry."
+        ),
+        Setting("ML_ASSETS_MLFLOW_ARTIFACTS", "<data>/mlflow/artifacts", "Artifacts of new experiments."),
+        Setting("DAGSTER_HOME", "<data>/dagster_home", "The Dagster instance (make targets set it)."),
+        Setting("ML_ASSETS_START_DATE", "2026-01-01", "The first daily partition."),
+        Setting("ML_ASSETS_MODEL_NAME", "fraud_detector", "The registered model that is trained and served."),
+        Setting(
+            "ML_ASSETS_SERVING_STRATEGY",
+            "canary",
+            "How a validated version reaches traffic: single, blue_green, canary, shadow or ab.",
+        ),
+        Setting(
+            "ML_ASSETS_ALERT_WEBHOOK", None, "Webhook that failed runs are posted to (JSON).", secret=True
+        ),
+        Setting("ML_ASSETS_SERVING_POLL_SECONDS", "5.0", "How often the service reads the registry."),
+        Setting("ML_ASSETS_SERVING_THREADS", "1", "LightGBM threads per prediction call."),
+        Setting("ML_ASSETS_SERVING_MAX_BODY_BYTES", "1000000", "Larger request bodies get 413."),
+        Setting("ML_ASSETS_SERVING_MAX_BATCH", "1000", "More transactions in one request get 413."),
+        Setting("ML_ASSETS_SERVING_LOG_FLUSH_SECONDS", "5.0", "The inference log is written this often."),
+        Setting("ML_ASSETS_SERVING_LOG_MAX_ROWS", "200000", "Rows queued for the log writer, at most."),
+        # Read by MLflow itself, never by the project: cleared by tests all the same.
+        Setting("MLFLOW_REGISTRY_URI", None, "MLflow's registry, if not the tracking store."),
+    )
+}
+
+
+def value(name: str) -> str | None:
+    """The setting's value: the environment's, or its default (None for a derived one: see paths)."""
+    setting = SETTINGS[name]
+    given = os.environ.get(name)
+    if given:
+        return given
+    return None if setting.default is None or "<" in setting.default else setting.default
+
+
+def markdown() -> str:
+    """The table, as the README shows it."""
+    rows = [
+        f"| `{s.name}` | {s.description} | {f'`{s.default}`' if s.default else 'unset'} |"
+        for s in SETTINGS.values()
+    ]
+    return "\n".join(["| variable | what | default |", "| --- | --- | --- |", *rows])

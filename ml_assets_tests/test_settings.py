@@ -1,0 +1,136 @@
+"""One table of settings (ml_assets.lib.settings), and nothing that reads the environment behind it.
+
+What a shell with production's variables can still reach is proven on a real pipeline run in
+test_real_clients (its world is built with every production variable set, under an audit hook).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from ml_assets.lib import paths, settings
+from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
+from ml_assets.lib.settings import SETTINGS
+
+PACKAGE = paths.REPO_ROOT / "ml_assets"
+# What may still read os.environ, and why: the table itself, and the PATH that dagster-dbt's
+# manifest preparer needs (the process's search path, not a setting of ours).
+READERS = {PACKAGE / "lib" / "settings.py", PACKAGE / "defs" / "features" / "assets.py"}
+ENVIRONMENT = re.compile(r"os\.environ|os\.getenv|getenv\(|env_var\(")
+
+
+def test_the_readme_lists_every_setting_as_the_table_says():
+    assert settings.markdown() in (paths.REPO_ROOT / "README.md").read_text()
+
+
+def test_nothing_reads_the_environment_but_the_table():
+    readers = {
+        path
+        for path in [
+            *PACKAGE.rglob("*.py"),
+            *DBT_PROJECT_DIR.glob("**/*.yml"),
+            *DBT_PROJECT_DIR.glob("**/*.sql"),
+        ]
+        if "target" not in path.relative_to(paths.REPO_ROOT).parts and ENVIRONMENT.search(path.read_text())
+    }
+    assert readers <= READERS, sorted(str(p) for p in readers - READERS)
+    features = (PACKAGE / "defs" / "features" / "assets.py").read_text()
+    assert set(re.findall(r"os\.environ(?:\.get)?\(?\[?\"(\w+)\"", features)) == {"PATH"}
+
+
+def _local(default: str) -> str:
+    """A setting's default as dbt_project/ spells it (relative to itself)."""
+    return default.replace("<data>", "../data")
+
+
+def test_dbt_defaults_are_the_settings_defaults():
+    """dbt's own defaults (a plain `dbt build` inside dbt_project/) equal the table's, so the two
+    ways of running dbt build the same local warehouse from the same lake."""
+    profile = (DBT_PROJECT_DIR / "profiles.yml").read_text()
+    defaults = dict(re.findall(r"var\('(\w+)', '([^']*)'\)", profile.split("prod:")[0]))
+    assert defaults == {
+        "warehouse": _local(SETTINGS["ML_ASSETS_WAREHOUSE"].default),
+        "duckdb_memory_limit": SETTINGS["ML_ASSETS_DUCKDB_MEMORY_LIMIT"].default,
+    }
+    project_vars = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+    assert project_vars["lake_uri"] == _local(SETTINGS["ML_ASSETS_LAKE_URI"].default)
+    # ... and Dagster passes every var these files take, from the settings.
+    taken = set(re.findall(r"var\('(\w+)'", profile)) | {"lake_uri"}
+    assert set(paths.dbt_vars()) == taken
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
+    """Set to a value, each setting is what its reader returns (derived ones follow the data root)."""
+
+    given = {
+        "ML_ASSETS_LAKE_STORAGE_OPTIONS": '{"AWS_REGION": "eu-west-1"}',
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        "ML_ASSETS_START_DATE": "2025-06-01",
+        "ML_ASSETS_SERVING_STRATEGY": "shadow",
+    }.get(
+        name,
+        str(tmp_path / "x") if name.endswith(("_DIR", "_URI", "HOME", "WAREHOUSE", "ARTIFACTS")) else "7",
+    )
+    monkeypatch.setenv(name, given)
+    assert settings.value(name) == given
+    readers = {
+        "ML_ASSETS_DATA_DIR": lambda: str(paths.data_dir()),
+        "ML_ASSETS_LANDING_DIR": lambda: str(paths.landing_dir()),
+        "ML_ASSETS_LAKE_URI": paths.lake_uri,
+        "ML_ASSETS_LAKE_STORAGE_OPTIONS": lambda: (
+            '{"AWS_REGION": "eu-west-1"}'
+            if paths.lake_storage_options() == {"AWS_REGION": "eu-west-1"}
+            else None
+        ),
+        "ML_ASSETS_SIMULATOR_DIR": lambda: str(paths.simulator_dir()),
+        "ML_ASSETS_WAREHOUSE": paths.warehouse_uri,
+        "ML_ASSETS_DBT_TARGET": paths.dbt_target,
+        "ML_ASSETS_DUCKDB_MEMORY_LIMIT": paths.duckdb_memory_limit,
+        "MLFLOW_TRACKING_URI": paths.mlflow_tracking_uri,
+        "ML_ASSETS_MLFLOW_ARTIFACTS": paths.mlflow_artifact_root,
+        "DAGSTER_HOME": lambda: str(paths.dagster_home()),
+    }
+    if name in readers:
+        assert readers[name]() == given
+    elif name.startswith("ML_ASSETS_SERVING_") and name != "ML_ASSETS_SERVING_STRATEGY":
+        from ml_assets.serving.settings import ENV, ServingSettings
+
+        field = next(f for f, var in ENV.items() if var == name)
+        assert getattr(ServingSettings.from_env(), field) == type(getattr(ServingSettings, field))(given)
+    elif name in ("ML_ASSETS_MODEL_NAME", "ML_ASSETS_SERVING_STRATEGY", "ML_ASSETS_ALERT_WEBHOOK"):
+        from ml_assets.defs.resources import build_resources
+
+        resources = build_resources()
+        got = {
+            "ML_ASSETS_MODEL_NAME": lambda: resources["mlflow"].registered_model_name,
+            "ML_ASSETS_SERVING_STRATEGY": lambda: resources["serving"].strategy,
+            "ML_ASSETS_ALERT_WEBHOOK": lambda: resources["alerts"].webhook_url.get_value(),
+        }[name]()
+        assert got == given
+    elif name == "ML_ASSETS_START_DATE":
+        import subprocess
+        import sys
+
+        code = "from ml_assets.defs.policies import daily_partitions as d; print(d.start.date())"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == given
+    else:
+        assert name == "MLFLOW_REGISTRY_URI"  # read by MLflow itself; the table lists it to clear it
+
+
+def test_every_setting_is_cleared_for_the_tests(data_dir):
+    from ml_assets_tests.conftest import STORE_VARIABLES
+
+    assert set(STORE_VARIABLES) == set(SETTINGS)
+    fixture_sets = {"ML_ASSETS_DATA_DIR", "DAGSTER_HOME"}
+    assert all(settings.value(n) in (None, s.default) for n, s in SETTINGS.items() if n not in fixture_sets)
+
+
+def test_a_secret_is_never_in_the_resource_config():
+    assert [s.name for s in SETTINGS.values() if s.secret] == ["ML_ASSETS_ALERT_WEBHOOK"]
+    source = (PACKAGE / "defs" / "resources.py").read_text()
+    assert 'dg.EnvVar("ML_ASSETS_ALERT_WEBHOOK")' in source
