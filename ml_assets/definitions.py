@@ -13,7 +13,20 @@ import dagster as dg
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
         dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
-        # In process: one import of the stack per run, instead of one per step (each step of the
-        # multiprocess executor pays ~4-5 s of imports on a small box).
-        dg.Definitions(executor=dg.in_process_executor),
+        dg.Definitions(
+            # In process: one import of the stack per run, instead of one per step (each step of
+            # the multiprocess executor pays ~4-5 s of imports on a small box).
+            executor=dg.in_process_executor,
+            # Declared here, running by default: the one Dagster adds when none is declared starts
+            # stopped, and features would not follow ingestion until someone found its toggle.
+            sensors=[
+                dg.AutomationConditionSensorDefinition(
+                    "default_automation_condition_sensor",
+                    target=dg.AssetSelection.all(),
+                    default_status=dg.DefaultSensorStatus.RUNNING,
+                    description="Declarative automation: the dbt features follow new ingestions "
+                    "once their blocking checks pass.",
+                )
+            ],
+        ),
     )

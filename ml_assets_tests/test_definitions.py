@@ -96,3 +96,28 @@ def test_every_asset_says_what_it_is_for(data_dir):
         node = graph.get(key)
         assert node.description and len(node.description) > 40, key
         assert node.kinds, key
+
+
+def _readme_automation() -> set[str]:
+    """The sensors and schedules the README's "Automation (on in `make dev`)" paragraph names."""
+    import re
+
+    from ml_assets.lib import paths
+
+    readme = (paths.REPO_ROOT / "README.md").read_text()
+    paragraph = readme.split("Automation (on in `make dev`):")[1].split("\n\n")[0]
+    return set(re.findall(r"`(\w+_(?:sensor|schedule|alert))`", paragraph))
+
+
+def test_what_the_readme_says_is_on_is_on(data_dir):
+    """Every sensor and schedule runs as soon as `make dev` starts (no toggle in the UI), and the
+    README names exactly those."""
+    import dagster as dg
+
+    repo = load_defs().get_repository_def()
+    running = {s.name: s.default_status for s in repo.sensor_defs} | {
+        s.name: s.default_status for s in repo.schedule_defs
+    }
+    assert _readme_automation() == set(running) == EXPECTED_SENSORS | EXPECTED_SCHEDULES
+    stopped = {n for n, status in running.items() if status.value != dg.DefaultSensorStatus.RUNNING.value}
+    assert not stopped, stopped

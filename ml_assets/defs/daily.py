@@ -16,4 +16,6 @@ daily_job = dg.define_asset_job(
     description="Ingest a day, build its features, score it and monitor drift and live performance.",
 )
 
-daily_schedule = dg.build_schedule_from_partitioned_job(daily_job, hour_of_day=1)
+daily_schedule = dg.build_schedule_from_partitioned_job(
+    daily_job, hour_of_day=1, default_status=dg.DefaultScheduleStatus.RUNNING
+)

@@ -31,4 +31,5 @@ weekly_retraining_schedule = dg.ScheduleDefinition(
     job=retraining_job,
     cron_schedule="0 3 * * 1",  # Mondays 03:00 UTC, after the night's ingestion and features
     execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,  # the README says automation is on
 )
