@@ -2,9 +2,11 @@
 
 Every test drives real Dagster runs against real Delta tables, a real MLflow SQLite store and a
 real DuckDB warehouse in temp dirs. A fault is injected from outside, the way it happens in
-production: a run's process is SIGKILLed at a chosen point of its work (watched on disk, not
-guessed by time), two processes write the same partition at once, the tracking server is not
-there. Then the stores are read back, and a re-run must converge to what a clean run gives.
+production: a run's process is SIGKILLed at a chosen point of its work, another process commits
+to the table a writer has read, the tracking server is not there. Points in a Delta write are
+reached through `resources.commit_hook` (the driver holds its run there, then the test kills it
+or lets another writer commit): never guessed by time. Then the stores are read back, and a
+re-run must converge to what a clean run gives.
 
 "Same contents" is an order-independent content hash of a table's rows (`_content`).
 """
@@ -20,7 +22,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -36,36 +37,46 @@ DAY = "2026-01-15"
 TX = tables.BRONZE["transactions"], tables.QUARANTINE["transactions"]
 
 # A run of one job in a fresh process, the way `dagster job execute` would start it: it loads the
-# code location, then runs the job `repeat` times. With a barrier, each run first waits until
-# every driver is ready for it, so that runs in two processes really start at the same moment.
-# It prints what happened in each run as one JSON line.
+# code location, then runs the job once and prints what happened as one JSON line. With `go`, it
+# loads first and waits for that file to exist before it runs (so drivers can load side by side,
+# ahead of their turn: loading is ~10 s here, most of a kill test's time). With a hold
+# ("<stage> <table> <path>"), its lake writes stop at that point of their commit to `table`
+# (stage "before": the version is read, nothing written; "after": committed): the driver creates
+# `<path>.held` and waits there until `<path>` exists, then goes on (at once, if it already does).
 DRIVER = """
 import json, os, sys, time
 import dagster as dg
+from ml_assets.defs import resources
 from ml_assets_tests.conftest import load_defs
 from ml_assets_tests.test_faults import outcome
 
-job, partition, select, config, barrier, repeat = sys.argv[1:7]
+job, partition, select, config, hold, go = sys.argv[1:7]
+if hold:
+    at_stage, at_table, path = hold.split(" ", 2)
+
+    def commit_hook(stage, table):
+        if (stage, table) == (at_stage, at_table):
+            open(path + ".held", "w").close()
+            while not os.path.exists(path):
+                time.sleep(0.001)
+
+    resources.commit_hook = commit_hook
 tags = {}
 if ".." in partition:  # a range of days, in one run
     start, end = partition.split("..")
     tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
 job_def = load_defs().resolve_job_def(job)
-instance = dg.DagsterInstance.get()
-for i in range(int(repeat)):
-    if barrier:  # say this driver is ready for round i, then wait for the signal
-        open(f"{barrier}-{i}.{os.getpid()}", "w").close()
-        while not os.path.exists(f"{barrier}-{i}"):
-            time.sleep(0.001)
-    result = job_def.execute_in_process(
-        instance=instance,
-        partition_key=None if tags or not partition else partition,
-        tags=tags,
-        asset_selection=[dg.AssetKey(k) for k in select.split(",")] if select else None,
-        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}} | json.loads(config),
-        raise_on_error=False,
-    )
-    print("OUTCOME " + json.dumps(outcome(result)), flush=True)
+while go and not os.path.exists(go):
+    time.sleep(0.001)
+result = job_def.execute_in_process(
+    instance=dg.DagsterInstance.get(),
+    partition_key=None if tags or not partition else partition,
+    tags=tags,
+    asset_selection=[dg.AssetKey(k) for k in select.split(",")] if select else None,
+    run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}} | json.loads(config),
+    raise_on_error=False,
+)
+print("OUTCOME " + json.dumps(outcome(result)), flush=True)
 """
 
 
@@ -134,10 +145,10 @@ def _environ(root: Path, **extra: str) -> dict[str, str]:
 
 
 def _spawn(
-    root: Path, job: str, partition="", select="", config=None, barrier="", repeat=1, **env
+    root: Path, job: str, partition="", select="", config=None, hold="", go="", **env
 ) -> subprocess.Popen:
     """The driver in its own process group (so a kill reaches everything it started)."""
-    args = [job, partition, select, json.dumps(config or {}), barrier, str(repeat)]
+    args = [job, partition, select, json.dumps(config or {}), hold, str(go)]
     return subprocess.Popen(
         [sys.executable, "-c", DRIVER, *args],
         cwd=REPO,
@@ -149,12 +160,12 @@ def _spawn(
     )
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 300) -> list[dict]:
-    """The outcome of each run the driver made."""
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> dict:
+    """The outcome of the driver's run."""
     out, err = proc.communicate(timeout=timeout)
     lines = [line for line in out.splitlines() if line.startswith("OUTCOME ")]
-    assert lines, f"the driver printed no outcome (exit {proc.returncode}):\n{err[-3000:]}"
-    return [json.loads(line.removeprefix("OUTCOME ")) for line in lines]
+    assert len(lines) == 1, f"the driver printed no outcome (exit {proc.returncode}):\n{err[-3000:]}"
+    return json.loads(lines[0].removeprefix("OUTCOME "))
 
 
 def _kill_when(
@@ -175,6 +186,34 @@ def _kill_when(
     pytest.fail(f"the run ended (exit {proc.returncode}) before the kill point:\n{err[-3000:]}")
 
 
+def _held(proc: subprocess.Popen, path: Path) -> None:
+    """Wait until the driver is held at its hold point (`path.held` exists), and take the marker
+    away for the next driver."""
+    marker = path.with_name(path.name + ".held")
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            pytest.fail(f"the run ended (exit {proc.returncode}) before its hold point:\n{err[-3000:]}")
+        time.sleep(0.005)
+    marker.unlink()
+
+
+def _go(path: Path) -> Path:
+    """The file that lets a driver held at `path` start its run."""
+    return path.with_name(path.name + ".go")
+
+
+def _kill_at(proc: subprocess.Popen, path: Path) -> None:
+    """Let the driver go (`path.go`), and SIGKILL it (its process group) once it is held at its
+    hold point."""
+    _go(path).touch()
+    _held(proc, path)
+    _kill_when(proc, lambda: True)
+
+
 def _files(folder: Path) -> set[str]:
     try:
         return {e.name for e in os.scandir(folder)}
@@ -182,12 +221,9 @@ def _files(folder: Path) -> set[str]:
         return set()
 
 
-def _commits(root: Path, table: str) -> int:
-    return len([f for f in _files(root / "lake" / table / "_delta_log") if f.endswith(".json")])
-
-
-def _big_day(landing: Path, day: str, name: str, rows: int) -> None:
-    """`rows` valid transactions of `day` in one landing file (~0.1 s of Delta write per 100k)."""
+def _big_day(landing: Path, day: str, name: str, rows: int, channel: str = "pos") -> None:
+    """`rows` transactions of `day` in one landing file (~0.1 s of Delta write per 100k): valid,
+    unless `channel` is not one of the contract's (then they all go to quarantine)."""
     i = pl.col("i")
     two = lambda e: e.cast(pl.String).str.zfill(2)  # noqa: E731
     frame = pl.DataFrame({"i": np.arange(rows)}).select(
@@ -199,7 +235,7 @@ def _big_day(landing: Path, day: str, name: str, rows: int) -> None:
         amount=(i % 10_000 / 100 + 1).cast(pl.String),
         currency=pl.lit("EUR"),
         country=pl.lit("FR"),
-        channel=pl.lit("pos"),
+        channel=pl.lit(channel),
         device_id=pl.lit(None, pl.String),
     )
     folder = landing / "transactions" / f"date={day}"
@@ -231,97 +267,114 @@ def _days(root: Path) -> dict[str, str]:
     return {f"{t} {d}": _day(root, t, day=d) for t in TX for d in DAYS}
 
 
+def _versions(root: Path) -> list[int | None]:
+    """The Delta version of bronze and quarantine transactions (None: no table)."""
+    from deltalake import DeltaTable
+
+    uris = [str(root / "lake" / t) for t in TX]
+    return [DeltaTable(u).version() if DeltaTable.is_deltatable(u) else None for u in uris]
+
+
+def _of(table: str, days: dict[str, str]) -> dict[str, str]:
+    """The days of one table, of a `_days` result."""
+    return {k: v for k, v in days.items() if k.startswith(f"{table} ")}
+
+
 def test_a_run_killed_during_its_delta_write_leaves_whole_days_and_a_rerun_converges(tmp_path):
-    """SIGKILL in the middle of a Delta write: the tables read, every day is all old or all new
-    (never partial, and all days of the commit move together), and a re-run converges to
-    exactly what a clean run on another data root gives."""
+    """SIGKILL before a Delta commit leaves every day of the table wholly old; SIGKILL right after
+    it, wholly new (all days of the commit move together, never partial); the tables read either
+    way, and a re-run converges to exactly what a clean run on another data root gives."""
     killed, clean = _root(tmp_path / "killed"), _root(tmp_path / "clean")
     for day in DAYS:
-        _big_day(killed / "landing", day, "part-0", 100_000)
-    ingest = partial(_spawn, killed, "ingestion_job", f"{DAYS[0]}..{DAYS[-1]}", "raw_transactions")
+        _big_day(killed / "landing", day, "part-0", 20_000)
+    # Three runs, each to be killed at its own point: started now, so that they load side by side,
+    # then each let go in its turn.
+    stages = {"new table": "before", "before": "before", "after": "after"}
+    hold = {point: killed / f"hold-{i}" for i, point in enumerate(stages)}
+    drivers = {
+        point: _spawn(killed, "ingestion_job", f"{DAYS[0]}..{DAYS[-1]}", "raw_transactions",
+                      hold=f"{stage} {TX[0]} {hold[point]}", go=_go(hold[point]))
+        for point, stage in stages.items()
+    }  # fmt: skip
 
-    # 1. No table yet. Killed once bronze exists (created empty, as its own commit) while the
-    # three days' data is encoded: the table reads, and holds none of them.
-    _kill_when(ingest(), lambda: _commits(killed, TX[0]) >= 1)
+    # 1. No table yet. Killed before the data commit of bronze (created empty, as its own commit):
+    # the table reads, and holds none of the days.
+    _kill_at(drivers["new table"], hold["new table"])
+    assert _versions(killed) == [0, None]
     assert set(_days(killed).values()) == {"0 rows"}
     assert _ingest_in_process(killed)["success"]
     old = _days(killed)
-    assert old[f"{TX[0]} {DAY}"].startswith("100000 rows")
+    assert old[f"{TX[0]} {DAY}"].startswith("20000 rows") and old[f"{TX[1]} {DAY}"] == "0 rows"
+    old_versions = _versions(killed)
 
-    # 2. The days are re-delivered with more rows. Killed the moment the first new data file
-    # appears: the other days' files are still being written, the commit not made.
+    # 2. The days are re-delivered with more rows, some of them invalid (so quarantine changes too).
     for day in DAYS:
         for root in (killed, clean):
-            _big_day(root / "landing", day, "part-1", 20_000)
+            _big_day(root / "landing", day, "part-1", 5_000)
+            _big_day(root / "landing", day, "bad", 100, channel="bus")
         shutil.copy(killed / "landing" / "transactions" / f"date={day}" / "part-0.csv",
                     clean / "landing" / "transactions" / f"date={day}")  # fmt: skip
     assert _ingest_in_process(clean)["success"]
     new = _days(clean)
-    folders = [killed / "lake" / TX[0] / f"event_date={d}" for d in DAYS]
-    before = [_files(f) for f in folders]
-    commits = _commits(killed, TX[0])
-    _kill_when(ingest(), lambda: any(_files(f) - b for f, b in zip(folders, before, strict=True)))
-    after = _days(killed)
-    # One commit holds every day of the run: all of them old, or all new.
-    assert after in (old, new), {k: (after[k], old[k], new[k]) for k in after}
-    print(f"killed {'before' if _commits(killed, TX[0]) == commits else 'after'} the bronze commit")
+    assert all(new[k] != old[k] for k in new)
+
+    # 3. Killed after the run read bronze and built the three days, just before it commits them.
+    _kill_at(drivers["before"], hold["before"])
+    assert _versions(killed) == old_versions
+    assert _days(killed) == old  # exactly: every day of both tables wholly old
+
+    # 4. Killed right after bronze's commit (the run goes on to quarantine's, its own commit):
+    # bronze is one version on, every one of its days wholly new; quarantine wholly old.
+    _kill_at(drivers["after"], hold["after"])
+    assert _versions(killed) == [old_versions[0] + 1, old_versions[1]]
+    assert _days(killed) == _of(TX[0], new) | _of(TX[1], old)
 
     assert _ingest_in_process(killed)["success"]
     assert _days(killed) == new
     assert [_content(_read(killed, t)) for t in TX] == [_content(_read(clean, t)) for t in TX]
 
 
-def _at_once(root: Path, runs: int, *args, repeat: int = 1, between=lambda: None) -> list[dict]:
-    """`runs` drivers of the same job, each loaded first; `repeat` rounds, each released together.
-    `between()` runs after each round (every driver has finished it), before the next one."""
-    barrier = root / "go"
-    # Each driver has its own DAGSTER_HOME: one SQLite run storage would serialize their event
-    # writes and keep them out of step (production's PostgreSQL does not).
-    homes = [_root(root / f"instance-{i}") / "dagster_home" for i in range(runs)]
-    procs = [
-        _spawn(root, *args, barrier=str(barrier), repeat=repeat, DAGSTER_HOME=str(home)) for home in homes
-    ]
-    deadline = time.monotonic() + 300
-    for i in range(repeat):
-        while len(list(root.glob(f"go-{i}.*"))) < runs:
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        if i:
-            between()
-        (root / f"go-{i}").touch()
-    outcomes = [o for p in procs for o in _finish(p)]
-    between()
-    return outcomes
+def test_a_run_that_loses_a_commit_race_is_retried_and_leaves_one_copy_of_each_row(tmp_path):
+    """Two runs of the same day: run A reads the table and is held before its commit while run B
+    (another process) commits the day. A's real delta-rs commit then fails with CommitFailedError,
+    every time; the step's storage_retry policy runs it again on B's table, and the table holds
+    one clean run's rows, once (A's uncommitted files are on disk, and never read)."""
+    from deltalake import DeltaTable
 
+    from ml_assets.defs.ingestion.assets import raw_labels, raw_transactions
+    from ml_assets.defs.policies import storage_retry
 
-def test_two_runs_of_the_same_partition_at_once_leave_one_copy_of_each_row(tmp_path):
-    """Two processes materializing the same day at the same moment: no row twice, the table
-    reads, its contents are a single clean run's; a lost commit race is retried, never merged."""
+    assert raw_transactions.op.retry_policy == storage_retry
+    assert raw_labels.op.retry_policy == storage_retry
     raced, clean = _root(tmp_path / "raced"), _root(tmp_path / "clean")
     for root in (raced, clean):
-        _big_day(root / "landing", DAY, "part-0", 100_000)
+        _big_day(root / "landing", DAY, "part-0", 20_000)
+    # No table yet: A creates bronze (empty, version 0), reads it, and is held. (It loads while
+    # this process makes the clean run.) Then B commits the day.
+    release = raced / "release"
+    a = _spawn(raced, "ingestion_job", DAY, "raw_transactions", hold=f"before {TX[0]} {release}")
     assert _ingest_in_process(clean, DAY)["success"]
     expected = [_content(_read(clean, t)) for t in TX]
+    _held(a, release)
+    b = _ingest_in_process(raced, DAY)
+    assert b["success"] and b["retries"] == [], b
+    release.touch()  # A goes on: its write against version 0 must not commit
+    run = _finish(a)
 
-    # Round 0 on a lake with no table yet (both create it, then replace the day), then rounds on
-    # the existing day. Whether a round's commits collide is up to the scheduler: the assertions
-    # hold either way, and the printed count says how often they did (about one round in four on
-    # this loaded 2-core box; each such round exercises the CommitFailedError -> retry path).
-    def one_copy_of_each_row():
-        bronze = _read(raced, TX[0])
-        assert bronze.height == bronze["transaction_id"].n_unique() == 100_000
-        assert [_content(_read(raced, t)) for t in TX] == expected
-
-    outcomes = _at_once(
-        raced, 2, "ingestion_job", DAY, "raw_transactions", repeat=3, between=one_copy_of_each_row
-    )
-    # All succeed: the one that loses the commit race gets deltalake's CommitFailedError (nothing
-    # of it committed), and the step's retry policy runs it again on the winner's table.
-    assert [o["success"] for o in outcomes] == [True] * 6, outcomes
-    retries = [r for o in outcomes for r in o["retries"]]
-    assert all("CommitFailedError: Failed to commit transaction" in r for r in retries), retries
-    print(f"commit conflicts retried: {len(retries)}")
+    assert run["success"], run
+    assert run["retried_steps"] == ["raw_transactions"], run
+    (error,) = run["retries"]
+    assert "CommitFailedError: Failed to commit transaction" in error, error
+    bronze = _read(raced, TX[0])
+    assert bronze.height == bronze["transaction_id"].n_unique() == 20_000
+    assert [_content(_read(raced, t)) for t in TX] == expected
+    # Bronze's commits: created (0), B's day (1), A's retry (2). A's failed attempt left its data
+    # files in the day's folder, and the table does not list them.
+    table = DeltaTable(str(raced / "lake" / TX[0]))
+    assert table.version() == 2
+    folder = raced / "lake" / TX[0] / f"event_date={DAY}"
+    listed = {Path(uri).name for uri in table.file_uris()}
+    assert len(_files(folder) - listed) >= 2  # A's failed attempt, and B's replaced file
 
 
 # --- On a small simulated world (conftest's small_world, shared in file order): assets run twice,
