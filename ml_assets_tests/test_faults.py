@@ -377,62 +377,16 @@ def test_a_run_that_loses_a_commit_race_is_retried_and_leaves_one_copy_of_each_r
     assert len(_files(folder) - listed) >= 2  # A's failed attempt, and B's replaced file
 
 
-# --- On a small simulated world (conftest's small_world, shared in file order): assets run twice,
-# a tracking store that is not there, a training run killed mid-tuning.
+# --- On a small simulated world (conftest's small_world, shared in file order): a training run
+# killed mid-tuning, re-run, and its model promoted (the world's first champion); then every
+# asset, monitoring's included, materialized twice; then a tracking store that is not there.
 
 TRAINING = {"ops": {"fraud_model": {"config": {"n_trials": 2, "num_boost_round": 200}}}}
 # Days of the world materialized a second time: a week in the middle, so that later days' features
 # (which read these days as history) are compared too.
 AGAIN = ("2026-01-10", "2026-01-16")
-
-
-def _warehouse(root: Path, table: str) -> pl.DataFrame:
-    import duckdb
-
-    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
-        return con.sql(f"select * from {table}").pl()
-
-
-def _world_contents(root: Path) -> dict[str, str]:
-    # No column of these tables is run-specific (no load timestamps, run ids or Delta versions
-    # in rows), so nothing is excluded from the hashes.
-    lake = [*tables.BRONZE.values(), *tables.QUARANTINE.values()]
-    return {t: _content(_read(root, t)) for t in lake} | {
-        t: _content(_warehouse(root, t)) for t in ("stg_transactions", "stg_labels", "transaction_features")
-    }
-
-
-def _lake_versions(root: Path) -> dict[str, int]:
-    from deltalake import DeltaTable
-
-    return {
-        t: DeltaTable(str(root / "lake" / t)).version()
-        for t in [*tables.BRONZE.values(), *tables.QUARANTINE.values()]
-    }
-
-
-def test_every_asset_materialized_twice_has_identical_contents(small_world):
-    """Ingestion, the dbt features and the training snapshot, materialized again on the same
-    inputs: every table's contents are identical (and they were really rewritten)."""
-    root, definitions, instance = small_world
-    before, versions = _world_contents(root), _lake_versions(root)
-    assert all(not h.startswith("0 rows") for t, h in before.items() if "quarantine" not in t)
-    for job in ("ingestion_job", "features_job"):
-        result = run_job(definitions, job, instance=instance, days=AGAIN)
-        assert result.success, outcome(result)
-    assert all(v > versions[t] for t, v in _lake_versions(root).items())
-    assert _world_contents(root) == before
-
-    from ml_assets.defs.resources import LakeResource
-
-    lake, snapshots = LakeResource.from_env(), {}
-    for _ in range(2):
-        result = definitions.resolve_job_def("retraining_job").execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey("training_set")], run_config=QUIET
-        )
-        version = result.asset_materializations_for_node("training_set")[0].metadata["delta_version"].value
-        snapshots[version] = _content(lake.scan(tables.TRAINING_SET, version=version).collect())
-    assert len(snapshots) == 2 and len(set(snapshots.values())) == 1, snapshots
+LAKE = [*tables.BRONZE.values(), *tables.QUARANTINE.values()]
+MONITORED = [tables.BATCH_PREDICTIONS, tables.DRIFT, tables.LIVE_PERFORMANCE]
 
 
 def _registry(root: Path):
@@ -465,6 +419,171 @@ def _promotion_requests(root: Path, instance) -> list:
     return model_promotion_sensor(context).run_requests
 
 
+def _trials_logged(db: Path) -> int:
+    """Optuna trials the training run has logged to MLflow so far (nested runs)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("select count(*) from tags where key = 'mlflow.parentRunId'").fetchone()[0]
+    except sqlite3.OperationalError:  # the store's tables are not there yet, or it is busy
+        return 0
+
+
+def _clean_training_run(root: Path) -> tuple[str, dict]:
+    """The same training on a copy of the world that nothing ever killed: the content of its
+    snapshot, and fraud_model's metadata. (Snapshot and model only: the report does not change
+    what was trained.)"""
+    from ml_assets.defs.resources import LakeResource
+
+    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
+        instance = dg.DagsterInstance.get()
+        try:
+            result = load_defs().resolve_job_def("retraining_job").execute_in_process(
+                instance=instance, asset_selection=[dg.AssetKey("training_set"), dg.AssetKey("fraud_model")],
+                run_config=QUIET | TRAINING, raise_on_error=False,
+            )  # fmt: skip
+            assert result.success, outcome(result)
+            snapshot = _content(
+                LakeResource.from_env().scan(tables.TRAINING_SET, version=_snapshot(result)).collect()
+            )
+        finally:
+            instance.dispose()
+    return snapshot, result.asset_materializations_for_node("fraud_model")[0].metadata
+
+
+def _snapshot(result) -> int:
+    """The training_set version a run wrote."""
+    return result.asset_materializations_for_node("training_set")[0].metadata["delta_version"].value
+
+
+def _model_result(metadata) -> dict:
+    keys = ("holdout_roc_auc", "holdout_pr_auc", "validation_pr_auc", "best_iteration", "best_params")
+    return {k: metadata[k].value for k in keys}
+
+
+def test_a_training_run_killed_mid_tuning_leaves_no_model_and_a_rerun_matches_a_clean_run(
+    small_world, tmp_path
+):
+    """SIGKILL while fraud_model tunes: no version, no alias, nothing for the promotion sensor (which
+    asks for the re-run's model once its report passed), and the snapshot the killed run wrote
+    reads; then a re-run registers a model with a clean run's exact holdout metrics."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+
+    from ml_assets.defs.resources import LakeResource
+    from ml_assets.lib import registry
+
+    root, definitions, instance = small_world
+    # The world's first model: a clean twin of the world, before anything is killed in it.
+    assert not (root / "mlflow" / "mlflow.db").exists() or _model_versions(root) == []
+    lake = LakeResource.from_env()
+    snapshot_before = lake.version(tables.TRAINING_SET)
+    twin = tmp_path / "twin"
+    shutil.copytree(root, twin, ignore=shutil.ignore_patterns("mlflow"))
+
+    training = _spawn(root, "retraining_job", config=TRAINING)
+    # Killed once the first Optuna trial is logged: the second one is training.
+    _kill_when(training, lambda: _trials_logged(root / "mlflow" / "mlflow.db") >= 1, poll=0.01)
+
+    client = _registry(root).client()
+    (experiment,) = [e for e in client.search_experiments() if e.name == "fraud_detector"]
+    runs = client.search_runs([experiment.experiment_id])
+    (killed,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert killed.info.status == "RUNNING"  # a killed process ends nothing: the run stays open
+    assert _model_versions(root) == []
+    assert set(_aliases(root).values()) == {None}
+    assert _promotion_requests(root, instance) == []
+    # The snapshot the killed run itself wrote (its training_set step finished before the kill):
+    # a new version, the table's latest, and it reads, whole.
+    written = instance.get_latest_materialization_event(dg.AssetKey("training_set"))
+    assert instance.get_run_by_id(written.run_id).status == DagsterRunStatus.STARTED  # the killed run
+    version = written.asset_materialization.metadata["delta_version"].value
+    assert snapshot_before is None or version > snapshot_before
+    assert lake.version(tables.TRAINING_SET) == version
+    snapshot = _content(lake.scan(tables.TRAINING_SET, version=version).collect())
+    assert _content(_read(root, tables.TRAINING_SET)) == snapshot != "0 rows"
+
+    result = run_job(definitions, "retraining_job", instance=instance, run_config=TRAINING)
+    assert result.success, outcome(result)
+    rerun = result.asset_materializations_for_node("fraud_model")[0].metadata
+    (model,) = _model_versions(root)
+    assert model.tags[registry.TAG_DAGSTER_RUN] == result.run_id
+    assert _aliases(root)[registry.CHALLENGER] == str(model.version)
+    assert _snapshot(result) == version + 1
+    assert _content(lake.scan(tables.TRAINING_SET, version=version + 1).collect()) == snapshot
+
+    clean_snapshot, clean = _clean_training_run(twin)
+    assert clean_snapshot == snapshot
+    assert _model_result(rerun) == _model_result(clean)
+
+    # The sensor was silent after the kill because nothing passed: now a report has, it asks to
+    # promote exactly that version. Promoted, it is the world's first champion (the tests below
+    # score with it).
+    (request,) = _promotion_requests(root, instance)
+    assert request.run_config["ops"]["deployed_model"]["config"]["version"] == str(model.version)
+    assert run_job(definitions, "promotion_job", instance=instance, run_config=request.run_config).success
+    assert _aliases(root)[registry.CHAMPION] == str(model.version)
+
+
+def _warehouse(root: Path, table: str) -> pl.DataFrame:
+    import duckdb
+
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        return con.sql(f"select * from {table}").pl()
+
+
+def _world_contents(root: Path) -> dict[str, str]:
+    # No column of these tables is run-specific (no load timestamps, run ids or Delta versions
+    # in rows), so nothing is excluded from the hashes.
+    return {t: _content(_read(root, t)) for t in LAKE} | {
+        t: _content(_warehouse(root, t)) for t in ("stg_transactions", "stg_labels", "transaction_features")
+    }
+
+
+def _lake_versions(root: Path, names: list[str]) -> dict[str, int]:
+    from deltalake import DeltaTable
+
+    return {t: DeltaTable(str(root / "lake" / t)).version() for t in names}
+
+
+def test_every_asset_materialized_twice_has_identical_contents(small_world):
+    """Ingestion, the dbt features, the training snapshot, and monitoring (batch predictions, drift,
+    live performance, by the champion the test above promoted), materialized again on the same
+    inputs: every table's contents are identical (and they were really rewritten)."""
+    root, definitions, instance = small_world
+    before, versions = _world_contents(root), _lake_versions(root, LAKE)
+    assert all(not h.startswith("0 rows") for t, h in before.items() if "quarantine" not in t)
+    for job in ("ingestion_job", "features_job"):
+        result = run_job(definitions, job, instance=instance, days=AGAIN)
+        assert result.success, outcome(result)
+    assert all(v > versions[t] for t, v in _lake_versions(root, LAKE).items())
+    assert _world_contents(root) == before
+
+    # Monitoring writes nothing until a champion exists: materialized once, then again.
+    monitored = []
+    for _ in range(2):
+        result = run_job(definitions, "monitoring_job", instance=instance, days=AGAIN)
+        assert result.success, outcome(result)
+        monitored.append(({t: _content(_read(root, t)) for t in MONITORED}, _lake_versions(root, MONITORED)))
+    (first, first_versions), (second, second_versions) = monitored
+    assert all(second_versions[t] > first_versions[t] for t in MONITORED)
+    assert not any(h.startswith("0 rows") for h in first.values()), first
+    assert second == first
+
+    from ml_assets.defs.resources import LakeResource
+
+    lake, snapshots = LakeResource.from_env(), {}
+    for _ in range(2):
+        result = definitions.resolve_job_def("retraining_job").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("training_set")], run_config=QUIET
+        )
+        version = _snapshot(result)
+        snapshots[version] = _content(lake.scan(tables.TRAINING_SET, version=version).collect())
+    assert len(snapshots) == 2 and len(set(snapshots.values())) == 1, snapshots
+
+
 def test_an_unreachable_tracking_store_fails_training_after_retries_and_registers_nothing(small_world):
     """Training with the MLflow server down: the step is retried with backoff (the storage_retry
     policy), then fails naming the store; nothing is registered or promoted."""
@@ -478,7 +597,7 @@ def test_an_unreachable_tracking_store_fails_training_after_retries_and_register
     with socket.socket() as s:  # a port nothing listens on (bound, then closed)
         s.bind(("127.0.0.1", 0))
         uri = f"http://127.0.0.1:{s.getsockname()[1]}"
-    versions_before = len(_model_versions(root)) if (root / "mlflow" / "mlflow.db").exists() else 0
+    versions_before, aliases_before = len(_model_versions(root)), _aliases(root)
     environ = {
         "ML_ASSETS_DATA_DIR": str(root),
         "DAGSTER_HOME": str(root / "dagster_home"),
@@ -506,81 +625,5 @@ def test_an_unreachable_tracking_store_fails_training_after_retries_and_register
     assert result.asset_materializations_for_node("model_validation_report") == []
 
     assert len(_model_versions(root)) == versions_before
+    assert _aliases(root) == aliases_before  # the champion the kill test promoted, untouched
     assert _promotion_requests(root, instance) == []
-
-
-def _trials_logged(db: Path) -> int:
-    """Optuna trials the training run has logged to MLflow so far (nested runs)."""
-    import sqlite3
-
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return con.execute("select count(*) from tags where key = 'mlflow.parentRunId'").fetchone()[0]
-    except sqlite3.OperationalError:  # the store's tables are not there yet, or it is busy
-        return 0
-
-
-def _clean_training_run(root: Path) -> dict:
-    """The same training on a copy of the world that nothing ever killed: fraud_model's metadata.
-    (Snapshot and model only: the report does not change what was trained.)"""
-    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
-        instance = dg.DagsterInstance.get()
-        try:
-            result = load_defs().resolve_job_def("retraining_job").execute_in_process(
-                instance=instance, asset_selection=[dg.AssetKey("training_set"), dg.AssetKey("fraud_model")],
-                run_config=QUIET | TRAINING, raise_on_error=False,
-            )  # fmt: skip
-            assert result.success, outcome(result)
-        finally:
-            instance.dispose()
-    return result.asset_materializations_for_node("fraud_model")[0].metadata
-
-
-def _model_result(metadata) -> dict:
-    keys = ("holdout_roc_auc", "holdout_pr_auc", "validation_pr_auc", "best_iteration", "best_params")
-    return {k: metadata[k].value for k in keys}
-
-
-def test_a_training_run_killed_mid_tuning_leaves_no_model_and_a_rerun_matches_a_clean_run(
-    small_world, tmp_path
-):
-    """SIGKILL while fraud_model tunes: no version, no alias, nothing for the promotion sensor, a
-    readable snapshot; then a re-run registers a model with a clean run's exact holdout metrics."""
-    from ml_assets.defs.resources import LakeResource
-    from ml_assets.lib import registry
-
-    root, definitions, instance = small_world
-    # A clean twin of the world, before anything is killed in it (no registry yet in either).
-    assert not (root / "mlflow" / "mlflow.db").exists() or _model_versions(root) == []
-    twin = tmp_path / "twin"
-    shutil.copytree(root, twin, ignore=shutil.ignore_patterns("mlflow"))
-
-    training = _spawn(root, "retraining_job", config=TRAINING)
-    # Killed once the first Optuna trial is logged: the second one is training.
-    _kill_when(training, lambda: _trials_logged(root / "mlflow" / "mlflow.db") >= 1, poll=0.01)
-
-    client = _registry(root).client()
-    (experiment,) = [e for e in client.search_experiments() if e.name == "fraud_detector"]
-    runs = client.search_runs([experiment.experiment_id])
-    (killed,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert killed.info.status == "RUNNING"  # a killed process ends nothing: the run stays open
-    assert _model_versions(root) == []
-    assert set(_aliases(root).values()) == {None}
-    assert _promotion_requests(root, instance) == []
-    # The snapshot the killed run wrote (before fraud_model) reads, whole.
-    lake = LakeResource.from_env()
-    snapshot = _content(lake.scan(tables.TRAINING_SET).collect())
-    assert _content(_read(root, tables.TRAINING_SET)) == snapshot
-
-    result = run_job(definitions, "retraining_job", instance=instance, run_config=TRAINING)
-    assert result.success, outcome(result)
-    rerun = result.asset_materializations_for_node("fraud_model")[0].metadata
-    (version,) = _model_versions(root)
-    assert version.tags[registry.TAG_DAGSTER_RUN] == result.run_id
-    assert _aliases(root)[registry.CHALLENGER] == str(version.version)
-    assert _content(lake.scan(tables.TRAINING_SET).collect()) == snapshot
-
-    clean = _clean_training_run(twin)
-    assert _model_result(rerun) == _model_result(clean)
