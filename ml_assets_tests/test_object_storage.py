@@ -141,13 +141,15 @@ def test_lake_writes_reads_replaces_and_time_travels_on_s3(bucket):
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new table", "existing day"])
-def test_concurrent_writers_of_one_partition_leave_a_consistent_table(bucket, existing):
-    """Two writers replace the same day at once (the same ids, as a re-run would write them).
-
-    Either both commit one after the other, or one fails with CommitFailedError and commits
-    nothing. Never both frames in the day.
+def test_a_writer_that_loses_the_commit_race_fails_and_commits_nothing(bucket, existing, monkeypatch):
+    """Two writers replace the same day (the same ids, as a re-run would write them). Writer A
+    reads the table and is held just before its commit while B commits the day; A's real commit
+    (a conditional PUT of the same log entry) then fails with CommitFailedError, every run, and
+    commits nothing: the day holds B's rows only, never both frames.
     """
     from deltalake.exceptions import CommitFailedError
+
+    from ml_assets.defs import resources
 
     name, options, _ = bucket
     lake = LakeResource(root=f"s3://{name}/lake", storage_options=options)
@@ -155,11 +157,17 @@ def test_concurrent_writers_of_one_partition_leave_a_consistent_table(bucket, ex
         lake.write_partitions(
             "t", _rows(DAY, 100, "old"), partition_column="day", partitions=[DAY], schema=SCHEMA
         )
-    start = threading.Barrier(2)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_a(stage: str, table: str) -> None:
+        if stage == "before" and threading.current_thread().name == "A":
+            held.set()
+            assert release.wait(120)
+
+    monkeypatch.setattr(resources, "commit_hook", hold_a)
     outcome: dict[str, int | Exception] = {}
 
     def write(writer: str) -> None:
-        start.wait()
         try:
             outcome[writer] = lake.write_partitions(
                 "t", _rows(DAY, 1000, writer), partition_column="day", partitions=[DAY], schema=SCHEMA
@@ -167,23 +175,18 @@ def test_concurrent_writers_of_one_partition_leave_a_consistent_table(bucket, ex
         except Exception as e:  # kept, to assert which error it was
             outcome[writer] = e
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in "AB"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    failed = {w: e for w, e in outcome.items() if isinstance(e, Exception)}
-    committed = {w: v for w, v in outcome.items() if not isinstance(v, Exception)}
-    assert len(outcome) == 2 and committed, outcome
-    assert all(isinstance(e, CommitFailedError) for e in failed.values()), failed
-    # The day holds exactly one writer's rows: the failed one's (if any) never, else the later.
-    winner = max(committed, key=committed.get)
+    a = threading.Thread(target=write, args=("A",), name="A")
+    a.start()
+    assert held.wait(120)  # A has read the table (created it, when new): B commits meanwhile
+    write("B")
+    release.set()
+    a.join(timeout=120)
+    assert isinstance(outcome["B"], int), outcome
+    assert isinstance(outcome["A"], CommitFailedError), outcome
     day = lake.read_partitions("t", "day", [DAY])
     assert day.height == 1000 and day["id"].n_unique() == 1000
-    assert set(day["writer"]) == {winner}
-    assert lake.version("t") == max(committed.values())
-    if len(committed) == 2:
-        assert committed["A"] != committed["B"]
+    assert set(day["writer"]) == {"B"}
+    assert lake.version("t") == outcome["B"]
 
 
 def test_ingestion_job_ingests_a_landing_day_into_s3(data_dir, bucket, monkeypatch):

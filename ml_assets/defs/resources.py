@@ -75,7 +75,7 @@ class LakeResource(dg.ConfigurableResource):
         concurrent writer of the same partitions makes one of the two fail with deltalake's
         CommitFailedError (nothing of it is committed); the step's retry policy runs it again.
         """
-        from deltalake import ColumnProperties, WriterProperties, write_deltalake
+        from deltalake import ColumnProperties, WriterProperties
 
         if dict(frame.schema) != schema:
             raise ValueError(f"refusing to write {table}: schema {dict(frame.schema)} != {schema}")
@@ -83,11 +83,10 @@ class LakeResource(dg.ConfigurableResource):
         if stray:
             raise ValueError(f"refusing to write {table}: {stray} rows outside {partitions}")
         days = ", ".join(f"'{d.isoformat()}'" for d in partitions)
-        data = _arrow(frame)
-        handle = self._open_or_create(table, data.schema, partition_by=[partition_column])
-        write_deltalake(
-            handle,
-            data,
+        return self._commit(
+            table,
+            _arrow(frame),
+            partition_by=[partition_column],
             mode="overwrite",
             predicate=f"{partition_column} IN ({days})",
             # Dictionary encoding costs ~40% of write time on high-cardinality columns (ids,
@@ -96,7 +95,6 @@ class LakeResource(dg.ConfigurableResource):
                 compression="SNAPPY", default_column_properties=ColumnProperties(dictionary_enabled=False)
             ),
         )
-        return handle.version()
 
     def replace_table(self, table: str, frame) -> int:
         """Replace a whole (unpartitioned) table with `frame` (a polars frame, or an Arrow
@@ -104,14 +102,26 @@ class LakeResource(dg.ConfigurableResource):
 
         Older versions stay readable by time travel: that is what pins a training snapshot.
         """
-        from deltalake import write_deltalake
-
         data = _arrow(frame) if isinstance(frame, pl.DataFrame) else frame
-        handle = self._open_or_create(table, data.schema, partition_by=None)
         # A predicate, though it matches every row: delta-rs 1.6 lets a plain overwrite of a table
         # with no files yet commit over a concurrent writer's (both frames stay). With a predicate
         # one of them gets CommitFailedError. It costs ~0.05 s per million rows.
-        write_deltalake(handle, data, mode="overwrite", schema_mode="overwrite", predicate="true")
+        return self._commit(
+            table, data, partition_by=None, mode="overwrite", schema_mode="overwrite", predicate="true"
+        )
+
+    def _commit(self, table: str, data, partition_by: list[str] | None, **write_options) -> int:
+        """Write `data` to `table` (created first if needed) as one commit; return its version.
+
+        The version the commit is made against is the one the handle read on opening: a writer
+        that committed in between makes this commit fail (CommitFailedError), never merge.
+        """
+        from deltalake import write_deltalake
+
+        handle = self._open_or_create(table, data.schema, partition_by=partition_by)
+        commit_hook("before", table)
+        write_deltalake(handle, data, **write_options)
+        commit_hook("after", table)
         return handle.version()
 
     def _open_or_create(self, table: str, schema, partition_by: list[str] | None):
@@ -147,6 +157,17 @@ class LakeResource(dg.ConfigurableResource):
         if not self.exists(table):
             return pl.DataFrame()
         return self.scan(table).filter(pl.col(partition_column).is_in(partitions)).collect()
+
+
+def commit_hook(stage: str, table: str) -> None:
+    """Called by every lake write with stage "before" (the table's version is read, nothing of
+    this write is written or committed yet) and "after" (delta-rs has committed it).
+
+    It does nothing. It exists for the fault tests, which replace it to hold a writer at one of
+    those two points: to force a real commit conflict (another writer commits meanwhile, then
+    this one's delta-rs commit fails) or to SIGKILL a run just before or after its commit,
+    deterministically instead of by timing.
+    """
 
 
 def _arrow(frame: pl.DataFrame):
