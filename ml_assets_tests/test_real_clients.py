@@ -1,6 +1,7 @@
 """The project through the clients people use, on one small world where the whole pipeline ran once
 (`python -m ml_assets.run`, what `make run` runs): the Dagster UI in a real browser (Playwright
-driving Debian's chromium), Dagster's GraphQL client, and plain MLflow in a fresh process.
+driving Debian's chromium), Dagster's GraphQL client, and plain MLflow in a fresh venv that has only
+the model version's own pinned requirements.
 
 The UI screenshots go to `test-results/real_clients/` (gitignored), replaced on every run.
 """
@@ -289,10 +290,11 @@ def test_a_job_launched_through_graphql_runs_and_its_materializations_read_back(
     assert rows == before["raw_transactions"]["rows_ingested"]
 
 
-# What a user of the registry runs: nothing of this project, only MLflow, pandas and the registry's
-# address. The input is the feed's own files, as text.
+# What a user of the registry runs: nothing of this project, only MLflow and the model's own pinned
+# requirements (a fresh venv made from its requirements.txt), and the registry's address. The input
+# is the feed's own files, as text, then the input example logged with the model.
 SCORE_WITH_PLAIN_MLFLOW = """
-import json, sys
+import importlib.util, json, sys
 import mlflow.pyfunc
 import pandas as pd
 
@@ -300,16 +302,66 @@ model = mlflow.pyfunc.load_model("models:/fraud_detector@champion")
 files = json.load(sys.stdin)
 landing = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
 out = model.predict(landing)
-print(json.dumps({"run_id": model.metadata.run_id, "code": sys.modules["ml_assets"].__file__,
-                  "rows": landing.shape[0], "scores": out.to_dict("list")}))
+example = model.input_example
+without_device = example.drop(columns="device_id")  # optional in the signature
+print(json.dumps({
+    "run_id": model.metadata.run_id, "rows": landing.shape[0], "scores": out.to_dict("list"),
+    "example": example.to_dict("records"), "example_scores": model.predict(example).to_dict("records"),
+    "without_device": model.predict(without_device).to_dict("records"),
+    "modules": sorted(m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)),
+    "dagster": importlib.util.find_spec("dagster") is not None,
+}))
 """
 
 
-def test_the_champion_scores_landing_files_with_plain_mlflow_in_a_fresh_process(resources, tmp_path):
+def _fresh_venv(requirements: Path, where: Path) -> Path:
+    """A new venv with only `requirements` installed (uv, from its cache when warm); its python.
+
+    uv runs from the interpreter this venv was made from (the Makefile installs uv there); the new
+    venv gets the same CPython, the version the model was logged with.
+    """
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    venv = where / "venv"
+    python = venv / "bin" / "python"
+    for args in (
+        ["venv", "--quiet", "--python", str(base), str(venv)],
+        ["pip", "install", "--quiet", "--python", str(python), "-r", str(requirements)],
+    ):
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        done = subprocess.run([str(base), "-m", "uv", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"uv {args[0]} failed:\n{done.stderr[-4000:]}"
+    return python
+
+
+def test_the_champion_scores_landing_files_with_plain_mlflow_in_a_fresh_venv(resources, tmp_path):
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import get_model_info
+
+    from ml_assets.lib import tracking
+    from ml_assets.lib.contract import TRANSACTIONS
+    from ml_assets_tests.conftest import TX_COLUMNS
+
     mlflow = resources["mlflow"]
     client = mlflow.client()
     champion = registry.alias_version(client, mlflow.registered_model_name, registry.CHAMPION)
     assert mlflow.registered_model_name == "fraud_detector" and champion is not None
+    version_uri = f"models:/{mlflow.registered_model_name}/{champion}"
+    tracking.use_store(mlflow.tracking_uri)
+
+    # The version says what it takes: the landing contract's transaction columns, as text, every one
+    # required but device_id; per row out, its id, its score and the contract's reasons.
+    info = get_model_info(version_uri)
+    inputs = info.signature.inputs.to_dict()
+    assert [c["name"] for c in inputs] == TX_COLUMNS == list(TRANSACTIONS.columns)
+    assert {c["type"] for c in inputs} == {"string"}
+    assert [c["name"] for c in inputs if not c["required"]] == ["device_id"]
+    outputs = [(c["name"], c["type"]) for c in info.signature.outputs.to_dict()]
+    assert outputs == [("transaction_id", "string"), ("score", "double"), ("problems", "string")]
+    assert info.saved_input_example_info and info.saved_input_example_info["type"] == "dataframe"
+    # ... and what it needs: exactly the pins the project logs, nothing inferred, nothing more.
+    requirements = Path(download_artifacts(f"{version_uri}/requirements.txt", dst_path=str(tmp_path)))
+    assert requirements.read_text().split() == tracking.pip_requirements()
+    python = _fresh_venv(requirements, tmp_path)
 
     # The latest day whose labels have all arrived, with every transaction's latest label.
     labelled = resources["warehouse"].query(
@@ -328,18 +380,38 @@ def test_the_champion_scores_landing_files_with_plain_mlflow_in_a_fresh_process(
     files = sorted(str(f) for f in (paths.landing_dir() / "transactions" / f"date={day}").glob("*.csv*"))
     assert files
 
+    # Only that venv's python, in an empty directory, with the registry's address and nothing else
+    # (no PYTHONPATH, no venv of this project on PATH).
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
     done = subprocess.run(
-        [sys.executable, "-c", SCORE_WITH_PLAIN_MLFLOW],
+        [str(python), "-c", SCORE_WITH_PLAIN_MLFLOW],
         input=json.dumps(files),
-        env={"MLFLOW_TRACKING_URI": mlflow.tracking_uri},
-        cwd=tmp_path,
+        env={
+            "MLFLOW_TRACKING_URI": mlflow.tracking_uri,
+            "PATH": f"{python.parent}:/usr/bin:/bin",
+            "HOME": str(run_dir),
+        },
+        cwd=run_dir,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["run_id"] == client.get_model_version(mlflow.registered_model_name, champion).run_id
-    assert "/code/ml_assets/" in out["code"]  # the model's own copy of the code: no project needed
+    # Nothing of this repository was imported: the code is the model's own copy, in its artifacts.
+    assert not out["dagster"]
+    assert not [m for m in out["modules"] if m.startswith(str(paths.REPO_ROOT))]
+    model_dir = client.get_model_version_download_uri(mlflow.registered_model_name, champion)
+    ours = [m for m in out["modules"] if "/ml_assets/" in m]
+    assert ours and all(m.startswith(f"{model_dir}/code/ml_assets/") for m in ours), ours
+    # The input example is a landing row, and it scores (device_id left out too: it is optional).
+    (example,) = out["example"]
+    assert list(example) == TX_COLUMNS
+    for scored_example in (out["example_scores"], out["without_device"]):
+        (row,) = scored_example
+        assert row["transaction_id"] == example["transaction_id"] and row["problems"] == ""
+        assert 0 < row["score"] < 1
     scored = pl.DataFrame(out["scores"], schema={"transaction_id": pl.String, "score": pl.Float64,
                                                   "problems": pl.String})  # fmt: skip
     assert scored.height == out["rows"]
