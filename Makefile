@@ -68,13 +68,19 @@ lint: setup
 
 # The browser test drives Debian's chromium (playwright's own browser download is not reachable
 # everywhere). Install it where apt can (the quiet first try fails if the package lists are stale:
-# then update and retry); elsewhere this only warns, and that test skips and says why.
+# then update and retry); elsewhere this only warns, and that test skips and says why. Under CI
+# (`CI` set) both fail instead: a green CI run must include the browser test.
+# Where test_real_clients looks for it.
+CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 chromium:
-	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null && \
 	  { $(APT_INSTALL) chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium; }; }; } \
-	  || echo "chromium: not installed (no apt-get, or no permission): the browser test will skip"
+	  || true
+	@test -x $(CHROMIUM) || if [ -n "$$CI" ]; then \
+	  echo "chromium: $(CHROMIUM) not installed (no apt-get, or no permission), and CI is set" >&2; exit 1; \
+	else echo "chromium: not installed (no apt-get, or no permission): the browser test will skip"; fi
 
 test: lint chromium
 	$(VENV)/bin/dg check defs

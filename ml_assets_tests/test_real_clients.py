@@ -147,9 +147,16 @@ def webserver(world) -> str:
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
-    """Debian's chromium (Playwright's own browser download is not reachable everywhere)."""
+    """Debian's chromium (Playwright's own browser download is not reachable everywhere).
+
+    Under CI (`CI` set, as CI services do) a missing browser fails the test: a green CI run must
+    mean the UI was checked. Elsewhere the test skips and says why.
+    """
     if not CHROMIUM.exists():
-        pytest.skip(f"no {CHROMIUM}: `make chromium` (part of `make test`) installs it where apt-get can")
+        why = f"no {CHROMIUM}: `make chromium` (part of `make test`) installs it where apt-get can"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; under CI the browser test must run")
+        pytest.skip(why)
     return CHROMIUM
 
 
