@@ -1,5 +1,6 @@
 """The HTTP API under generated input: schemathesis fuzzes the OpenAPI spec (positive and negative
-cases) and hypothesis sends contract-valid transactions of every odd shape; no request gets a 5xx."""
+cases) and hypothesis sends contract-valid transactions of every odd shape; no request gets a 5xx,
+and requests the spec calls valid are scored."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server, mode):
 
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     statuses = []
+    scored = []  # predictions returned with 200 (the spec says which values pass the contract)
 
     @given(case=schema.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
     @FUZZ
@@ -44,10 +46,16 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server, mode):
             checks=[not_a_server_error, status_code_conformance, response_schema_conformance],
         )
         statuses.append(response.status_code)
+        if case.path == "/predict" and response.status_code == 200:
+            scored.extend(response.json()["predictions"])
 
     fuzz()
     assert len(statuses) >= 100 and max(statuses) < 500
     assert any(400 <= s < 500 for s in statuses)  # it did reach the validation
+    if mode == "positive":
+        # Requests the spec calls valid get past the validation and are scored, some of them at
+        # least (a value can follow the spec and still break the contract: "0" is a decimal).
+        assert len(scored) >= 10 and all(0 <= p["score"] <= 1 for p in scored), len(scored)
 
 
 def _offset_time(moment: datetime, minutes: int) -> str:

@@ -73,6 +73,9 @@ class Rule:
     name: str
     test: Callable[[pl.Expr, pl.Expr], pl.Expr]
     holds: Callable[[str, object], bool] | None = None
+    # What JSON Schema can say of the rule (the service's OpenAPI spec): clients and fuzzers then
+    # know which values pass, not only which fail. Empty where it can't say it.
+    json_schema: dict = field(default_factory=dict)
 
 
 def matches(pattern: str, what: str) -> Rule:
@@ -84,32 +87,42 @@ def matches(pattern: str, what: str) -> Rule:
         what,
         lambda raw, _: raw.str.contains(_full(pattern)),
         lambda raw, _: fullmatch(raw) is not None,
+        {"pattern": _full(pattern)},  # a JSON Schema pattern matches anywhere unless anchored
     )
 
 
 def one_of(values: tuple[str, ...], what: str) -> Rule:
     """The raw text must be exactly one of `values`."""
     allowed = frozenset(values)
-    return Rule(what, lambda raw, _: raw.is_in(list(values)), lambda raw, _: raw in allowed)
+    return Rule(
+        what, lambda raw, _: raw.is_in(list(values)), lambda raw, _: raw in allowed, {"enum": list(values)}
+    )
 
 
 def at_most_chars(n: int, what: str) -> Rule:
     """At most `n` characters (code points: polars' len_chars and Python's len agree on them)."""
-    return Rule(what, lambda raw, _: raw.str.len_chars() <= n, lambda raw, _: len(raw) <= n)
+    return Rule(what, lambda raw, _: raw.str.len_chars() <= n, lambda raw, _: len(raw) <= n, {"maxLength": n})
 
 
-def parses(what: str) -> Rule:
-    """The column's parser made a value of the text (the fast path only has parsed values)."""
-    return Rule(what, lambda _, parsed: parsed.is_not_null(), lambda _, parsed: parsed is not None)
+def parses(what: str, json_schema: dict | None = None) -> Rule:
+    """The column's parser made a value of the text (the fast path only has parsed values).
+    `json_schema`: what JSON Schema can say of the texts that parse."""
+    return Rule(
+        what, lambda _, parsed: parsed.is_not_null(), lambda _, parsed: parsed is not None, json_schema or {}
+    )
 
 
-def between(what: str, lo: float, hi: float, closed: str, of: Expr = lambda p: p) -> Rule:
-    """`of(parsed)` must lie in [lo, hi] (`closed`: "both" or "right", as polars' is_between)."""
+def between(
+    what: str, lo: float, hi: float, closed: str, of: Expr = lambda p: p, json_schema: dict | None = None
+) -> Rule:
+    """`of(parsed)` must lie in [lo, hi] (`closed`: "both" or "right", as polars' is_between).
+    `json_schema`: the range as JSON Schema says it, where the value is a JSON number."""
     low_ok = (lambda x: lo < x) if closed == "right" else (lambda x: lo <= x)
     return Rule(
         what,
         lambda _, parsed: of(parsed).is_between(lo, hi, closed=closed),
         lambda _, parsed: low_ok(parsed) and parsed <= hi,
+        json_schema or {},
     )
 
 
@@ -147,7 +160,8 @@ class Feed:
 TIME_RANGE = between(
     "must be within years 0001-9999 in UTC", MIN_TIME_US, MAX_TIME_US, "both", lambda p: p.dt.epoch("us")
 )
-_TIMESTAMP = (parses("must be ISO-8601 with a Z or an offset"), TIME_RANGE)
+# RFC 3339 date-times (JSON Schema's format) are a part of what parses.
+_TIMESTAMP = (parses("must be ISO-8601 with a Z or an offset", {"format": "date-time"}), TIME_RANGE)
 _ID = matches(ID_PATTERN, "must be 1-64 chars of [A-Za-z0-9_-]")
 
 TRANSACTIONS = Feed(
@@ -167,8 +181,15 @@ TRANSACTIONS = Feed(
             pl.Float64(),
             True,
             (
-                parses("must be a decimal number"),
-                between(f"must be finite, > 0 and <= {MAX_AMOUNT}", 0, MAX_AMOUNT, "right"),
+                # JSON Schema applies a pattern to strings only, and a range to numbers only.
+                parses("must be a decimal number", {"pattern": _full(DECIMAL_PATTERN)}),
+                between(
+                    f"must be finite, > 0 and <= {MAX_AMOUNT}",
+                    0,
+                    MAX_AMOUNT,
+                    "right",
+                    json_schema={"exclusiveMinimum": 0, "maximum": MAX_AMOUNT},
+                ),
             ),
             parse_decimal,
         ),

@@ -170,13 +170,16 @@ def validate(body: bytes, max_batch: int) -> list[Tx]:
 
 
 def request_body_schema(max_batch: int) -> dict:
-    """The OpenAPI schema of a request body, from the contract's columns (rules as descriptions)."""
+    """The OpenAPI schema of a request body, from the contract's columns: each rule in the
+    description, and as JSON Schema where JSON Schema can say it (a pattern, an enum, a range)."""
     props = {}
     for name, col in TRANSACTIONS.columns.items():
         types = ["string"] + (["number"] if name in NUMERIC_FIELDS else [])
         types += [] if col.required else ["null"]
         rules = "; ".join(r.name for r in col.rules)
         props[name] = {"type": types if len(types) > 1 else types[0], "description": rules}
+        for rule in col.rules:
+            props[name] |= rule.json_schema
     transaction = {"type": "object", "properties": props, "required": TRANSACTIONS.required}
     items = {"type": "array", "items": transaction, "minItems": 1, "maxItems": max_batch}
     batch = {"type": "object", "properties": {"transactions": items}, "required": ["transactions"]}
