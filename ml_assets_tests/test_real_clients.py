@@ -8,6 +8,7 @@ The UI screenshots go to `test-results/real_clients/` (gitignored), replaced on 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -53,6 +54,99 @@ INSTANCE_YAML = DAGSTER_YAML + textwrap.dedent("""\
     """)
 PLOTS = {"roc", "pr", "calibration", "scores_challenger", "feature_importance"}  # lib/report.py
 GIVE_UP = 600  # seconds: only so that a hung server or run fails the test instead of stalling it
+
+# README.md's table "group | assets | what the UI shows", and what the browser test checks of each
+# row's promises: (words of the row's third cell, the asset whose page must show them, the metadata
+# labels that show them). The words must be in the README's cell, so neither side drifts alone.
+README_TABLE = "| group | assets | what the UI shows |"
+UI_PROMISES = {
+    "ingestion": [
+        (
+            "rows in / ingested / quarantined",
+            "raw_transactions",
+            ("rows_in", "rows_ingested", "rows_quarantined"),
+        ),
+        ("duplicates dropped", "raw_transactions", ("duplicates_dropped",)),
+        ("Delta version", "raw_transactions", ("delta_version",)),
+        ("unknown columns", "raw_transactions", ("unknown_columns",)),
+    ],
+    # The features' promise is their checks: every dbt test (dbt's manifest) on its asset's checks tab.
+    "features": [("every dbt test as a check, including the leakage test", "transaction_features", ())],
+    "training": [
+        ("class balance", "training_set", ("class_balance",)),
+        ("the MLflow run link, model version", "fraud_model", ("mlflow_run", "model_version")),
+        ("Optuna trials", "fraud_model", ("trials",)),
+        ("holdout ROC-AUC / PR-AUC", "fraud_model", ("holdout_roc_auc", "holdout_pr_auc")),
+    ],
+    "validation": [
+        ("challenger vs champion: metrics", "model_validation_report", ("challenger_version", "metrics")),
+        ("bootstrap interval of the difference", "model_validation_report", ("difference_ci",)),
+        ("worst slices", "model_validation_report", ("worst_slices",)),
+        ("plots inline", "model_validation_report", ("plots",)),
+    ],
+    "promotion": [
+        ("which version replaced which", "deployed_model", ("champion", "replaced")),
+        ("who asked, why", "deployed_model", ("actor", "reason")),
+    ],
+    "monitoring": [
+        ("scores per model", "batch_predictions", ("by_model",)),
+        ("PSI per feature and for the score (table and plot)", "drift_report", ("psi", "score_psi", "plot")),
+        ("per arm", "live_performance", ("by_arm",)),
+    ],
+}
+
+
+def readme_ui_table() -> dict[str, tuple[list[str], str]]:
+    """README.md's UI table: group -> (its assets, in backticks in the second cell; the third cell)."""
+    lines = (paths.REPO_ROOT / "README.md").read_text().splitlines()
+    start = lines.index(README_TABLE) + 2  # after the header and its separator
+    rows = {}
+    for line in itertools.takewhile(lambda x: x.startswith("|"), lines[start:]):
+        group, assets, shows = (cell.strip() for cell in line.strip().strip("|").split("|"))
+        rows[group] = (re.findall(r"`([^`]+)`", assets), shows)
+    return rows
+
+
+def dbt_tests() -> dict[str, set[str]]:
+    """Every dbt test in the parsed project (dbt's manifest), by the model whose checks it is."""
+    from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
+
+    manifest = json.loads((DBT_PROJECT_DIR / "target" / "manifest.json").read_text())
+    out: dict[str, set[str]] = {}
+    for node in manifest["nodes"].values():
+        if node["resource_type"] == "test":
+            # A generic test is attached to its model; a singular one names it (meta.dagster.ref).
+            attached = (
+                node.get("attached_node") or f"model.{node['config']['meta']['dagster']['ref']['name']}"
+            )
+            out.setdefault(attached.rsplit(".", 1)[-1], set()).add(node["name"])
+    return out
+
+
+def test_the_readme_ui_table_is_the_location_and_the_promises_are_in_it():
+    """What the browser test holds the UI to is what README.md says (this runs without a browser)."""
+    table = readme_ui_table()
+    groups: dict[str, list[str]] = {}
+    for key, group in EXPECTED_ASSETS.items():
+        groups.setdefault(group, []).append(key)
+    # Every group of the location, with exactly its assets (test_definitions holds EXPECTED_ASSETS
+    # to the loaded definitions).
+    assert {g: sorted(assets) for g, (assets, _) in table.items()} == {
+        g: sorted(a) for g, a in groups.items()
+    }
+    assert set(UI_PROMISES) == set(table)
+    for group, promises in UI_PROMISES.items():
+        for words, asset, _ in promises:
+            assert words in table[group][1], (group, words)
+            assert EXPECTED_ASSETS[asset] == group, (group, asset)
+    # The ingestion row names its checks, the features row promises every dbt test as a check.
+    ingestion_checks = {
+        c.split(":")[1] for c in EXPECTED_CHECKS if EXPECTED_ASSETS[c.split(":")[0]] == "ingestion"
+    }
+    assert set(re.findall(r"`([^`]+)`", table["ingestion"][1])) == ingestion_checks
+    features = {c for c in EXPECTED_CHECKS if EXPECTED_ASSETS[c.split(":")[0]] == "features"}
+    assert {f"{model}:{t}" for model, tests in dbt_tests().items() for t in tests} == features
+    assert "transaction_features:transaction_features_use_only_the_past" in features  # the leakage test
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -160,6 +254,11 @@ def chromium() -> Path:
     return CHROMIUM
 
 
+def _metadata_row(page, label: str):
+    """The row of a metadata table whose key is `label` (values may hold tables of their own)."""
+    return page.locator(f"xpath=//tr[td[1][normalize-space()='{label}']]").first
+
+
 # `chromium` first: without a browser, the test skips before the world and the server are built.
 def test_the_ui_shows_every_stage_with_its_checks_and_the_validation_report(chromium, webserver):
     from playwright.sync_api import expect, sync_playwright
@@ -204,9 +303,35 @@ def test_the_ui_shows_every_stage_with_its_checks_and_the_validation_report(chro
             )
             page.screenshot(path=SHOTS / "lineage.png")
 
+            # README's table, row by row: each group's page lists exactly the row's assets ...
+            page.set_viewport_size({"width": 1600, "height": 1000})
+            table = readme_ui_table()
+            for group, (assets, _) in table.items():
+                page.goto(f"{webserver}/locations/ml_assets/asset-groups/{group}/list")
+                expect(page.get_by_text("Asset Group in")).to_be_visible()
+                listed = page.locator('a[href^="/assets/"]')
+                for key in assets:
+                    expect(page.locator(f'a[href="/assets/{key}"]')).to_be_visible()
+                expect(listed).to_have_count(len(assets))
+                page.screenshot(path=SHOTS / f"group_{group}.png", full_page=True)
+            # ... and each asset's page shows what the row promises, in its latest materialization's
+            # metadata (the validation report's are checked on its events below).
+            labels: dict[str, list[str]] = {}
+            for promises in UI_PROMISES.values():
+                for _, key, names in promises:
+                    labels.setdefault(key, []).extend(names)
+            for key, names in labels.items():
+                if names and key != "model_validation_report":
+                    page.goto(f"{webserver}/assets/{key}")
+                    expect(page.get_by_text("Latest materialization")).to_be_visible()
+                    for name in names:
+                        expect(_metadata_row(page, name)).to_be_visible()
+                    page.screenshot(path=SHOTS / f"asset_{key}.png", full_page=True)
+                    if key == "deployed_model":  # make run's promotion, asked for by the sensor
+                        expect(_metadata_row(page, "actor")).to_contain_text("model_promotion_sensor")
+
             # Each asset's checks tab lists its checks (long names are cut in the middle; the full
             # name is the item's title).
-            page.set_viewport_size({"width": 1600, "height": 1000})
             for key, names in checks.items():
                 if names:
                     page.goto(f"{webserver}/assets/{key}?view=checks")
@@ -220,6 +345,8 @@ def test_the_ui_shows_every_stage_with_its_checks_and_the_validation_report(chro
             expect(page.get_by_text("Materialized in run")).to_be_visible()
             verdict = page.get_by_role("row").filter(has=page.get_by_text("verdict", exact=True))
             expect(verdict).to_contain_text("passed")
+            for name in labels["model_validation_report"]:
+                expect(_metadata_row(page, name)).to_be_visible()
             page.screenshot(path=SHOTS / "validation_report_metadata.png", full_page=True)
             plots_row = page.get_by_role("row").filter(has=page.get_by_text("plots", exact=True))
             plots_row.get_by_text("[Show Markdown]").click()
