@@ -437,6 +437,7 @@ files = json.load(sys.stdin)
 landing = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
 out = model.predict(landing)
 example = model.input_example
+assert example is not None, "the version has no input example"
 without_device = example.drop(columns="device_id")  # optional in the signature
 print(json.dumps({
     "run_id": model.metadata.run_id, "rows": landing.shape[0], "scores": out.to_dict("list"),

@@ -36,7 +36,7 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server, mode):
 
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     statuses = []
-    scored = []  # predictions returned with 200 (the spec says which values pass the contract)
+    scored = []  # per /predict request answered 200, its predictions
 
     @given(case=schema.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
     @FUZZ
@@ -47,15 +47,17 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server, mode):
         )
         statuses.append(response.status_code)
         if case.path == "/predict" and response.status_code == 200:
-            scored.extend(response.json()["predictions"])
+            scored.append(response.json()["predictions"])
 
     fuzz()
     assert len(statuses) >= 100 and max(statuses) < 500
     assert any(400 <= s < 500 for s in statuses)  # it did reach the validation
     if mode == "positive":
-        # Requests the spec calls valid get past the validation and are scored, some of them at
-        # least (a value can follow the spec and still break the contract: "0" is a decimal).
-        assert len(scored) >= 10 and all(0 <= p["score"] <= 1 for p in scored), len(scored)
+        # Requests the spec calls valid get past the validation and are scored: not all of them (a
+        # value can follow the spec and still break the contract: "0" is a decimal, ids in a batch
+        # may repeat), but a good share (50 to 100 of ~150 over a dozen runs here).
+        assert len(scored) >= 10, len(scored)
+        assert all(0 <= p["score"] <= 1 for predictions in scored for p in predictions)
 
 
 def _offset_time(moment: datetime, minutes: int) -> str:
