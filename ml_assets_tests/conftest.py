@@ -151,9 +151,9 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "data"
     (root / "landing").mkdir(parents=True)
     seed_mlflow_store(root)
-    monkeypatch.setenv("ML_ASSETS_DATA_DIR", str(root))
-    for name in STORE_VARIABLES:
+    for name in STORE_VARIABLES:  # first: ML_ASSETS_DATA_DIR and DAGSTER_HOME are among them
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ML_ASSETS_DATA_DIR", str(root))
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(DAGSTER_YAML)

@@ -30,7 +30,14 @@ import polars as pl
 import pytest
 
 from ml_assets.lib import tables
-from ml_assets_tests.conftest import DAGSTER_YAML, STORE_VARIABLES, load_defs, run_job, scoped_environ
+from ml_assets_tests.conftest import (
+    STORE_VARIABLES,
+    load_defs,
+    new_root,
+    root_environ,
+    run_job,
+    scoped_environ,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-01-15"
@@ -131,17 +138,9 @@ def _day(root: Path, table: str, column: str = "event_date", day: str = DAY) -> 
     return _content(frame.filter(pl.col(column).cast(pl.String) == day))
 
 
-def _root(path: Path) -> Path:
-    """A data root with its own DAGSTER_HOME under it."""
-    (path / "landing").mkdir(parents=True, exist_ok=True)
-    (path / "dagster_home").mkdir(exist_ok=True)
-    (path / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
-    return path
-
-
 def _environ(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}
-    return env | {"ML_ASSETS_DATA_DIR": str(root), "DAGSTER_HOME": str(root / "dagster_home")} | extra
+    return env | root_environ(root) | extra
 
 
 def _spawn(
@@ -250,7 +249,7 @@ RANGE = {"dagster/asset_partition_range_start": DAYS[0], "dagster/asset_partitio
 
 def _ingest_in_process(root: Path, partition: str | None = None) -> dict:
     """A clean run of raw_transactions in this process: for `partition`, or DAYS (one commit)."""
-    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
+    with scoped_environ(**root_environ(root)):
         instance = dg.DagsterInstance.get()
         try:
             result = load_defs().resolve_job_def("ingestion_job").execute_in_process(
@@ -284,7 +283,7 @@ def test_a_run_killed_during_its_delta_write_leaves_whole_days_and_a_rerun_conve
     """SIGKILL before a Delta commit leaves every day of the table wholly old; SIGKILL right after
     it, wholly new (all days of the commit move together, never partial); the tables read either
     way, and a re-run converges to exactly what a clean run on another data root gives."""
-    killed, clean = _root(tmp_path / "killed"), _root(tmp_path / "clean")
+    killed, clean = new_root(tmp_path / "killed"), new_root(tmp_path / "clean")
     for day in DAYS:
         _big_day(killed / "landing", day, "part-0", 20_000)
     # Three runs, each to be killed at its own point: started now, so that they load side by side,
@@ -346,7 +345,7 @@ def test_a_run_that_loses_a_commit_race_is_retried_and_leaves_one_copy_of_each_r
 
     assert raw_transactions.op.retry_policy == storage_retry
     assert raw_labels.op.retry_policy == storage_retry
-    raced, clean = _root(tmp_path / "raced"), _root(tmp_path / "clean")
+    raced, clean = new_root(tmp_path / "raced"), new_root(tmp_path / "clean")
     for root in (raced, clean):
         _big_day(root / "landing", DAY, "part-0", 20_000)
     # No table yet: A creates bronze (empty, version 0), reads it, and is held. (It loads while
@@ -438,7 +437,7 @@ def _clean_training_run(root: Path) -> tuple[str, dict]:
     what was trained.)"""
     from ml_assets.defs.resources import LakeResource
 
-    with scoped_environ(ML_ASSETS_DATA_DIR=str(root), DAGSTER_HOME=str(root / "dagster_home")):
+    with scoped_environ(**root_environ(root)):
         instance = dg.DagsterInstance.get()
         try:
             result = load_defs().resolve_job_def("retraining_job").execute_in_process(

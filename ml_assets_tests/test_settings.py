@@ -126,6 +126,7 @@ def test_every_setting_is_cleared_for_the_tests(data_dir):
     from ml_assets_tests.conftest import STORE_VARIABLES
 
     assert set(STORE_VARIABLES) == set(SETTINGS)
+    assert paths.data_dir() == data_dir and paths.dagster_home() == data_dir.parent / "dagster_home"
     fixture_sets = {"ML_ASSETS_DATA_DIR", "DAGSTER_HOME"}
     assert all(settings.value(n) in (None, s.default) for n, s in SETTINGS.items() if n not in fixture_sets)
 
