@@ -91,3 +91,10 @@ def duckdb_memory_limit() -> str:
     """DuckDB's memory limit for the warehouse, `ML_ASSETS_DUCKDB_MEMORY_LIMIT` (past it, DuckDB
     spills to disk). dbt's profile reads the same variable, with the same default."""
     return os.environ.get("ML_ASSETS_DUCKDB_MEMORY_LIMIT", "4GB")
+
+
+def online_store_url() -> str:
+    """The serving's online store (ml_assets/serving/online_store), `ML_ASSETS_ONLINE_STORE`: an
+    embedded SQLite file under the data root by default, or a shared Redis such as
+    redis://127.0.0.1:6379/0 when several replicas must see the same card histories."""
+    return os.environ.get("ML_ASSETS_ONLINE_STORE") or f"sqlite:///{data_dir() / 'online' / 'online.db'}"
