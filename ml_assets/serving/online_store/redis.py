@@ -57,9 +57,8 @@ end
 local windows = {}
 for c = 1, #KEYS - 3 do
   if lo[c] then
-    -- %d, not tostring: Lua prints a double of 16 digits as 1.7e+15, which loses microseconds.
-    windows[c] = redis.call('ZRANGE', KEYS[3 + c], string.format('%d', lo[c] - lookback),
-                            string.format('%d', hi[c]), 'BYSCORE')
+    -- redis.call writes a number argument with all its digits (tostring would round to 14).
+    windows[c] = redis.call('ZRANGE', KEYS[3 + c], lo[c] - lookback, hi[c], 'BYSCORE')
   else
     windows[c] = {}
   end
