@@ -210,7 +210,8 @@ def test_same_transaction_twice_is_history_once(store):
     # then seen again in bronze is history once.
     assert ids(store.begin([tx(2, T)]).windows["card-1"]) == ["tx-1", "tx-2"]
     assert store.upsert_history([tx(2, T)]) == 0
-    window = store.begin([tx(3, T)]).windows["card-1"]
+    # A request for a transaction bronze already holds, copied with other values: still once.
+    window = store.begin([tx(1, T - DAY, amount=55.0), tx(3, T)]).windows["card-1"]
     assert ids(window) == ["tx-1", "tx-2", "tx-3"] and window[0].amount == 10.0
 
 
