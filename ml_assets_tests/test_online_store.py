@@ -237,40 +237,64 @@ def test_retry_gets_its_recorded_decision(store):
 # -- atomicity -------------------------------------------------------------------------------
 
 
-def _append_worker(url, worker, start, out):
-    """Begin 120 single-transaction batches on one card, all at the same instant (so every window
-    holds every transaction begun so far): 80 ids of its own and 40 both workers begin."""
+N_BEGINS = 150
+
+
+def _append_worker(url, worker, ready, out):
+    """Begin N_BEGINS single-transaction batches on one card, all at the same instant (so every
+    window holds every transaction begun so far), each followed by its record, as a replica
+    does: two thirds ids of its own, a third ids that both workers begin. Returns (worker, its
+    windows)."""
     with open_store(url, lookback_days=LOOKBACK_DAYS) as s:
-        start.wait()
+        tx(0, T)  # imports features.py now, not in the race
+        ready.wait()  # both ready: they run side by side
         windows = []
-        for i in range(120):
+        for i in range(N_BEGINS):
             i_d = f"shared-{i // 3}" if i % 3 == 0 else f"w{worker}-{i}"
-            windows.append(ids(s.begin([tx(i_d, T, card="hot")]).windows["hot"]))
-        out.put(windows)
+            begun = s.begin([tx(i_d, T, card="hot")])
+            if begun.recorded:  # a shared id the other worker already scored: its answer, no window
+                continue
+            windows.append(ids(begun.windows["hot"]))
+            # Scoring happens between begin and record; without a gap the writer holding SQLite's
+            # lock takes it straight back, and the other (polling in SQLite's busy handler at
+            # growing intervals) would wait until it is done: they would not race at all.
+            time.sleep(0.001)
+            s.record([decision(i_d)])
+        out.put((worker, windows))
 
 
 def test_concurrent_appends_to_one_card(engine):
     """Two processes appending to the same card at once lose nothing, duplicate nothing, and each
-    begin is atomic: every window holds all that were begun before it, so the windows nest."""
+    begin is atomic: every window holds all that were begun before it, so the windows nest (a
+    read-then-write lets two begins each miss the other's transaction)."""
+    import queue
+
     ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    workers = [ctx.Process(target=_append_worker, args=(engine[0], w, start, out)) for w in (1, 2)]
+    ready, out = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=_append_worker, args=(engine[0], w, ready, out)) for w in (1, 2)]
     for w in workers:
         w.start()
-    start.set()
-    windows = [out.get(timeout=120) for _ in workers]
+    windows = {}
+    while len(windows) < 2:
+        try:
+            worker, got = out.get(timeout=1)
+            windows[worker] = got
+        except queue.Empty:
+            assert all(w.exitcode in (None, 0) for w in workers), "a worker failed"
     for w in workers:
         w.join(timeout=30)
         assert w.exitcode == 0
-    expected = {f"tx-shared-{i}" for i in range(40)} | {
-        f"tx-w{w}-{i}" for w in (1, 2) for i in range(120) if i % 3
-    }
+    expected = {f"tx-shared-{i}" for i in range(N_BEGINS // 3)}
+    expected |= {f"tx-w{w}-{i}" for w in (1, 2) for i in range(N_BEGINS) if i % 3}
     with open_store(engine[0], lookback_days=LOOKBACK_DAYS) as s:
         final = ids(s.begin([tx("last", T, card="hot")]).windows["hot"])
     assert sorted(final) == sorted(expected | {"tx-last"})  # nothing lost, nothing twice
-    chain = sorted((set(w) for ws in windows for w in ws), key=len)
+    # Else the test proved nothing: one worker's begins all came after the other's.
+    sizes = {w: [len(x) for x in ws] for w, ws in windows.items()}
+    assert sizes[1][0] < sizes[2][-1] and sizes[2][0] < sizes[1][-1], "the workers did not overlap"
+    chain = sorted((set(w) for ws in windows.values() for w in ws), key=len)
     for smaller, larger in zip(chain, chain[1:], strict=False):
-        assert smaller <= larger, f"two begins saw each other's transaction missing: {smaller ^ larger}"
+        assert smaller <= larger, f"two begins each missed the other's transaction: {smaller ^ larger}"
 
 
 # -- durability ------------------------------------------------------------------------------
