@@ -395,6 +395,7 @@ def test_drain_is_repeatable_from_a_cursor_and_ack_drops(store):
     assert rest == [decision(4)]
     assert store.read_decisions(c1, 10) == (rest, c3)  # acked rows are gone, from any cursor
     assert store.read_decisions(c3, 10) == ([], c3)
+    store.ack(c3)  # the queue is empty now: a new decision must still come after the cursor
     store.record([decision(5)])
     assert store.read_decisions(c3, 10)[0] == [decision(5)]
     # Acked is not forgotten: a retry still gets its decision.
