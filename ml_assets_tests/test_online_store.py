@@ -441,6 +441,11 @@ def test_redis_down_raises_store_unavailable_and_recovers(redis_server):
         server.start()
         assert s.begin([tx(1, T)]).recorded == {"tx-1": decision(1)}  # the same store object recovers
         assert s.record([decision(2)]) == {"tx-2": decision(2)}
+        # A restart nobody saw (no call while it was down): the pooled connection is dead, and
+        # the call still succeeds.
+        server.kill(signal.SIGKILL)
+        server.start()
+        assert s.read_decisions()[0] == [decision(1), decision(2)]
 
 
 def test_default_url_and_factory(data_dir, monkeypatch):
