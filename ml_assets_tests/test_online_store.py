@@ -442,7 +442,7 @@ def test_redis_down_raises_store_unavailable_and_recovers(redis_server):
         assert s.begin([tx(1, T)]).recorded == {"tx-1": decision(1)}  # the same store object recovers
         assert s.record([decision(2)]) == {"tx-2": decision(2)}
         # A restart nobody saw (no call while it was down): the pooled connection is dead, and
-        # the call still succeeds.
+        # the call still succeeds (the pool reconnects it).
         server.kill(signal.SIGKILL)
         server.start()
         assert s.read_decisions()[0] == [decision(1), decision(2)]

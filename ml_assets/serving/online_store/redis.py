@@ -135,14 +135,15 @@ class RedisStore(OnlineStore):
             f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
         )
         self._secret = parts.password
-        # Short timeouts, and one immediate retry (a pooled connection a restarted server closed)
-        # instead of redis-py's default backoff: a request must fail fast when Redis is down.
+        # Short timeouts and no retries (redis-py's default retries 3 times with a backoff of
+        # seconds): a request must fail fast when Redis is down. A pooled connection that a
+        # restarted server closed is reconnected by the pool itself before it is used.
         self._r = redis.Redis.from_url(
             url,
             decode_responses=True,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),
+            retry=Retry(NoBackoff(), 0),
         )
         self._begin, self._append, self._record, self._forget, self._risk = (
             self._r.register_script(s) for s in (BEGIN, APPEND, RECORD, FORGET, RISK)
