@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ml_assets.serving.online_store import Decision, StoreUnavailable, open_store
+from ml_assets_tests.redis_support import RedisServer
 
 LOOKBACK_DAYS = 30
 US = 1_000_000
@@ -34,43 +34,6 @@ def tx(i, ts, card="card-1", amount=10.0, device=None, country="FR", channel="po
 
 def decision(i, score=0.5, request="req-1", version="3", scored_at=T):
     return Decision(f"tx-{i}", request, score, version, "champion", {"amount": 10.0, "avg": None}, scored_at)
-
-
-class RedisServer:
-    """A redis-server of our own: durable as production must run it, nothing but the AOF on disk."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # until it accepts connections (and has loaded the AOF)
-            probe = subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True, check=False
-            )
-            if probe.stdout.strip() == "PONG":
-                return
-            assert self.proc.poll() is None, (self.folder / "redis.log").read_text()
-            time.sleep(0.02)
-        raise AssertionError("redis-server did not start")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            self.proc.wait()
 
 
 @pytest.fixture
