@@ -123,7 +123,7 @@ local found = redis.call('ZRANGE', KEYS[1], ARGV[1], '-inf', 'BYSCORE', 'REV', '
 if not found then return {false, {}} end
 return {found, redis.call('HGETALL', ARGV[2] .. 'risk:' .. found)}
 """
-FORGET_CHUNK = 1000  # ids per FORGET call: bounded, since Redis serves nothing else meanwhile
+CHUNK = 1000  # transactions per APPEND, ids per FORGET: a script blocks the server while it runs
 
 
 class RedisStore(OnlineStore):
@@ -248,8 +248,8 @@ class RedisStore(OnlineStore):
 
     def upsert_history(self, txs):
         txs, n = list(txs), 0
-        for i in range(0, len(txs), FORGET_CHUNK):  # bounded scripts, as for FORGET
-            chunk, argv = txs[i : i + FORGET_CHUNK], []
+        for i in range(0, len(txs), CHUNK):  # bounded scripts: Redis serves nothing else while one runs
+            chunk, argv = txs[i : i + CHUNK], []
             for tx in chunk:
                 argv += [tx.transaction_id, tx.ts, json.dumps(past_of(tx))]
             with self._errors():
@@ -263,10 +263,10 @@ class RedisStore(OnlineStore):
         while True:
             with self._errors():
                 history, decisions = self._forget(
-                    keys=[P + "seen", P + "by_ts", P + "decision", P + "decided"], args=[ts, FORGET_CHUNK]
+                    keys=[P + "seen", P + "by_ts", P + "decision", P + "decided"], args=[ts, CHUNK]
                 )
             total += history
-            if history < FORGET_CHUNK and decisions < FORGET_CHUNK:
+            if history < CHUNK and decisions < CHUNK:
                 return total
 
     def close(self):
