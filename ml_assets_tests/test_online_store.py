@@ -112,6 +112,42 @@ def test_window_edges_same_instant_and_out_of_order(store):
     assert ts == sorted(ts)
 
 
+def test_windows_feed_the_same_features_as_the_in_memory_state(store):
+    """Scoring a stream through the store (begin, features from its windows) gives exactly the
+    features the service's in-memory FeatureState gives the same stream: batches, same instants,
+    late arrivals, devices and countries."""
+    import random
+
+    import numpy as np
+
+    from ml_assets.serving.features import FeatureParams, FeatureState, as_vector, transaction_features
+
+    params = FeatureParams(LOOKBACK_DAYS, 30, 60, 0.02, 50.0)
+    state = FeatureState(params)  # no lake: no bronze history, merchant risk (0, 0)
+    rng = random.Random(3)
+    stream, clock = [], T - 40 * DAY
+    for i in range(400):
+        clock += rng.choice([0, 0, 1, 60, 3600, DAY // US]) * US  # same instants, minutes, days
+        late = rng.random() < 0.1  # arrives hours after later transactions
+        stream.append(
+            tx(i, clock - (rng.randrange(1, 48) * 3600 * US if late else 0), card=f"c{rng.randrange(6)}",
+               amount=float(rng.randrange(1, 500)), device=rng.choice([None, "d1", "d2"]),
+               country=rng.choice(["FR", "DE"]), channel=rng.choice(["pos", "ecom"]))
+        )  # fmt: skip
+    batches, i = [], 0
+    while i < len(stream):
+        n = rng.choice([1, 1, 1, 3, 8])
+        batches.append(stream[i : i + n])
+        i += n
+    for batch in batches:
+        expected = state.features(batch)
+        windows = store.begin(batch).windows
+        ours = np.array(
+            [as_vector(transaction_features(t, windows[t.card_id], (0, 0), params)) for t in batch]
+        )
+        np.testing.assert_array_equal(ours, expected)
+
+
 def test_long_history_window_costs_the_same(store, engine):
     """A card's window is read by the (card, ts) order: the same work with 3,000 older
     transactions as with none (SQLite: the query plan, and the VM steps the query takes; Redis:
