@@ -18,7 +18,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup run dev serve test lint chromium bench lock clean mlflow-ui rollback retrain kserve
+.PHONY: help setup run dev serve test lint chromium redis-server bench lock clean mlflow-ui rollback retrain kserve
 
 help:
 	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
@@ -82,7 +82,16 @@ chromium:
 	  echo "chromium: $(CHROMIUM) not installed (no apt-get, or no permission), and CI is set" >&2; exit 1; \
 	else echo "chromium: not installed (no apt-get, or no permission): the browser test will skip"; fi
 
-test: lint chromium
+# The online store's tests start their own redis-server (ml_assets_tests/test_online_store.py).
+# Installed the same way as chromium; elsewhere the Redis tests skip and say why, but under CI
+# (`CI` set) a missing server fails here: CI must not pass by skipping one of the two engines.
+redis-server:
+	@command -v redis-server >/dev/null || { command -v apt-get >/dev/null && \
+	  { $(APT_INSTALL) redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) redis-server; }; }; } \
+	  || { if [ -n "$$CI" ]; then echo "redis-server: not installed and could not be (CI is set): the online store's tests need it" >&2; exit 1; \
+	       else echo "redis-server: not installed (no apt-get, or no permission): the Redis tests will skip"; fi; }
+
+test: lint chromium redis-server
 	$(VENV)/bin/dg check defs
 	$(VENV)/bin/pytest
 

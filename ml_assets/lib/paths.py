@@ -108,3 +108,10 @@ def dbt_vars() -> dict[str, str]:
         "warehouse": warehouse_uri(),
         "duckdb_memory_limit": duckdb_memory_limit(),
     }
+
+
+def online_store_url() -> str:
+    """The serving's online store (ml_assets/serving/online_store), `ML_ASSETS_ONLINE_STORE`: an
+    embedded SQLite file under the data root by default, or a shared Redis such as
+    redis://127.0.0.1:6379/0 when several replicas must see the same card histories."""
+    return value("ML_ASSETS_ONLINE_STORE") or f"sqlite:///{data_dir() / 'online' / 'online.db'}"

@@ -45,6 +45,11 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("ML_ASSETS_MLFLOW_ARTIFACTS", "<data>/mlflow/artifacts", "Artifacts of new experiments."),
         Setting("DAGSTER_HOME", "<data>/dagster_home", "The Dagster instance (make targets set it)."),
+        Setting(
+            "ML_ASSETS_ONLINE_STORE",
+            "sqlite:///<data>/online/online.db",
+            "The serving's online store: an SQLite file, or redis://host:port/db shared by replicas.",
+        ),
         Setting("ML_ASSETS_START_DATE", "2026-01-01", "The first daily partition."),
         Setting("ML_ASSETS_MODEL_NAME", "fraud_detector", "The registered model that is trained and served."),
         Setting(

@@ -1,0 +1,178 @@
+"""The online store: what the scoring service knows between requests, outside its process.
+
+It holds three things, each so that any replica (or a restarted one) sees what the others did:
+
+- each card's transactions over the lookback, once per transaction_id, in time order (so reading
+  a window costs the same however long the card's life);
+- merchant risk per event day, written by a pipeline asset, with a stale fallback to the latest
+  earlier day while the day's table is not written yet;
+- the durable queue of decisions, recorded before the service answers, drained into Delta by a
+  Dagster asset, and the recorded decision per transaction_id, so that a retry gets the same answer.
+
+The request path is two calls: `begin(txs)` returns the recorded decisions of retried
+transactions and, for the others, their cards' windows, appending them to history in the same
+atomic step; the caller computes features (ml_assets.serving.features, the store does no feature
+math) and scores; `record(decisions)` makes the decisions durable. Engines: an embedded SQLite file
+(the default, one host) and Redis (shared by replicas), chosen by URL (`open_store`).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # features.py imports numpy and polars: only for the annotations here
+    from ml_assets.serving.features import Past, Tx
+
+US = 1_000_000
+DAY = 24 * 3600 * US
+
+
+class StoreUnavailable(RuntimeError):
+    """The store can't be reached (or answered too late). The message never carries credentials."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One scored transaction, as recorded: what a retry gets back and what the drain writes."""
+
+    transaction_id: str
+    request_id: str
+    score: float
+    model_version: str
+    arm: str
+    features: dict[str, float | None]
+    scored_at: int  # microseconds since the epoch (UTC)
+    # The rest of the inference-log row (card, strategy, shadow scores...): opaque to the store,
+    # carried to the drain as it was given.
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Decision:
+        return cls(**json.loads(text))
+
+
+class Begun(NamedTuple):
+    """What `begin` found for a batch."""
+
+    recorded: dict[str, Decision]  # transaction_id -> its decision, for the batch's retries
+    # card_id -> its transactions with ts in [min_ts - lookback, max_ts] of the batch's new
+    # transactions of that card, in time order, the batch's own included: `transaction_features`
+    # keeps those strictly before each transaction, so a batch scores as if one by one.
+    windows: dict[str, list[Past]]
+
+
+class RiskTable(NamedTuple):
+    """Merchant risk for a day: merchant_id -> (labels, frauds)."""
+
+    day: date | None  # the day whose table this is (None: no day written yet)
+    table: dict[str, tuple[int, int]]
+    stale_risk: bool  # True when `day` is earlier than the day asked for (or none is written)
+
+
+class OnlineStore(ABC):
+    """One interface, two engines (sqlite.py, redis.py). Cursors are opaque strings."""
+
+    def __init__(self, lookback_days: int):
+        self.lookback = lookback_days * DAY
+
+    # -- the request path ---------------------------------------------------------------------
+
+    @abstractmethod
+    def begin(self, txs: list[Tx]) -> Begun:
+        """For each transaction with a recorded decision, that decision; for the others, in one
+        atomic step: their cards' windows, and the transactions appended to their cards' history
+        (once per transaction_id)."""
+
+    @abstractmethod
+    def record(self, decisions: list[Decision]) -> dict[str, Decision]:
+        """Durably queue the decisions (fsynced when this returns), once per transaction_id.
+
+        Returns transaction_id -> the decision that stands: the given one, or the one another
+        replica recorded first (which the caller must answer instead)."""
+
+    # -- merchant risk ------------------------------------------------------------------------
+
+    @abstractmethod
+    def put_merchant_risk(self, day: date, table: dict[str, tuple[int, int]]) -> None:
+        """Replace `day`'s table whole (an empty one too: written, and no merchant has labels)."""
+
+    @abstractmethod
+    def merchant_risk(self, day: date) -> RiskTable:
+        """`day`'s table, or the latest earlier day's flagged stale_risk while it is not written."""
+
+    # -- the drain ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def read_decisions(
+        self, after: str | None = None, limit: int = 1000
+    ) -> tuple[list[Decision], str | None]:
+        """Up to `limit` queued decisions after cursor `after` (None: from the start), in queue
+        order, and the cursor of the last one (`after` when there are none). Reading again from
+        the same cursor returns the same rows until they are acked."""
+
+    @abstractmethod
+    def ack(self, cursor: str) -> None:
+        """The consumer has durably written every decision up to `cursor`: drop them from the
+        queue. (Their recorded decisions stay for retries until `forget_before`.)"""
+
+    # -- the pipeline feed --------------------------------------------------------------------
+
+    @abstractmethod
+    def upsert_history(self, txs: Iterable[Tx]) -> int:
+        """Add bronze transactions to their cards' history (once per transaction_id); return how
+        many were new."""
+
+    @abstractmethod
+    def forget_before(self, ts: int) -> int:
+        """Expire history with ts < `ts`, and recorded decisions scored before `ts` (a retry is
+        not expected after the lookback); return how many history rows went."""
+
+    def close(self) -> None:  # noqa: B027 - an engine with nothing to close needs no override
+        """Release connections."""
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(url: str | None = None, *, lookback_days: int, **options) -> OnlineStore:
+    """The store at `url` (default `paths.online_store_url()`): sqlite:///path/online.db or
+    redis://[user:password@]host:port/db. `options` go to the engine (e.g. Redis timeouts)."""
+    if url is None:
+        from ml_assets.lib import paths
+
+        url = paths.online_store_url()
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from ml_assets.serving.online_store.sqlite import SqliteStore
+
+        return SqliteStore(url, lookback_days=lookback_days, **options)
+    if scheme in ("redis", "rediss", "unix"):
+        from ml_assets.serving.online_store.redis import RedisStore
+
+        return RedisStore(url, lookback_days=lookback_days, **options)
+    raise ValueError(f"online store URL must start with sqlite:// or redis://, not {scheme}://")
+
+
+def past_of(tx: Tx) -> tuple:
+    """A transaction as its card's history holds it (the fields of `Past`, in order)."""
+    return (tx.ts, tx.amount, tx.device_id, tx.country, tx.channel, tx.transaction_id)
+
+
+def windows_bounds(txs: Iterable[Tx], lookback: int) -> dict[str, tuple[int, int]]:
+    """card_id -> [min_ts - lookback, max_ts] over its transactions in `txs`."""
+    bounds: dict[str, tuple[int, int]] = {}
+    for tx in txs:
+        lo, hi = bounds.get(tx.card_id, (tx.ts, tx.ts))
+        bounds[tx.card_id] = (min(lo, tx.ts), max(hi, tx.ts))
+    return {card: (lo - lookback, hi) for card, (lo, hi) in bounds.items()}

@@ -1,0 +1,273 @@
+"""The shared engine: one Redis that every replica of the service talks to.
+
+Keys (all under one hash tag, `{online}:`, so every script's keys live in one slot):
+- `card:<card_id>`: the card's history, a sorted set scored by ts (a window is one ZRANGE BYSCORE,
+  O(log n + window) however long the card's life), members the JSON of `Past`;
+- `seen`: transaction_id -> its card's key, which makes appends idempotent; `by_ts`: transaction_id
+  scored by ts, which lets `forget_before` find what to expire without visiting every card;
+- `decision`: transaction_id -> the recorded decision; `decided`: the same ids by scored_at;
+  `queue`: the stream of decisions the drain reads (XADD ids are the cursors);
+- `risk:<day>`: merchant_id -> "labels:frauds"; `risk_days`: the written days by ordinal.
+
+Each request-path call is one Lua script, so it is atomic (Redis runs one script at a time) and
+costs one round trip. Durability is the server's: run it with `appendonly yes` and
+`appendfsync always`, and Redis fsyncs a script's writes before it replies. Written for a single
+Redis (with replicas), not Redis Cluster: `forget_before` names card keys inside its script.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ml_assets.serving.online_store import Begun, Decision, OnlineStore, RiskTable, StoreUnavailable, past_of
+
+log = logging.getLogger(__name__)
+P = "{online}:"
+
+# KEYS: decision, seen, by_ts, then one card key per card of the batch.
+# ARGV: lookback, then per transaction: id, card index (1-based among the card keys), ts, member.
+# Returns {flat [id, decision] of the retries, per card its window (empty when it had no new tx)}.
+BEGIN = """
+local lookback = tonumber(ARGV[1])
+local recorded, lo, hi = {}, {}, {}
+for i = 2, #ARGV, 4 do
+  local id, c, ts = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local d = redis.call('HGET', KEYS[1], id)
+  if d then
+    recorded[#recorded + 1] = id
+    recorded[#recorded + 1] = d
+  else
+    if redis.call('HSETNX', KEYS[2], id, KEYS[3 + c]) == 1 then
+      redis.call('ZADD', KEYS[3 + c], ARGV[i + 2], ARGV[i + 3])
+      redis.call('ZADD', KEYS[3], ARGV[i + 2], id)
+    end
+    if lo[c] == nil or ts < lo[c] then lo[c] = ts end
+    if hi[c] == nil or ts > hi[c] then hi[c] = ts end
+  end
+end
+local windows = {}
+for c = 1, #KEYS - 3 do
+  if lo[c] then
+    -- redis.call writes a number argument with all its digits (tostring would round to 14).
+    windows[c] = redis.call('ZRANGE', KEYS[3 + c], lo[c] - lookback, hi[c], 'BYSCORE')
+  else
+    windows[c] = {}
+  end
+end
+return {recorded, windows}
+"""
+# KEYS: seen, by_ts, then one card key per transaction. ARGV: per transaction: id, ts, member.
+APPEND = """
+local n = 0
+for i = 1, #ARGV, 3 do
+  local card = KEYS[2 + (i + 2) / 3]
+  if redis.call('HSETNX', KEYS[1], ARGV[i], card) == 1 then
+    redis.call('ZADD', card, ARGV[i + 1], ARGV[i + 2])
+    redis.call('ZADD', KEYS[2], ARGV[i + 1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+# KEYS: decision, decided, queue. ARGV: per decision: id, scored_at, JSON.
+# Returns the decision that stands for each, in order.
+RECORD = """
+local out = {}
+for i = 1, #ARGV, 3 do
+  local d = redis.call('HGET', KEYS[1], ARGV[i])
+  if not d then
+    d = ARGV[i + 2]
+    redis.call('HSET', KEYS[1], ARGV[i], d)
+    redis.call('ZADD', KEYS[2], ARGV[i + 1], ARGV[i])
+    redis.call('XADD', KEYS[3], '*', 'd', d)
+  end
+  out[#out + 1] = d
+end
+return out
+"""
+# KEYS: seen, by_ts, decision, decided. ARGV: ts (exclusive), how many ids at most.
+# Expires one chunk (a script blocks the server while it runs); returns {history, decisions} gone.
+FORGET = """
+local bound, limit = '(' .. ARGV[1], tonumber(ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[2], '-inf', bound, 'BYSCORE', 'LIMIT', 0, limit)
+if #ids > 0 then
+  local cards, done = redis.call('HMGET', KEYS[1], unpack(ids)), {}
+  for _, card in ipairs(cards) do
+    if card and not done[card] then
+      done[card] = true
+      redis.call('ZREMRANGEBYSCORE', card, '-inf', bound)
+    end
+  end
+  redis.call('HDEL', KEYS[1], unpack(ids))
+  redis.call('ZREM', KEYS[2], unpack(ids))
+end
+local old = redis.call('ZRANGE', KEYS[4], '-inf', bound, 'BYSCORE', 'LIMIT', 0, limit)
+if #old > 0 then
+  redis.call('HDEL', KEYS[3], unpack(old))
+  redis.call('ZREM', KEYS[4], unpack(old))
+end
+return {#ids, #old}
+"""
+# KEYS: risk_days. ARGV: the day's ordinal, the key prefix. Returns {day iso or false, flat table}.
+RISK = """
+local found = redis.call('ZRANGE', KEYS[1], ARGV[1], '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
+if not found then return {false, {}} end
+return {found, redis.call('HGETALL', ARGV[2] .. 'risk:' .. found)}
+"""
+CHUNK = 1000  # transactions per APPEND, ids per FORGET: a script blocks the server while it runs
+
+
+class RedisStore(OnlineStore):
+    def __init__(self, url: str, *, lookback_days: int, timeout_s: float = 2.0):
+        super().__init__(lookback_days)
+        parts = urlsplit(url)
+        # For messages: never the user name or password of the URL.
+        self.where = (
+            f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        )
+        self._secret = parts.password
+        # Short timeouts and no retries (redis-py's default retries 3 times with a backoff of
+        # seconds): a request must fail fast when Redis is down. A pooled connection that a
+        # restarted server closed is reconnected by the pool itself before it is used.
+        self._r = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._begin, self._append, self._record, self._forget, self._risk = (
+            self._r.register_script(s) for s in (BEGIN, APPEND, RECORD, FORGET, RISK)
+        )
+        self._warn_unless_durable()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as e:  # BusyLoadingError is one too
+            message = str(e).replace(self._secret, "***") if self._secret else str(e)
+            raise StoreUnavailable(
+                f"online store {self.where} unavailable: {type(e).__name__}: {message}"
+            ) from None
+
+    def _warn_unless_durable(self) -> None:
+        # Opening never fails for a server that is down (the service starts, and answers 503 until
+        # Redis is back); managed Redis often refuses CONFIG: nothing to check then.
+        try:
+            with self._errors():
+                config = self._r.config_get("append*")
+        except (redis.ResponseError, StoreUnavailable):
+            return
+        if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
+            log.warning(
+                "online store %s: appendonly=%s appendfsync=%s: recorded decisions can be lost on a crash"
+                " (run Redis with appendonly yes, appendfsync always)",
+                self.where, config.get("appendonly"), config.get("appendfsync"),
+            )  # fmt: skip
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def begin(self, txs):
+        from ml_assets.serving.features import Past
+
+        cards = list(dict.fromkeys(tx.card_id for tx in txs))
+        index = {card: i for i, card in enumerate(cards, 1)}
+        argv: list = [self.lookback]
+        for tx in txs:
+            argv += [tx.transaction_id, index[tx.card_id], tx.ts, json.dumps(past_of(tx))]
+        with self._errors():
+            recorded, windows = self._begin(keys=[P + "decision", P + "seen", P + "by_ts"] + [
+                P + "card:" + c for c in cards
+            ], args=argv)  # fmt: skip
+        recorded = {recorded[i]: Decision.from_json(recorded[i + 1]) for i in range(0, len(recorded), 2)}
+        new_cards = {tx.card_id for tx in txs if tx.transaction_id not in recorded}
+        return Begun(
+            recorded,
+            {
+                c: [Past(*json.loads(m)) for m in w]
+                for c, w in zip(cards, windows, strict=True)
+                if c in new_cards
+            },
+        )
+
+    def record(self, decisions):
+        argv = []
+        for d in decisions:
+            argv += [d.transaction_id, d.scored_at, d.to_json()]
+        with self._errors():
+            standing = self._record(keys=[P + "decision", P + "decided", P + "queue"], args=argv)
+        return {d.transaction_id: Decision.from_json(s) for d, s in zip(decisions, standing, strict=True)}
+
+    # -- merchant risk ------------------------------------------------------------------------
+
+    def put_merchant_risk(self, day, table):
+        key = f"{P}risk:{day.isoformat()}"
+        with self._errors():
+            pipe = self._r.pipeline(transaction=True)  # MULTI/EXEC: readers see the old or the new table
+            pipe.delete(key)
+            if table:
+                pipe.hset(key, mapping={m: f"{labels}:{frauds}" for m, (labels, frauds) in table.items()})
+            pipe.zadd(P + "risk_days", {day.isoformat(): day.toordinal()})
+            pipe.execute()
+
+    def merchant_risk(self, day):
+        with self._errors():
+            found, flat = self._risk(keys=[P + "risk_days"], args=[day.toordinal(), P])
+        if not found:
+            return RiskTable(None, {}, True)
+        table = {}
+        for m, value in zip(flat[::2], flat[1::2], strict=True):
+            labels, frauds = value.split(":")
+            table[m] = (int(labels), int(frauds))
+        found = date.fromisoformat(found)
+        return RiskTable(found, table, found != day)
+
+    # -- the drain ----------------------------------------------------------------------------
+
+    def read_decisions(self, after=None, limit=1000):
+        with self._errors():
+            rows = self._r.xrange(P + "queue", min=f"({after}" if after else "-", count=limit)
+        return [Decision.from_json(fields["d"]) for _, fields in rows], rows[-1][0] if rows else after
+
+    def ack(self, cursor):
+        ms, seq = cursor.split("-")
+        with self._errors():  # MINID drops ids below it: the one just after the cursor
+            self._r.xtrim(P + "queue", minid=f"{ms}-{int(seq) + 1}", approximate=False)
+
+    # -- the pipeline feed --------------------------------------------------------------------
+
+    def upsert_history(self, txs):
+        txs, n = list(txs), 0
+        for i in range(0, len(txs), CHUNK):  # bounded scripts: Redis serves nothing else while one runs
+            chunk, argv = txs[i : i + CHUNK], []
+            for tx in chunk:
+                argv += [tx.transaction_id, tx.ts, json.dumps(past_of(tx))]
+            with self._errors():
+                n += self._append(
+                    keys=[P + "seen", P + "by_ts"] + [P + "card:" + tx.card_id for tx in chunk], args=argv
+                )
+        return n
+
+    def forget_before(self, ts):
+        total = 0
+        while True:
+            with self._errors():
+                history, decisions = self._forget(
+                    keys=[P + "seen", P + "by_ts", P + "decision", P + "decided"], args=[ts, CHUNK]
+                )
+            total += history
+            if history < CHUNK and decisions < CHUNK:
+                return total
+
+    def close(self):
+        self._r.close()

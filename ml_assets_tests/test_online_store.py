@@ -1,0 +1,460 @@
+"""The online store (ml_assets/serving/online_store), on both engines: a real SQLite file in a temp
+dir, and a real redis-server this module starts on a free port (append-only, fsync always) and
+stops by its PID. Processes are real too: concurrency and kill -9 run in child processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from ml_assets.serving.online_store import Decision, StoreUnavailable, open_store
+from ml_assets_tests.redis_support import RedisServer
+
+LOOKBACK_DAYS = 30
+US = 1_000_000
+DAY = 86_400 * US
+T = 1_768_478_400 * US  # 2026-01-15T12:00:00Z
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tx(i, ts, card="card-1", amount=10.0, device=None, country="FR", channel="pos"):
+    from ml_assets.serving.features import Tx
+
+    return Tx(f"tx-{i}", ts, card, "m-1", "5411", amount, country, channel, device)
+
+
+def decision(i, score=0.5, request="req-1", version="3", scored_at=T):
+    return Decision(f"tx-{i}", request, score, version, "champion", {"amount": 10.0, "avg": None}, scored_at)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed, and CI must test both engines (`make redis-server`)")
+        pytest.skip("redis-server is not installed (`make redis-server` installs it)")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill(signal.SIGTERM)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def engine(request, tmp_path):
+    """(store URL, the RedisServer or None)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'online' / 'online.db'}", None
+    server = request.getfixturevalue("redis_server")
+    return server.url, server
+
+
+@pytest.fixture
+def store(engine):
+    with open_store(engine[0], lookback_days=LOOKBACK_DAYS, timeout_s=2.0) as s:
+        yield s
+
+
+def ids(window):
+    return [p.transaction_id for p in window]
+
+
+# -- windows ---------------------------------------------------------------------------------
+
+
+def test_window_edges_same_instant_and_out_of_order(store):
+    """The window is every history row in [min_ts - lookback, max_ts], in time order, whatever
+    order they arrived in; fed to transaction_features it gives the same features as the card's
+    whole history would."""
+    from ml_assets.serving.features import FeatureParams, Past, transaction_features
+
+    edge = T - LOOKBACK_DAYS * DAY
+    history = [
+        tx(5, T + 1),  # after the transaction: not its history
+        tx(1, edge - 1),  # one microsecond too old
+        tx(3, T - 1, device="d-1"),
+        tx(2, edge),  # exactly on the lookback's edge: counts
+        tx(4, T, country="DE"),  # the same instant: in the window, not in the features
+        tx(6, T - 5, card="card-2"),  # another card
+    ]
+    assert store.upsert_history(history) == 6
+    new = tx(9, T, device="d-1", amount=30.0)
+    begun = store.begin([new])
+    assert begun.recorded == {}
+    assert list(begun.windows) == ["card-1"]
+    assert ids(begun.windows["card-1"]) in (
+        ["tx-2", "tx-3", "tx-4", "tx-9"],
+        ["tx-2", "tx-3", "tx-9", "tx-4"],
+    )
+
+    params = FeatureParams(LOOKBACK_DAYS, 30, 60, 0.02, 50.0)
+    whole = [Past(h.ts, h.amount, h.device_id, h.country, h.channel, h.transaction_id) for h in history]
+    from_window = transaction_features(new, begun.windows["card-1"], (0, 0), params)
+    assert from_window == transaction_features(
+        new, [p for p, h in zip(whole, history, strict=True) if h.card_id == "card-1"], (0, 0), params
+    )
+    assert from_window["card_tx_count_7d"] == 1 and from_window["is_new_card_device"] == 0
+
+    # A batch: one window per card from its earliest transaction's lookback to its latest.
+    begun = store.begin([tx(10, T + 2), tx(11, edge + 1, card="card-1"), tx(12, T, card="card-3")])
+    assert ids(begun.windows["card-1"])[:2] == ["tx-1", "tx-2"]  # edge + 1 - lookback reaches tx-1
+    assert ids(begun.windows["card-1"])[-2:] == ["tx-5", "tx-10"]
+    assert ids(begun.windows["card-3"]) == ["tx-12"]
+    ts = [p.ts for p in begun.windows["card-1"]]
+    assert ts == sorted(ts)
+
+
+def test_windows_feed_the_same_features_as_the_in_memory_state(store):
+    """Scoring a stream through the store (begin, features from its windows) gives exactly the
+    features the service's in-memory FeatureState gives the same stream: batches, same instants,
+    late arrivals, devices and countries."""
+    import random
+
+    import numpy as np
+
+    from ml_assets.serving.features import FeatureParams, FeatureState, as_vector, transaction_features
+
+    params = FeatureParams(LOOKBACK_DAYS, 30, 60, 0.02, 50.0)
+    state = FeatureState(params)  # no lake: no bronze history, merchant risk (0, 0)
+    rng = random.Random(3)
+    stream, clock = [], T - 40 * DAY
+    for i in range(400):
+        clock += rng.choice([0, 0, 1, 60, 3600, DAY // US]) * US  # same instants, minutes, days
+        late = rng.random() < 0.1  # arrives hours after later transactions
+        stream.append(
+            tx(i, clock - (rng.randrange(1, 48) * 3600 * US if late else 0), card=f"c{rng.randrange(6)}",
+               amount=float(rng.randrange(1, 500)), device=rng.choice([None, "d1", "d2"]),
+               country=rng.choice(["FR", "DE"]), channel=rng.choice(["pos", "ecom"]))
+        )  # fmt: skip
+    batches, i = [], 0
+    while i < len(stream):
+        n = rng.choice([1, 1, 1, 3, 8])
+        batches.append(stream[i : i + n])
+        i += n
+    for batch in batches:
+        expected = state.features(batch)
+        windows = store.begin(batch).windows
+        ours = np.array(
+            [as_vector(transaction_features(t, windows[t.card_id], (0, 0), params)) for t in batch]
+        )
+        np.testing.assert_array_equal(ours, expected)
+
+
+def test_long_history_window_costs_the_same(store, engine):
+    """A card's window is read by the (card, ts) order: the same work with 3,000 older
+    transactions as with none (SQLite: the query plan, and the VM steps the query takes; Redis:
+    the commands the script runs, its window one ZRANGE BYSCORE over the lookback, which is
+    O(log n + window))."""
+    server = engine[1]
+
+    def window_cost(i):
+        if server is None:
+            from ml_assets.serving.online_store.sqlite import WINDOW
+
+            steps = []
+            store._db.set_progress_handler(lambda: steps.append(1), 1)  # called at every VM step
+            rows = store._db.execute(WINDOW, ("card-1", T - LOOKBACK_DAYS * DAY, T)).fetchall()
+            store._db.set_progress_handler(None, 1)
+            return [r[-1] for r in rows], len(steps)
+        import redis
+
+        # MONITOR shows every command a script runs, with its arguments: the query itself.
+        r = redis.Redis(port=server.port, decode_responses=True, socket_timeout=10)
+        with r.monitor() as monitor:
+            window = ids(store.begin([tx(f"new-{i}", T)]).windows["card-1"])
+            r.echo("measured")  # comes after the script's commands
+            ran = []
+            while (c := monitor.next_command())["command"] != "ECHO measured":
+                if c["client_type"] == "lua":
+                    ran.append(c["command"].split()[0].upper())
+                    if ran[-1] == "ZRANGE":
+                        assert (
+                            c["command"]
+                            == f"ZRANGE {{online}}:card:card-1 {T - LOOKBACK_DAYS * DAY} {T} BYSCORE"
+                        )
+        r.close()
+        assert ran.count("ZRANGE") == 1, ran
+        return [w for w in window if not w.startswith("tx-new")], ran
+
+    # Cards on either side in key order, so that neither measure ends at the end of the index.
+    store.upsert_history([tx("recent", T - DAY), tx("a", T, card="card-0"), tx("z", T, card="card-2")])
+    before = window_cost(1)
+    store.upsert_history([tx(f"old-{i}", T - 2 * LOOKBACK_DAYS * DAY + i * US) for i in range(3000)])
+    assert window_cost(2) == before == (["tx-recent"], before[1])
+    if server is None:
+        from ml_assets.serving.online_store.sqlite import WINDOW
+
+        plan = " ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + WINDOW, ("c", 0, 1)))
+        assert "SEARCH history USING PRIMARY KEY (card_id=? AND ts>? AND ts<?)" in plan, plan
+
+
+# -- idempotency -----------------------------------------------------------------------------
+
+
+def test_same_transaction_twice_is_history_once(store):
+    """By transaction_id, not by content: a second copy that differs (a corrected time, another
+    amount) is still the same transaction, and the first copy stays."""
+    assert store.upsert_history([tx(1, T - DAY), tx(1, T - DAY)]) == 1
+    assert store.upsert_history([tx(1, T - 2 * DAY, amount=99.0)]) == 0
+    assert ids(store.begin([tx(2, T)]).windows["card-1"]) == ["tx-1", "tx-2"]
+    # A transaction begun twice without a decision (the first attempt died before record) and
+    # then seen again in bronze is history once.
+    assert ids(store.begin([tx(2, T)]).windows["card-1"]) == ["tx-1", "tx-2"]
+    assert store.upsert_history([tx(2, T)]) == 0
+    # A request for a transaction bronze already holds, copied with other values: still once.
+    window = store.begin([tx(1, T - DAY, amount=55.0), tx(3, T)]).windows["card-1"]
+    assert ids(window) == ["tx-1", "tx-2", "tx-3"] and window[0].amount == 10.0
+
+
+def test_retry_gets_its_recorded_decision(store):
+    """A retried transaction's decision comes back as it was recorded (score, version, request
+    id), and it is not history twice; when two replicas record the same transaction, the first
+    stands and both get it."""
+    assert store.begin([tx(1, T)]).recorded == {}
+    first = decision(1, score=0.91, request="req-a", version="7")
+    assert store.record([first]) == {"tx-1": first}
+
+    begun = store.begin([tx(1, T), tx(2, T, card="card-2")])
+    assert begun.recorded == {"tx-1": first}
+    assert list(begun.windows) == ["card-2"]  # the retry's card is not read (nor appended to)
+    assert ids(store.begin([tx(3, T)]).windows["card-1"]) == ["tx-1", "tx-3"]
+
+    late = decision(1, score=0.12, request="req-b", version="8")
+    assert store.record([late, decision(2)]) == {"tx-1": first, "tx-2": decision(2)}
+    rows, _ = store.read_decisions()
+    assert [(d.transaction_id, d.request_id) for d in rows] == [("tx-1", "req-a"), ("tx-2", "req-1")]
+
+
+# -- atomicity -------------------------------------------------------------------------------
+
+
+N_BEGINS = 150
+
+
+def _append_worker(url, worker, ready, out):
+    """Begin N_BEGINS single-transaction batches on one card, all at the same instant (so every
+    window holds every transaction begun so far), each followed by its record, as a replica
+    does: two thirds ids of its own, a third ids that both workers begin. Returns (worker, its
+    windows)."""
+    with open_store(url, lookback_days=LOOKBACK_DAYS) as s:
+        tx(0, T)  # imports features.py now, not in the race
+        ready.wait()  # both ready: they run side by side
+        windows = []
+        for i in range(N_BEGINS):
+            i_d = f"shared-{i // 3}" if i % 3 == 0 else f"w{worker}-{i}"
+            begun = s.begin([tx(i_d, T, card="hot")])
+            if begun.recorded:  # a shared id the other worker already scored: its answer, no window
+                continue
+            windows.append(ids(begun.windows["hot"]))
+            # Scoring happens between begin and record; without a gap the writer holding SQLite's
+            # lock takes it straight back, and the other (polling in SQLite's busy handler at
+            # growing intervals) would wait until it is done: they would not race at all.
+            time.sleep(0.001)
+            s.record([decision(i_d)])
+        out.put((worker, windows))
+
+
+def test_concurrent_appends_to_one_card(engine):
+    """Two processes appending to the same card at once lose nothing, duplicate nothing, and each
+    begin is atomic: every window holds all that were begun before it, so the windows nest (a
+    read-then-write lets two begins each miss the other's transaction)."""
+    import queue
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, out = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=_append_worker, args=(engine[0], w, ready, out)) for w in (1, 2)]
+    for w in workers:
+        w.start()
+    windows = {}
+    while len(windows) < 2:
+        try:
+            worker, got = out.get(timeout=1)
+            windows[worker] = got
+        except queue.Empty:
+            assert all(w.exitcode in (None, 0) for w in workers), "a worker failed"
+    for w in workers:
+        w.join(timeout=30)
+        assert w.exitcode == 0
+    expected = {f"tx-shared-{i}" for i in range(N_BEGINS // 3)}
+    expected |= {f"tx-w{w}-{i}" for w in (1, 2) for i in range(N_BEGINS) if i % 3}
+    with open_store(engine[0], lookback_days=LOOKBACK_DAYS) as s:
+        final = ids(s.begin([tx("last", T, card="hot")]).windows["hot"])
+    assert sorted(final) == sorted(expected | {"tx-last"})  # nothing lost, nothing twice
+    # Else the test proved nothing: one worker's begins all came after the other's.
+    sizes = {w: [len(x) for x in ws] for w, ws in windows.items()}
+    assert sizes[1][0] < sizes[2][-1] and sizes[2][0] < sizes[1][-1], "the workers did not overlap"
+    chain = sorted((set(w) for ws in windows.values() for w in ws), key=len)
+    for smaller, larger in zip(chain, chain[1:], strict=False):
+        assert smaller <= larger, f"two begins each missed the other's transaction: {smaller ^ larger}"
+
+
+# -- durability ------------------------------------------------------------------------------
+
+CHILD = """
+import sys
+from ml_assets.serving.online_store import Decision, open_store
+store = open_store(sys.argv[1], lookback_days=30)
+for i in range(100000):
+    d = Decision(f"tx-{i}", f"req-{i}", i / 1000, "3", "champion", {"amount": float(i)}, 1)
+    store.record([d])
+    print("acked", i, flush=True)
+"""
+
+
+def test_acked_decisions_survive_kill_9(engine, tmp_path):
+    """A decision record() returned for is there after the process (and, on Redis, the server)
+    is killed with SIGKILL mid-stream: every acked one, once."""
+    url, server = engine
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, url], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    acked = []
+    for line in child.stdout:
+        acked.append(f"tx-{line.split()[1]}")
+        if len(acked) == 60:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    if server:
+        server.kill(signal.SIGKILL)
+    # Whatever the pipe still held was acked too (printed after record returned).
+    acked += [f"tx-{line.split()[1]}" for line in child.stdout if line.startswith("acked")]
+    child.wait()
+    if server:
+        server.start()  # the same dir: it replays its AOF
+    with open_store(url, lookback_days=LOOKBACK_DAYS) as s:
+        rows, cursor = [], None
+        while batch := s.read_decisions(cursor, 500):
+            if not batch[0]:
+                break
+            rows += batch[0]
+            cursor = batch[1]
+        queued = [d.transaction_id for d in rows]
+        assert len(queued) == len(set(queued))
+        assert set(acked) <= set(queued), sorted(set(acked) - set(queued))[:5]
+        assert s.begin([tx(acked[-1].removeprefix("tx-"), T)]).recorded[acked[-1]].request_id == (
+            "req-" + acked[-1].removeprefix("tx-")
+        )
+
+
+def test_durable_settings(store, engine):
+    """What kill -9 can't show (a power cut): the log is fsynced at every commit. SQLite: WAL and
+    synchronous=FULL on the store's connection; Redis: the server this module runs is configured
+    as production must be (the store warns otherwise)."""
+    if engine[1] is None:
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    else:
+        config = store._r.config_get("append*")
+        assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
+
+
+# -- merchant risk ---------------------------------------------------------------------------
+
+
+def test_merchant_risk_of_the_day_and_stale_fallback(store):
+    day = date(2026, 1, 15)
+    assert store.merchant_risk(day) == (None, {}, True)
+    store.put_merchant_risk(day - timedelta(days=2), {"m-1": (1, 0)})
+    store.put_merchant_risk(day, {"m-1": (10, 2), "m-2": (3, 0)})
+    assert store.merchant_risk(day) == (day, {"m-1": (10, 2), "m-2": (3, 0)}, False)
+    # Not written yet: the latest earlier day's, flagged.
+    assert store.merchant_risk(day + timedelta(days=1)) == (day, {"m-1": (10, 2), "m-2": (3, 0)}, True)
+    assert store.merchant_risk(day - timedelta(days=1)) == (day - timedelta(days=2), {"m-1": (1, 0)}, True)
+    # Rewritten whole (a merchant with no labels left is gone); an empty table is still written.
+    store.put_merchant_risk(day, {"m-2": (4, 1)})
+    assert store.merchant_risk(day) == (day, {"m-2": (4, 1)}, False)
+    store.put_merchant_risk(day + timedelta(days=1), {})
+    assert store.merchant_risk(day + timedelta(days=1)) == (day + timedelta(days=1), {}, False)
+
+
+# -- the drain -------------------------------------------------------------------------------
+
+
+def test_drain_is_repeatable_from_a_cursor_and_ack_drops(store):
+    store.record([decision(i) for i in range(5)])
+    first, c1 = store.read_decisions(None, 2)
+    second, c2 = store.read_decisions(c1, 2)
+    assert [d.transaction_id for d in first + second] == ["tx-0", "tx-1", "tx-2", "tx-3"]
+    # A retried drain (its Delta write failed after reading) reads the same rows again.
+    assert store.read_decisions(c1, 2) == (second, c2)
+    assert store.read_decisions(None, 2) == (first, c1)
+    assert store.read_decisions(c2, 10)[0] == [decision(4)]
+
+    store.ack(c2)
+    rest, c3 = store.read_decisions(None, 10)
+    assert rest == [decision(4)]
+    assert store.read_decisions(c1, 10) == (rest, c3)  # acked rows are gone, from any cursor
+    assert store.read_decisions(c3, 10) == ([], c3)
+    store.ack(c3)  # the queue is empty now: a new decision must still come after the cursor
+    store.record([decision(5)])
+    assert store.read_decisions(c3, 10)[0] == [decision(5)]
+    # Acked is not forgotten: a retry still gets its decision.
+    assert store.begin([tx(0, T)]).recorded == {"tx-0": decision(0)}
+
+
+def test_forget_before_expires_history_and_old_decisions(store):
+    store.upsert_history(
+        [tx(i, T - (40 - i) * DAY) for i in range(10)] + [tx("x", T - 35 * DAY, card="other")]
+    )
+    store.record([decision("old", scored_at=T - 40 * DAY), decision("new", scored_at=T)])
+    assert store.forget_before(T - 34 * DAY) == 7  # tx-0..tx-5 and tx-x
+    assert ids(store.begin([tx("now", T - 25 * DAY)]).windows["card-1"]) == [
+        f"tx-{i}" for i in range(6, 10)
+    ] + ["tx-now"]
+    assert store.begin([tx("x", T)]).windows["card-1"][-1].transaction_id == "tx-x"  # expired: appendable
+    recorded = store.begin([tx("old", T), tx("new", T)]).recorded
+    assert list(recorded) == ["tx-new"]
+    assert len(store.read_decisions()[0]) == 2  # the queue keeps what is not drained yet
+
+
+# -- unavailability and configuration --------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_redis_down_raises_store_unavailable_and_recovers(redis_server):
+    """Redis only (an embedded file has no server to lose): with the server gone, every call
+    raises StoreUnavailable, without the URL's credentials; once it is back, the same store
+    object works again."""
+    server, url = redis_server, redis_server.url
+    secret_url = url.replace("redis://", "redis://fraud:s3cret-pw@")
+    with open_store(url, lookback_days=LOOKBACK_DAYS, timeout_s=0.5) as s:
+        s.record([decision(1)])
+        server.kill(signal.SIGKILL)
+        for op in (lambda: s.begin([tx(2, T)]), lambda: s.record([decision(2)]), lambda: s.read_decisions()):
+            with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{server.port}"):
+                op()
+        with open_store(secret_url, lookback_days=LOOKBACK_DAYS, timeout_s=0.5) as locked:
+            with pytest.raises(StoreUnavailable) as e:
+                locked.merchant_risk(date(2026, 1, 15))
+            assert "s3cret" not in str(e.value) and "fraud" not in str(e.value)
+            assert "s3cret" not in repr(e.value.__cause__) + repr(e.value.__context__)
+        server.start()
+        assert s.begin([tx(1, T)]).recorded == {"tx-1": decision(1)}  # the same store object recovers
+        assert s.record([decision(2)]) == {"tx-2": decision(2)}
+        # A restart nobody saw (no call while it was down): the pooled connection is dead, and
+        # the call still succeeds (the pool reconnects it).
+        server.kill(signal.SIGKILL)
+        server.start()
+        assert s.read_decisions()[0] == [decision(1), decision(2)]
+
+
+def test_default_url_and_factory(data_dir, monkeypatch):
+    from ml_assets.lib import paths
+
+    assert paths.online_store_url() == f"sqlite:///{data_dir / 'online' / 'online.db'}"
+    with open_store(lookback_days=LOOKBACK_DAYS) as s:
+        s.put_merchant_risk(date(2026, 1, 1), {})
+    assert (data_dir / "online" / "online.db").exists()
+    monkeypatch.setenv("ML_ASSETS_ONLINE_STORE", "redis://127.0.0.1:6379/0")
+    assert paths.online_store_url() == "redis://127.0.0.1:6379/0"
+    with pytest.raises(ValueError, match="sqlite:// or redis://"):
+        open_store("postgres://x/y", lookback_days=LOOKBACK_DAYS)
