@@ -18,7 +18,7 @@ from ml_assets.defs.promotion.sensors import model_promotion_sensor
 from ml_assets.defs.resources import LakeResource, MlflowResource
 from ml_assets.lib import paths, registry, tables
 from ml_assets.lib.gates import GATES
-from ml_assets_tests.conftest import check_results, root_environ, run_job, scoped_environ
+from ml_assets_tests.conftest import check_results, load_defs, root_environ, run_job, scoped_environ
 from ml_assets_tests.daemon_support import SensorDaemon
 
 FAST = {"ops": {"fraud_model": {"config": {"n_trials": 2, "num_boost_round": 200}}}}
@@ -62,11 +62,16 @@ def _promote(definitions, instance, tick) -> dg.ExecuteInProcessResult:
     return result
 
 
-@pytest.fixture(scope="module", autouse=True)
-def blue_green():
-    """This module promotes straight to champion (blue-green); canaries have their own test."""
-    with scoped_environ(ML_ASSETS_SERVING_STRATEGY="blue_green"):
-        yield
+# This module promotes straight to champion (blue-green); canaries have their own test.
+BLUE_GREEN = {"ML_ASSETS_SERVING_STRATEGY": "blue_green"}
+
+
+@pytest.fixture(scope="module")
+def small_world(small_world):
+    """conftest's small world, with the location loaded under the blue-green strategy."""
+    root, _, instance = small_world
+    with scoped_environ(**root_environ(root), **BLUE_GREEN):
+        yield root, load_defs(), instance
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +216,7 @@ def test_a_registry_outage_does_not_lose_a_pending_promotion(small_world, state)
     with (
         scoped_environ(
             **root_environ(paths.data_dir()),
+            **BLUE_GREEN,
             MLFLOW_TRACKING_URI=unreachable,
             MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
         ),

@@ -29,7 +29,7 @@ from ml_assets.lib import paths, registry, tables
 from ml_assets.lib.evaluation import score_metrics
 from ml_assets.lib.gates import GATES
 from ml_assets.lib.monitoring import SCORE
-from ml_assets_tests.conftest import DAGSTER_YAML
+from ml_assets_tests.conftest import DAGSTER_YAML, STORE_VARIABLES, root_environ, seed_mlflow_store
 from ml_assets_tests.serving_support import free_port
 from ml_assets_tests.test_definitions import EXPECTED_ASSETS, EXPECTED_CHECKS
 
@@ -159,19 +159,62 @@ def _env(root: Path) -> dict[str, str]:
     }
 
 
+AUDIT = Path(__file__).parent / "audit"  # sitecustomize.py: an audit hook in every process
+
+
+def _audited_env(root: Path) -> dict[str, str]:
+    """What a test run of the pipeline gets when the shell has production's variables (every one of
+    deploy/*.env.example, secrets as stand-ins): the tests' own clearing of every setting, the data
+    root, and the audit hook of `AUDIT` in every Python process, dbt's included. Per-user caches
+    (matplotlib's font list, dbt's user file) and temp files go to folders of the run's own."""
+    from ml_assets_tests.test_deploy_config import PRODUCTION, SECRETS
+
+    shell = os.environ | PRODUCTION | {k: f"stand-in-{k}" for k in SECRETS}
+    env = {k: v for k, v in shell.items() if k not in STORE_VARIABLES and k != "PYTEST_CURRENT_TEST"}
+    scratch = root.parent
+    for folder in ("home", "tmp"):
+        (scratch / folder).mkdir(exist_ok=True)
+    return env | {
+        **root_environ(root),
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # as the Makefile does: dbt and dagster
+        "PYTHONPATH": str(AUDIT),
+        "ML_ASSETS_AUDIT_LOG": str(scratch / "audit.jsonl"),
+        "ML_ASSETS_AUDIT_ALLOWED": str(scratch),
+        "HOME": str(scratch / "home"),
+        "TMPDIR": str(scratch / "tmp"),
+        "PYTHONDONTWRITEBYTECODE": "1",  # bytecode caches would be writes into the repository
+    }
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """A small simulated world (20 days x ~1,000 transactions) on which `make run`'s pipeline ran:
-    ingestion, features, retraining, promotion of the first model, monitoring."""
+    ingestion, features, retraining, promotion of the first model, monitoring. It ran with every
+    production variable set, under the audit hook (see _audited_env)."""
     root = tmp_path_factory.mktemp("clients") / "data"
     (root / "dagster_home").mkdir(parents=True)
     (root / "dagster_home" / "dagster.yaml").write_text(INSTANCE_YAML)
+    seed_mlflow_store(root)
     for args in (["ml_assets.simulate", *WORLD], ["ml_assets.run"]):
         done = subprocess.run(
-            [sys.executable, "-m", *args], cwd=paths.REPO_ROOT, env=_env(root), capture_output=True, text=True
-        )
+            [sys.executable, "-m", *args], cwd=paths.REPO_ROOT, env=_audited_env(root), capture_output=True,
+            text=True,
+        )  # fmt: skip
         assert done.returncode == 0, f"{args[0]} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return root
+
+
+def test_with_production_variables_set_the_pipeline_reached_nothing_outside(world):
+    """The world's whole pipeline ran with every production variable in its environment: no
+    connection left loopback and no file was written outside the run's temp folder. The hook ran
+    in every process that matters: the simulator, the pipeline and each dbt invocation."""
+    audit = world.parent / "audit.jsonl"
+    processes = [json.loads(line)["argv"] for line in Path(f"{audit}.processes").read_text().splitlines()]
+    assert ["-m", "ml_assets.run"] in [argv[1:3] for argv in processes]
+    assert ["-m", "ml_assets.simulate"] in [argv[1:3] for argv in processes]
+    assert any(argv[1].endswith("/dbt") and argv[2] == "build" for argv in processes if len(argv) > 2)
+    found = [json.loads(line) for line in audit.read_text().splitlines()] if audit.exists() else []
+    assert found == [], found[:20]
 
 
 @pytest.fixture

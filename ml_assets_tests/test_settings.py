@@ -73,7 +73,9 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
         "ML_ASSETS_SERVING_STRATEGY": "shadow",
     }.get(
         name,
-        str(tmp_path / "x") if name.endswith(("_DIR", "_URI", "HOME", "WAREHOUSE", "ARTIFACTS")) else "7",
+        str(tmp_path / "x")
+        if name.endswith(("_DIR", "_URI", "HOME", "WAREHOUSE", "ARTIFACTS", "_STORE"))
+        else "7",
     )
     monkeypatch.setenv(name, given)
     assert settings.value(name) == given
@@ -93,6 +95,7 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
         "MLFLOW_TRACKING_URI": paths.mlflow_tracking_uri,
         "ML_ASSETS_MLFLOW_ARTIFACTS": paths.mlflow_artifact_root,
         "DAGSTER_HOME": lambda: str(paths.dagster_home()),
+        "ML_ASSETS_ONLINE_STORE": paths.online_store_url,
     }
     if name in readers:
         assert readers[name]() == given

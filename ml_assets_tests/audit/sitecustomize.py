@@ -15,7 +15,7 @@ _LOCAL_NAMES = {None, "", "localhost", "::1", "0.0.0.0", __import__("socket").ge
 
 def _record(kind: str, detail: str) -> None:
     with open(_LOG, "a") as out:  # inside an allowed folder: not recorded itself
-        out.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[:3], kind: detail}) + "\n")
+        out.write(json.dumps({"pid": os.getpid(), "argv": sys.orig_argv[:4], kind: detail}) + "\n")
 
 
 def _loopback(address) -> bool:
@@ -49,4 +49,6 @@ def _hook(event: str, args) -> None:
 
 
 if _LOG:
+    with open(f"{_LOG}.processes", "a") as out:  # which processes ran audited: the test's control
+        out.write(json.dumps({"pid": os.getpid(), "argv": sys.orig_argv[:4]}) + "\n")
     sys.addaudithook(_hook)
