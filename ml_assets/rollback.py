@@ -15,18 +15,33 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    import dagster as dg
-
-    from ml_assets.definitions import defs
-
     ap = argparse.ArgumentParser(prog="python -m ml_assets.rollback", description=__doc__.split("\n\n")[0])
     ap.add_argument("--reason", required=True, help="why: recorded on the materialization and the version")
     ap.add_argument("--actor", default=getpass.getuser(), help="who asks (default: the current user)")
     args = ap.parse_args(argv)
+
+    from mlflow import MlflowClient
+
+    from ml_assets.lib import deployment, paths
+    from ml_assets.lib.settings import value
+
+    # An expected refusal is one line, said before any run starts (the job asks the same rule).
+    uri, name = paths.mlflow_tracking_uri(), value("ML_ASSETS_MODEL_NAME")
+    try:
+        deployment.rollback_target(MlflowClient(tracking_uri=uri, registry_uri=uri), name)
+    except deployment.NothingToRollBack as refusal:
+        print(f"not rolled back: {refusal}")
+        return 1
+
+    import dagster as dg
+
+    from ml_assets.definitions import defs
+
     config = {
         "ops": {
             "deployed_model": {"config": {"action": "rollback", "reason": args.reason, "actor": args.actor}}
-        }
+        },
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
     }
     result = (
         defs()

@@ -8,7 +8,10 @@ rollback to v1, then v4 promoted through a registry outage, then v5 trained on a
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import dagster as dg
 import polars as pl
@@ -194,6 +197,16 @@ def test_rollback_restores_the_previous_champion_and_then_refuses(small_world, s
     assert not again.success
     failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
     assert "nothing to roll back to" in failure.step_failure_data.user_failure_data.description
+    # `make rollback` says the same refusal as one line, and exits non-zero.
+    cli = subprocess.run(
+        [sys.executable, "-m", "ml_assets.rollback", "--reason", "test"],
+        cwd=paths.REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert (cli.stdout + cli.stderr).splitlines() == [
+        f"not rolled back: nothing to roll back to: fraud_detector has no 'previous_champion' alias "
+        f"(champion is {state['v1']})"
+    ]
 
 
 def test_a_registry_outage_does_not_lose_a_pending_promotion(small_world, state):

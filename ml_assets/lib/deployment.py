@@ -34,8 +34,9 @@ def promote(client, name: str, version: str) -> Move:
     return Move("promote", str(version), old, old)
 
 
-def rollback(client, name: str, reason: str) -> Move:
-    """Put previous_champion back as champion. The rolled-back version is tagged with why."""
+def rollback_target(client, name: str) -> tuple[str, str | None]:
+    """(the version a rollback would serve, the champion it would replace); NothingToRollBack
+    when there is none. The one rule for both the rollback job and the command that asks first."""
     previous = alias_version(client, name, PREVIOUS_CHAMPION)
     current = alias_version(client, name, CHAMPION)
     if previous is None:
@@ -43,6 +44,12 @@ def rollback(client, name: str, reason: str) -> Move:
             f"nothing to roll back to: {name} has no '{PREVIOUS_CHAMPION}' alias "
             f"(champion is {current or 'unset'})"
         )
+    return previous, current
+
+
+def rollback(client, name: str, reason: str) -> Move:
+    """Put previous_champion back as champion. The rolled-back version is tagged with why."""
+    previous, current = rollback_target(client, name)
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
     if current is not None:
