@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import zlib
 from dataclasses import dataclass
@@ -71,6 +72,18 @@ def list_partition(folder: Path) -> list[Entry]:
             why = None
         entries.append(Entry(path, why))
     return entries
+
+
+def fingerprint(folder: Path) -> str:
+    """What upstream has delivered in a partition folder, as a short hash: name, size and
+    modification time of every file that counts (ignored entries don't). Ingestion records it
+    in the lake for each day it ingests; the landing sensor compares it with the folder's now."""
+    parts = []
+    for entry in list_partition(folder):
+        if entry.ignored_because is None:
+            st = entry.path.stat()
+            parts.append(f"{entry.path.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _decode(path: Path) -> bytes | FileProblem:

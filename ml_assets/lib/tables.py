@@ -2,6 +2,9 @@
 
 BRONZE = {"transactions": "bronze/transactions", "labels": "bronze/labels"}
 QUARANTINE = {"transactions": "quarantine/transactions", "labels": "quarantine/labels"}
+# What ingestion has taken in: each day's landing fingerprint, written after its bronze and
+# quarantine commits. The landing sensor compares landing with it (a cursor can be lost).
+DELIVERED = {"transactions": "ingestion/delivered/transactions", "labels": "ingestion/delivered/labels"}
 TRAINING_SET = "training/training_set"
 BATCH_PREDICTIONS = "predictions/batch_predictions"
 # Every prediction the serving service makes (ml_assets.serving.inference_log), by scored day.

@@ -7,7 +7,7 @@ that day in both tables, so the same landing files always give the same tables.
 
 import time
 from collections import Counter
-from datetime import date
+from datetime import UTC, date, datetime
 
 import dagster as dg
 import polars as pl
@@ -18,27 +18,48 @@ from ml_assets.defs.resources import LakeResource, LandingResource
 from ml_assets.lib import tables
 from ml_assets.lib.contract import LABELS, TRANSACTIONS, Feed
 from ml_assets.lib.ingest import QUARANTINE_SCHEMA, IngestResult, ingest_partition
+from ml_assets.lib.landing import fingerprint
 
 # Days are written to Delta in batches of about this many rows: one commit per batch, not per
 # day, keeps a long backfill from piling up thousands of tiny commits.
 BATCH_ROWS = 2_000_000
 
 
+# One row per ingested day: the landing fingerprint of the files that day's run read.
+DELIVERED_SCHEMA = {
+    "day": pl.Date(),
+    "fingerprint": pl.String(),
+    "files_read": pl.Int64(),
+    "ingested_at": pl.Datetime("us", "UTC"),
+    "run_id": pl.String(),
+}
+
+
+def delivered(lake: LakeResource, feed: str) -> dict[str, str]:
+    """Day -> the landing fingerprint ingestion last took in for it (what is really done)."""
+    if not lake.exists(tables.DELIVERED[feed]):
+        return {}
+    frame = lake.scan(tables.DELIVERED[feed]).select("day", "fingerprint").collect()
+    return {d.isoformat(): fp for d, fp in frame.iter_rows()}
+
+
 def _ingest(context: dg.AssetExecutionContext, feed: Feed, lake: LakeResource, landing: LandingResource):
     days = [date.fromisoformat(k) for k in context.partition_keys]
     known = _keys_outside(feed, lake, days)
     totals: Counter = Counter()
-    batch: list[tuple[IngestResult, float]] = []
+    batch: list[tuple[IngestResult, float, str]] = []
     for day in days:
         started = time.perf_counter()
-        result = ingest_partition(feed, landing.partition_dir(feed.name, day.isoformat()), day, known)
+        folder = landing.partition_dir(feed.name, day.isoformat())
+        delivery = fingerprint(folder)  # before reading: a file landing meanwhile is new work
+        result = ingest_partition(feed, folder, day, known)
         if known is not None:
             known = pl.concat([known, result.bronze.select(known.columns)])
         stats = result.stats()
         totals.update(stats)
         context.log.info(f"{feed.name} {day}: {stats}")
-        batch.append((result, time.perf_counter() - started))
-        if sum(r.bronze.height for r, _ in batch) >= BATCH_ROWS or day == days[-1]:
+        batch.append((result, time.perf_counter() - started, delivery))
+        if sum(r.bronze.height for r, _, _ in batch) >= BATCH_ROWS or day == days[-1]:
             _write_batch(context, feed, lake, batch)
             batch = []
     return dg.MaterializeResult(
@@ -50,19 +71,35 @@ def _ingest(context: dg.AssetExecutionContext, feed: Feed, lake: LakeResource, l
     )
 
 
-def _write_batch(context, feed: Feed, lake: LakeResource, batch: list[tuple[IngestResult, float]]) -> None:
-    """Replace the batch's days in bronze and quarantine, then record each day's metadata."""
-    days = [r.partition for r, _ in batch]
+def _write_batch(
+    context, feed: Feed, lake: LakeResource, batch: list[tuple[IngestResult, float, str]]
+) -> None:
+    """Replace the batch's days in bronze and quarantine, record what was taken in (after both:
+    a day is done only once its data is written), then each day's metadata."""
+    days = [r.partition for r, _, _ in batch]
     bronze, quarantine = tables.BRONZE[feed.name], tables.QUARANTINE[feed.name]
     bronze_version = lake.write_partitions(
-        bronze, pl.concat([r.bronze for r, _ in batch]), partition_column=feed.partition_column,
+        bronze, pl.concat([r.bronze for r, _, _ in batch]), partition_column=feed.partition_column,
         partitions=days, schema=feed.bronze_schema(),
     )  # fmt: skip
     quarantine_version = lake.write_partitions(
-        quarantine, pl.concat([r.quarantine for r, _ in batch]), partition_column=feed.partition_column,
+        quarantine, pl.concat([r.quarantine for r, _, _ in batch]), partition_column=feed.partition_column,
         partitions=days, schema={**QUARANTINE_SCHEMA, feed.partition_column: pl.Date()},
     )  # fmt: skip
-    for result, seconds in batch:
+    now = datetime.now(UTC)
+    taken_in = pl.DataFrame(
+        [(r.partition, fp, len(r.files_read), now, context.run.run_id) for r, _, fp in batch],
+        schema=DELIVERED_SCHEMA,
+        orient="row",
+    )
+    lake.write_partitions(
+        tables.DELIVERED[feed.name],
+        taken_in,
+        partition_column="day",
+        partitions=days,
+        schema=DELIVERED_SCHEMA,
+    )
+    for result, seconds, _ in batch:
         context.add_asset_metadata(
             _partition_metadata(result, lake.uri(bronze), bronze_version, quarantine_version)
             | {"seconds": round(seconds, 2)},

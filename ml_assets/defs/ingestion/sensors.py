@@ -1,33 +1,25 @@
 """Notice new or re-delivered landing files and ingest the days they touch.
 
-The cursor maps each feed's day to a fingerprint of the files that count for it (name, size and
-modification time of every `*.csv[.gz]`). A day is requested when its fingerprint changes; the run
-key carries the fingerprint, so Dagster never launches the same delivery twice even if a tick
-fails after requesting runs (the cursor is only saved on a successful tick).
+What is done lives in the lake, not in the cursor: ingestion records, for each day it takes in, a
+fingerprint of the files it read (name, size and modification time of every `*.csv[.gz]`), after
+the day's data is written (`tables.DELIVERED`). A day is requested when landing's fingerprint now
+differs from the lake's, so a fresh or reset cursor, a moved DAGSTER_HOME or a `make run` before
+`make dev` asks only for what really changed. The run key carries the fingerprint, so Dagster
+launches a delivery once while its run is queued or running.
 """
 
 import hashlib
-import json
 from datetime import date, timedelta
 
 import dagster as dg
 
+from ml_assets.defs.ingestion.assets import delivered
 from ml_assets.defs.policies import daily_partitions
-from ml_assets.defs.resources import LandingResource
-from ml_assets.lib.landing import list_partition
+from ml_assets.defs.resources import LakeResource, LandingResource
+from ml_assets.lib.landing import fingerprint
 
 ASSETS = {"transactions": dg.AssetKey("raw_transactions"), "labels": dg.AssetKey("raw_labels")}
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-
-
-def fingerprint(landing: LandingResource, feed: str, day: str) -> str:
-    """What upstream has delivered for a day, as a short hash (ignored entries don't count)."""
-    parts = []
-    for entry in list_partition(landing.partition_dir(feed, day)):
-        if entry.ignored_because is None:
-            st = entry.path.stat()
-            parts.append(f"{entry.path.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _ranges(days: list[str]) -> list[tuple[str, str]]:
@@ -47,19 +39,20 @@ def _ranges(days: list[str]) -> list[tuple[str, str]]:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests ingestion of every landing day whose files are new or re-delivered.",
 )
-def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource) -> dg.SensorResult:
-    cursor: dict[str, dict[str, str]] = json.loads(context.cursor or "{}")
+def landing_sensor(
+    context: dg.SensorEvaluationContext, landing: LandingResource, lake: LakeResource
+) -> dg.SensorResult:
     valid_days = set(daily_partitions.get_partition_keys())
     requests, skipped = [], []
     for feed, asset in ASSETS.items():
-        seen = cursor.setdefault(feed, {})
+        done = delivered(lake, feed)
         changed = {}
         for day in landing.partition_days(feed):
             if day not in valid_days:
                 skipped.append(f"{feed}/date={day}")
                 continue
-            fp = fingerprint(landing, feed, day)
-            if seen.get(day) != fp:
+            fp = fingerprint(landing.partition_dir(feed, day))
+            if done.get(day) != fp:
                 changed[day] = fp
         for first, last in _ranges(list(changed)):
             key = hashlib.sha256(
@@ -74,9 +67,8 @@ def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource
                     tags=tags,
                 )
             )
-        seen.update(changed)
     if skipped:
         context.log.info(f"ignoring folders outside the partition range: {', '.join(skipped[:10])}")
     if not requests:
-        return dg.SensorResult(skip_reason="no new or re-delivered landing files", cursor=json.dumps(cursor))
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
+        return dg.SensorResult(skip_reason="every landing day is ingested as delivered")
+    return dg.SensorResult(run_requests=requests)
