@@ -9,14 +9,29 @@ from pathlib import Path
 import dagster as dg
 
 
+def _executor() -> dg.ExecutorDefinition:
+    """The executor the setting ML_ASSETS_EXECUTOR names. In process by default: one import of the
+    stack per run, instead of one per step (each step of the multiprocess executor pays ~4-5 s of
+    imports on a small box); multiprocess where steps of one run should run side by side."""
+    from ml_assets.lib.settings import value
+
+    name = value("ML_ASSETS_EXECUTOR")
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    executors = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+    if name not in executors:
+        raise ValueError(f"ML_ASSETS_EXECUTOR must be in_process, multiprocess or k8s, not {name!r}")
+    return executors[name]
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
         dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
         dg.Definitions(
-            # In process: one import of the stack per run, instead of one per step (each step of
-            # the multiprocess executor pays ~4-5 s of imports on a small box).
-            executor=dg.in_process_executor,
+            executor=_executor(),
             # Declared here, running by default: the one Dagster adds when none is declared starts
             # stopped, and features would not follow ingestion until someone found its toggle.
             sensors=[

@@ -114,6 +114,11 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
             "ML_ASSETS_ALERT_WEBHOOK": lambda: resources["alerts"].webhook_url.get_value(),
         }[name]()
         assert got == given
+    elif name == "ML_ASSETS_EXECUTOR":
+        monkeypatch.setenv(name, "multiprocess")
+        from ml_assets_tests.conftest import load_defs
+
+        assert load_defs().get_repository_def().get_job("ingestion_job").executor_def.name == "multiprocess"
     elif name == "ML_ASSETS_START_DATE":
         import subprocess
         import sys

@@ -50,6 +50,12 @@ SETTINGS: dict[str, Setting] = {
             "sqlite:///<data>/online/online.db",
             "The serving's online store: an SQLite file, or redis://host:port/db shared by replicas.",
         ),
+        Setting(
+            "ML_ASSETS_EXECUTOR",
+            "in_process",
+            "How a run executes its steps: in_process (one import of the stack per run), multiprocess, "
+            "or k8s (a pod per step).",
+        ),
         Setting("ML_ASSETS_START_DATE", "2026-01-01", "The first daily partition."),
         Setting("ML_ASSETS_MODEL_NAME", "fraud_detector", "The registered model that is trained and served."),
         Setting(
