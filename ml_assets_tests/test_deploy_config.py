@@ -104,10 +104,50 @@ def test_dagster_yaml_validates_and_names_the_production_classes(production_env,
     )  # fmt: skip
     assert config["run_launcher"]["job_namespace"] == PRODUCTION["DAGSTER_K8S_JOB_NAMESPACE"]
     assert config["run_launcher"]["env_config_maps"] == [PRODUCTION["ML_ASSETS_ENV_CONFIG_MAP"]]
-    queue = int(PRODUCTION["DAGSTER_MAX_CONCURRENT_RUNS"])
-    assert config["run_coordinator"]["max_concurrent_runs"] == queue
+    runs = ref.settings["concurrency"]["runs"]
+    assert runs["max_concurrent_runs"] == 8
+    assert runs["tag_concurrency_limits"] == [{"key": "dagster/backfill", "limit": 4}]
+    # The dbt step's pool (the DuckDB warehouse takes one writer) has one slot.
+    assert ref.settings["concurrency"]["pools"] == {"default_limit": 1}
     assert config["compute_logs"]["bucket"] == PRODUCTION["DAGSTER_COMPUTE_LOG_BUCKET"]
     assert ref.settings["run_monitoring"]["enabled"] and ref.settings["telemetry"] == {"enabled": False}
+
+
+def test_deploy_dagster_yaml_is_the_template_rendered_with_productions_values():
+    from ml_assets.lib import dagster_instance
+
+    assert (DEPLOY / "dagster.yaml").read_text() == dagster_instance.render(dagster_instance.PRODUCTION), (
+        "deploy/dagster.yaml is rendered: edit deploy/dagster.yaml.template, then run "
+        "`python -m ml_assets.lib.dagster_instance`"
+    )
+
+
+def test_the_stacks_dagster_yaml_renders_from_the_same_template_and_validates(tmp_path, monkeypatch):
+    from dagster._core.launcher import DefaultRunLauncher
+    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+    from dagster_postgres import DagsterPostgresStorage
+
+    from ml_assets.lib import dagster_instance
+
+    home = tmp_path / "home"
+    home.mkdir()
+    text = dagster_instance.render(dagster_instance.stack(pg_port=15432, compute_logs_dir=tmp_path / "logs"))
+    (home / "dagster.yaml").write_text(text)
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "stand-in")
+    ref, parts = _instance_parts(home, config_dir=home)
+    assert {part: klass for part, (klass, _) in parts.items() if part != "run_coordinator"} == {
+        "storage": DagsterPostgresStorage,
+        "run_launcher": DefaultRunLauncher,
+        "compute_logs": LocalComputeLogManager,
+    }
+    failed = {part: [e.message for e in r.errors] for part, (_, r) in parts.items() if not r.success}
+    assert not failed
+    db = parts["storage"][1].value["postgres_db"]
+    assert (db["hostname"], db["port"], db["password"]) == ("127.0.0.1", 15432, "stand-in")
+    # Everything but the launcher, the database's address and the step logs is production's.
+    assert ref.settings["concurrency"]["pools"] == {"default_limit": 1}
+    assert ref.settings["run_retries"] == yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["run_retries"]
+    assert "{env: DAGSTER_PG_PASSWORD}" in text and "$" not in text
 
 
 def test_dagster_yaml_is_rejected_when_wrong(production_env, tmp_path, monkeypatch):

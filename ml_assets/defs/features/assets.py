@@ -50,6 +50,11 @@ class FeatureTranslator(DagsterDbtTranslator):
     partitions_def=daily_partitions,
     backfill_policy=one_run_per_range,
     retry_policy=storage_retry,
+    # The warehouse is one DuckDB database, and DuckDB takes one writing process at a time: with
+    # runs side by side (the stack's queue, a backfill) a second dbt step would fail on the file's
+    # lock. The instance limits this pool to one slot (deploy/dagster.yaml.template), so the step
+    # waits for the pool instead.
+    pool="warehouse",
 )
 def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """Run `dbt build` for the run's days: load them into the warehouse, compute their features
