@@ -18,7 +18,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help setup run dev serve test lint chromium redis-server bench lock clean mlflow-ui rollback retrain kserve
+.PHONY: help setup run dev serve test lint chromium redis-server bench lock clean mlflow-ui rollback retrain kserve \
+	stack stack-status stack-down test-stack
 
 help:
 	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
@@ -31,6 +32,9 @@ help:
 	@echo "make retrain VERSION=3               retrain a model version from its pinned snapshot"
 	@echo "make rollback REASON='why'           champion back to previous_champion"
 	@echo "make kserve                          render deploy/kserve/fraud-detector.yaml (KServe) from the registry's aliases"
+	@echo "make stack / stack-status / stack-down  the production topology on this box (PostgreSQL, S3, MLflow, Redis, Dagster, 2 replicas)"
+	@echo "make run STACK=1                     any target, against the running stack (its stack.env)"
+	@echo "make test-stack                      the stack's smoke test (minutes; not part of make test)"
 
 # The environment is rebuilt whenever the lock or the project changes.
 $(VENV)/.synced: requirements.lock pyproject.toml
@@ -51,16 +55,21 @@ $(MANIFEST): $(VENV)/.synced $(DBT_FILES)
 setup: $(VENV)/.synced $(MANIFEST)
 	@mkdir -p $(DAGSTER_HOME)
 
+# `make <target> STACK=1`: the recipe runs with the stack's settings (`make stack` writes them):
+# its PostgreSQL-backed DAGSTER_HOME, the lake on its object store, its MLflow server and Redis.
+STACK_ENV := $(ML_ASSETS_DATA_DIR)/stack/stack.env
+IN_STACK := $(if $(STACK),set -a && . $(STACK_ENV) && set +a &&,)
+
 run: setup
-	$(PY) -m ml_assets.simulate --if-empty
-	$(PY) -m ml_assets.run
+	$(IN_STACK) $(PY) -m ml_assets.simulate --if-empty
+	$(IN_STACK) $(PY) -m ml_assets.run
 
 dev: setup
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 # Serves models:/$${ML_ASSETS_MODEL_NAME:-fraud_detector}@champion from the data root's registry.
 serve: setup
-	$(PY) -m ml_assets.serving --host 127.0.0.1 --port 8000
+	$(IN_STACK) $(PY) -m ml_assets.serving --host 127.0.0.1 --port 8000
 
 lint: setup
 	$(VENV)/bin/ruff check ml_assets ml_assets_tests bench
@@ -94,6 +103,27 @@ redis-server:
 test: lint chromium redis-server
 	$(VENV)/bin/dg check defs
 	$(VENV)/bin/pytest
+
+# The production topology on one box (ml_assets/stack.py): every part in the background on
+# 127.0.0.1, its state under $(ML_ASSETS_DATA_DIR)/stack. `stack` returns once each part is
+# healthy; `stack-down` stops them by their recorded PIDs and keeps the data. The stack's own
+# webserver and daemon stand for `make dev` (a second daemon would tick the same sensors).
+stack: setup redis-server
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+	  $(APT_INSTALL) postgresql >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
+	$(PY) -m ml_assets.stack up
+
+stack-status: setup
+	@$(PY) -m ml_assets.stack status
+
+stack-down: setup
+	$(PY) -m ml_assets.stack down
+
+# Its smoke test: brings a stack up in a temp data root, runs one day's ingestion through it, and
+# takes it down. Not in `make test`: its tests carry the marker `stack`, which pytest's addopts
+# deselect unless asked for (pyproject.toml).
+test-stack: setup redis-server
+	$(VENV)/bin/pytest -m stack ml_assets_tests/stack
 
 bench: setup
 	$(PY) -m bench

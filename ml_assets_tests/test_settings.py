@@ -126,6 +126,11 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
         code = "from ml_assets.defs.policies import daily_partitions as d; print(d.start.date())"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == given
+    elif name == "ML_ASSETS_STACK_PORT_BASE":
+        from ml_assets.stack import PARTS, Stack
+
+        monkeypatch.setenv("ML_ASSETS_DATA_DIR", str(tmp_path / "data"))  # a stack never started
+        assert list(Stack.here().ports.values()) == [int(given) + i for i in range(len(PARTS))]
     else:
         assert name == "MLFLOW_REGISTRY_URI"  # read by MLflow itself; the table lists it to clear it
 

@@ -115,3 +115,9 @@ def online_store_url() -> str:
     embedded SQLite file under the data root by default, or a shared Redis such as
     redis://127.0.0.1:6379/0 when several replicas must see the same card histories."""
     return value("ML_ASSETS_ONLINE_STORE") or f"sqlite:///{data_dir() / 'online' / 'online.db'}"
+
+
+def stack_dir() -> Path:
+    """The one-box stack's state (`make stack`, ml_assets/stack.py): PostgreSQL's and Redis's data,
+    the stack's DAGSTER_HOME, its ports, PID files, logs and stack.env."""
+    return data_dir() / "stack"

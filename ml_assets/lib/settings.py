@@ -72,6 +72,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("ML_ASSETS_SERVING_MAX_BATCH", "1000", "More transactions in one request get 413."),
         Setting("ML_ASSETS_SERVING_LOG_FLUSH_SECONDS", "5.0", "The inference log is written this often."),
         Setting("ML_ASSETS_SERVING_LOG_MAX_ROWS", "200000", "Rows queued for the log writer, at most."),
+        Setting(
+            "ML_ASSETS_STACK_PORT_BASE",
+            None,
+            "make stack: the first of 8 consecutive loopback ports of its parts (free ports if unset).",
+        ),
         # Read by MLflow itself, never by the project: cleared by tests all the same.
         Setting("MLFLOW_REGISTRY_URI", None, "MLflow's registry, if not the tracking store."),
     )
@@ -85,6 +90,13 @@ def value(name: str) -> str | None:
     if given:
         return given
     return None if setting.default is None or "<" in setting.default else setting.default
+
+
+def environment_without_settings() -> dict[str, str]:
+    """The process's environment less every setting of this table: what a program this project
+    starts (the stack's servers) inherits before it gets its own settings, so that a shell with
+    production's variables can't point it elsewhere. PATH, HOME, locale and the like stay."""
+    return {k: v for k, v in os.environ.items() if k not in SETTINGS}
 
 
 def markdown() -> str:
