@@ -123,7 +123,7 @@ stack-down: setup
 # takes it down. Not in `make test`: its tests carry the marker `stack`, which pytest's addopts
 # deselect unless asked for (pyproject.toml).
 test-stack: setup redis-server
-	$(VENV)/bin/pytest -m stack ml_assets_tests/stack
+	$(VENV)/bin/pytest -m stack -rP ml_assets_tests/stack
 
 bench: setup
 	$(PY) -m bench
