@@ -102,6 +102,9 @@ def test_loaded_with_an_online_store_it_scores_with_the_live_history_and_records
     assert [(d.transaction_id, d.arm, d.model_version) for d in queued] == [
         (f"tx-{i}", "pyfunc", "2") for i in range(4)
     ]
+    # Each call saw the calls before it (rows an hour apart on one card), as features, not only as
+    # scores (these test models hardly use the history features).
+    assert [d.features["card_tx_count_24h"] for d in queued] == [0, 1, 2, 3]
     drain(str(data_dir / "lake"), url)
     log = pl.read_delta(str(data_dir / "lake" / "serving" / "inference_log"))
     assert sorted(log["transaction_id"]) == [f"tx-{i}" for i in range(4)]

@@ -333,3 +333,41 @@ def test_edges_same_instants_window_edges_and_retries(data_dir, tmp_path):
     assert by_id["after"]["card_tx_count_1h"] == 3  # the three at t (hr is now a microsecond too old)
     # The three at t are exactly on later's 1h edge; the retry's amount (99) was never history.
     assert (by_id["later"]["card_tx_count_1h"], by_id["later"]["card_amount_sum_1h"]) == (4, 1 + 2 + 10 + 10)
+
+
+def test_a_day_whose_risk_is_not_written_yet_scores_with_the_latest_and_says_stale(data_dir):
+    """Merchant risk comes from the store, never from bronze: the day's table when the feed has
+    written it, else the latest earlier day's, and the decision says stale_risk."""
+    from fastapi.testclient import TestClient
+
+    from ml_assets.lib import paths
+    from ml_assets.serving.app import create_app
+    from ml_assets.serving.online_store import open_store
+    from ml_assets.serving.service import Service
+    from ml_assets.serving.settings import ServingSettings
+    from ml_assets_tests.serving_support import shared_registry
+
+    registry = shared_registry()
+    store = paths.online_store_url()
+    with open_store(store, lookback_days=PARAMS.card_lookback_days) as s:
+        s.put_merchant_risk(date(2026, 1, 14), {"edge-m": (7, 3)})
+        s.put_merchant_risk(date(2026, 1, 16), {"edge-m": (40, 1)})
+    settings = ServingSettings(
+        registry.tracking_uri, store, model_name=registry.register(aliases={"champion": 1})
+    )
+    weight = PARAMS.merchant_prior_weight
+    with TestClient(create_app(Service(settings))) as client:
+        for day, (labels, frauds), stale in (
+            ("15", (7, 3), True),
+            ("16", (40, 1), False),
+            ("20", (40, 1), True),
+        ):
+            body = _request(f"r-{day}", int(datetime(2026, 1, int(day), 9, tzinfo=UTC).timestamp() * US))
+            [p] = client.post("/predict", json=body).json()["predictions"]
+            assert p["stale_risk"] is stale, day
+            # The decision's features: what the model saw.
+            with open_store(store, lookback_days=PARAMS.card_lookback_days) as s:
+                [decision] = [d for d in s.read_decisions(None, 100)[0] if d.transaction_id == f"r-{day}"]
+            assert decision.features["merchant_labels_window"] == labels
+            rate = (frauds + PARAMS.merchant_prior_rate * weight) / (labels + weight)
+            assert decision.features["merchant_fraud_rate"] == pytest.approx(rate)
