@@ -95,7 +95,11 @@ CURSOR_SCHEMA = {
 
 def read_cursor(lake: LakeResource, store: str) -> str | None:
     """The consumer cursor of `store` (its redacted URL) kept in the lake: where the last drain
-    that wrote the log stopped."""
+    that wrote the log stopped.
+
+    Cursors only order within one store's life (an SQLite file's sequence, a Redis stream's ids):
+    a store replaced by an empty one at the same URL must have its row removed from
+    `serving/inference_log_cursor`, or the drain would skip (and ack) its first decisions."""
     if not lake.exists(tables.INFERENCE_LOG_CURSOR):
         return None
     found = lake.scan(tables.INFERENCE_LOG_CURSOR).filter(pl.col("store") == store).collect()
