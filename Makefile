@@ -23,7 +23,7 @@ export PATH := $(VENV)/bin:$(PATH)
 help:
 	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
 	@echo "make dev    the Dagster UI on http://127.0.0.1:3000"
-	@echo "make serve  the scoring service on http://127.0.0.1:8000 (the registry's champion)"
+	@echo "make serve  the scoring service on http://127.0.0.1:8000 (the registry's champion; WORKERS=2: two processes)"
 	@echo "make test   set up, lint, validate the definitions, run the tests"
 	@echo "make bench  the benchmarks in bench/ (minutes; big data)"
 	@echo "make lock   recompile requirements.lock from pyproject.toml"
@@ -59,8 +59,10 @@ dev: setup
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 # Serves models:/$${ML_ASSETS_MODEL_NAME:-fraud_detector}@champion from the data root's registry.
+# WORKERS processes on the one port, sharing card history and decisions through the online store.
+WORKERS ?= 1
 serve: setup
-	$(PY) -m ml_assets.serving --host 127.0.0.1 --port 8000
+	$(PY) -m ml_assets.serving --host 127.0.0.1 --port 8000 --workers $(WORKERS)
 
 lint: setup
 	$(VENV)/bin/ruff check ml_assets ml_assets_tests bench

@@ -47,6 +47,7 @@ def main() -> int:
     steps = [
         ("ingestion_job", f"ingest {first}..{last} into bronze", days, {}),
         ("features_job", f"build the dbt features of {first}..{last}", days, {}),
+        ("serving_state_job", f"feed the online store from bronze for {first}..{last}", days, {}),
         ("retraining_job", "snapshot, train, tune and validate a model", {}, {}),
     ]
     summary = []

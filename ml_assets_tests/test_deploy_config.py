@@ -142,6 +142,9 @@ def test_the_code_location_takes_the_production_environment(production_env):
     webhook = resources["alerts"].webhook_url
     assert isinstance(webhook, dg.EnvVar) and webhook.env_var_name == "ML_ASSETS_ALERT_WEBHOOK"
     assert webhook.get_value() == "stand-in-ML_ASSETS_ALERT_WEBHOOK"
+    # The online store's URL carries Redis's password: a variable's name too.
+    store = resources["online_store"].url
+    assert isinstance(store, dg.EnvVar) and store.env_var_name == "ML_ASSETS_ONLINE_STORE"
     # Nothing local was made: no lake, and the data root's MLflow folder holds only the empty store
     # the fixture put there.
     assert not (production_env / "lake").exists()
