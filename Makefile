@@ -48,8 +48,10 @@ DBT_FILES := $(shell find dbt_project/models dbt_project/tests dbt_project/macro
 $(MANIFEST): $(VENV)/.synced $(DBT_FILES)
 	cd dbt_project && $(VENV)/bin/dbt parse --profiles-dir . --quiet
 
+# The local instance's settings (run queue limits, no telemetry), unless DAGSTER_HOME has its own.
 setup: $(VENV)/.synced $(MANIFEST)
-	@mkdir -p $(DAGSTER_HOME)
+	@mkdir -p "$(DAGSTER_HOME)"
+	@test -f "$(DAGSTER_HOME)/dagster.yaml" || cp dagster.local.yaml "$(DAGSTER_HOME)/dagster.yaml"
 
 run: setup
 	$(PY) -m ml_assets.simulate --if-empty

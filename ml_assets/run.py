@@ -69,7 +69,7 @@ def main() -> int:
         # What the running promotion sensor would do in `make dev`: one tick, and its run requests.
         from ml_assets.defs.promotion.sensors import model_promotion_sensor as sensor
 
-        resources = {"mlflow": build_resources()["mlflow"]}
+        resources = {k: v for k, v in build_resources().items() if k in sensor.required_resource_keys}
         tick = sensor(dg.build_sensor_context(instance=instance, resources=resources))
         for request in tick.run_requests or []:
             reason = request.run_config["ops"]["deployed_model"]["config"]["reason"]

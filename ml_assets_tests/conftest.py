@@ -175,13 +175,15 @@ def run_job(
     partition: str | None = None,
     days: tuple[str, str] | None = None,
     run_config=None,
+    tags: dict[str, str] | None = None,
 ):
-    """Execute one of the location's jobs in process, for one day or a range of days."""
+    """Execute one of the location's jobs in process, for one day or a range of days, with `tags`
+    (a sensor's request's, say) on the run."""
     import dagster as dg
 
-    tags = {}
+    tags = dict(tags or {})
     if days:
-        tags = {
+        tags |= {
             "dagster/asset_partition_range_start": days[0],
             "dagster/asset_partition_range_end": days[1],
         }
