@@ -371,3 +371,33 @@ def test_a_day_whose_risk_is_not_written_yet_scores_with_the_latest_and_says_sta
             assert decision.features["merchant_labels_window"] == labels
             rate = (frauds + PARAMS.merchant_prior_rate * weight) / (labels + weight)
             assert decision.features["merchant_fraud_rate"] == pytest.approx(rate)
+
+
+def _store_contents(url: str) -> str:
+    """An order-independent hash of every row of an SQLite store's history and merchant risk."""
+    import hashlib
+    import sqlite3
+
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as con:
+        rows = sorted(
+            f"{table}:{row}"
+            for table in ("history", "risk_days", "merchant_risk")
+            for row in con.execute(f"select * from {table}")  # noqa: S608  (our own table names)
+        )
+    con.close()
+    return f"{len(rows)} rows {hashlib.sha256(chr(10).join(rows).encode()).hexdigest()[:16]}"
+
+
+def test_the_feed_materialized_twice_leaves_the_store_as_it_was(fed_store, small_world, tmp_path):
+    """Materializing `online_store_feed` again for days it already fed (a backfill, a retry) adds
+    nothing to the store and changes nothing in it: history is idempotent by transaction_id, and
+    each day's merchant risk is replaced whole by the same table."""
+    from ml_assets.lib import paths
+    from ml_assets_tests.serving_support import feed, materialization
+
+    url = _store_copy(fed_store, tmp_path)
+    before = _store_contents(url)
+    again = feed(paths.lake_uri(), url, "2026-01-10", "2026-01-16")
+    meta = materialization(again, "online_store_feed")
+    assert meta["total_transactions"] > 0 and meta["total_rows_upserted"] == 0
+    assert _store_contents(url) == before and not before.startswith("0 rows")
