@@ -24,7 +24,7 @@ export PATH := $(VENV)/bin:$(PATH)
 help:
 	@echo "make run    set up, write the demo feed if landing is empty, run the whole pipeline"
 	@echo "make dev    the Dagster UI on http://127.0.0.1:3000"
-	@echo "make serve  the scoring service on http://127.0.0.1:8000 (the registry's champion)"
+	@echo "make serve  the scoring service on http://127.0.0.1:8000 (the registry's champion; WORKERS=2: two processes)"
 	@echo "make test   set up, lint, validate the definitions, run the tests"
 	@echo "make bench  the benchmarks in bench/ (minutes; big data)"
 	@echo "make lock   recompile requirements.lock from pyproject.toml"
@@ -52,8 +52,10 @@ DBT_FILES := $(shell find dbt_project/models dbt_project/tests dbt_project/macro
 $(MANIFEST): $(VENV)/.synced $(DBT_FILES)
 	cd dbt_project && $(VENV)/bin/dbt parse --profiles-dir . --quiet
 
+# The local instance's settings (run queue limits, no telemetry), unless DAGSTER_HOME has its own.
 setup: $(VENV)/.synced $(MANIFEST)
-	@mkdir -p $(DAGSTER_HOME)
+	@mkdir -p "$(DAGSTER_HOME)"
+	@test -f "$(DAGSTER_HOME)/dagster.yaml" || cp dagster.local.yaml "$(DAGSTER_HOME)/dagster.yaml"
 
 # `make <target> STACK=1`: the recipe runs with the stack's settings (`make stack` writes them):
 # its PostgreSQL-backed DAGSTER_HOME, the lake on its object store, its MLflow server and Redis.
@@ -68,8 +70,10 @@ dev: setup
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 # Serves models:/$${ML_ASSETS_MODEL_NAME:-fraud_detector}@champion from the data root's registry.
+# WORKERS processes on the one port, sharing card history and decisions through the online store.
+WORKERS ?= 1
 serve: setup
-	$(IN_STACK) $(PY) -m ml_assets.serving --host 127.0.0.1 --port 8000
+	$(IN_STACK) $(PY) -m ml_assets.serving --host 127.0.0.1 --port 8000 --workers $(WORKERS)
 
 lint: setup
 	$(VENV)/bin/ruff check ml_assets ml_assets_tests bench

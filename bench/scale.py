@@ -62,8 +62,9 @@ def _worker(stage: str) -> None:
         from ml_assets.defs.promotion.sensors import model_promotion_sensor
         from ml_assets.defs.resources import build_resources
 
+        needed = model_promotion_sensor.required_resource_keys
         context = dg.build_sensor_context(
-            instance=instance, resources={"mlflow": build_resources()["mlflow"]}
+            instance=instance, resources={k: v for k, v in build_resources().items() if k in needed}
         )
         requests = model_promotion_sensor(context).run_requests or []
         if not requests:

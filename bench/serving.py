@@ -3,8 +3,9 @@
 A small simulated world (bronze history for the features) and a LightGBM model of a realistic size
 (200 trees of 31 leaves) registered in a temp MLflow store. Both servers get the same transactions
 as landing-contract fields, one per request, from 8 concurrent keep-alive clients, and both do the
-same work: validate them, compute the features online, score. Ours keeps card history in memory
-and also routes and logs; mlflow serves the registered pyfunc (ml_assets.serving.mlflow_model),
+same work: validate them, compute the features online, score. Ours reads and appends card history
+in its online store (the default SQLite file, not fed from bronze here) and records each decision
+durably before answering; mlflow serves the registered pyfunc (ml_assets.serving.mlflow_model),
 which reads each request's cards' history from bronze. Then batch scoring: 1000-transaction
 requests to both, against a raw `booster.predict` of the same rows in this process.
 """
@@ -41,7 +42,8 @@ def _world(root: Path):
     from ml_assets.lib import tables
     from ml_assets.lib.contract import LABELS, TRANSACTIONS
     from ml_assets.lib.ingest import ingest_partition
-    from ml_assets.serving.features import FeatureParams, FeatureState, transactions_of
+    from ml_assets.serving.features import FeatureParams, batch_features, matrix_of, transactions_of
+    from ml_assets.serving.mlflow_model import bronze_windows
     from ml_assets_tests.serving_support import request_rows
 
     env = {**os.environ, "ML_ASSETS_DATA_DIR": str(root)}
@@ -62,10 +64,10 @@ def _world(root: Path):
             )  # fmt: skip
     last = ingest_partition(TRANSACTIONS, root / "landing" / "transactions" / f"date={days[-1]}", days[-1])
     frame = last.bronze.select(list(TRANSACTIONS.columns)).sort("event_time")
-    state = FeatureState(FeatureParams.from_dbt_project(), str(root / "lake"))
-    state.load_history()
-    features = state.features(transactions_of(frame))
-    return request_rows(frame), features
+    # As the registered pyfunc computes them from bronze (the same pure function the service uses).
+    params, txs = FeatureParams.from_dbt_project(), transactions_of(frame)
+    windows, risk = bronze_windows(txs, params, str(root / "lake"), None)
+    return request_rows(frame), matrix_of(batch_features(txs, windows, risk, params))
 
 
 def _model(root: Path):
@@ -180,8 +182,9 @@ def main() -> dict:
         env = {**os.environ, "PATH": path, "ML_ASSETS_DATA_DIR": str(root)}
         env["MLFLOW_TRACKING_URI"] = tracking_uri
         ours_port, mlflow_port = _free_port(), _free_port()
-        # The log is written and the registry read every second, so their pauses are in the figures.
-        ours_env = {"ML_ASSETS_MODEL_NAME": name, "ML_ASSETS_SERVING_LOG_FLUSH_SECONDS": "1"}
+        # The registry is read every second, so its pauses are in the figures. Decisions go to the
+        # data root's online store (SQLite), fsynced before each answer.
+        ours_env = {"ML_ASSETS_MODEL_NAME": name}
         ours_env["ML_ASSETS_SERVING_POLL_SECONDS"] = "1"
         ours = _start(
             [sys.executable, "-m", "ml_assets.serving", "--port", str(ours_port)],

@@ -47,6 +47,7 @@ def main() -> int:
     steps = [
         ("ingestion_job", f"ingest {first}..{last} into bronze", days, {}),
         ("features_job", f"build the dbt features of {first}..{last}", days, {}),
+        ("serving_state_job", f"feed the online store from bronze for {first}..{last}", days, {}),
         ("retraining_job", "snapshot, train, tune and validate a model", {}, {}),
     ]
     summary = []
@@ -68,7 +69,7 @@ def main() -> int:
         # What the running promotion sensor would do in `make dev`: one tick, and its run requests.
         from ml_assets.defs.promotion.sensors import model_promotion_sensor as sensor
 
-        resources = {"mlflow": build_resources()["mlflow"]}
+        resources = {k: v for k, v in build_resources().items() if k in sensor.required_resource_keys}
         tick = sensor(dg.build_sensor_context(instance=instance, resources=resources))
         for request in tick.run_requests or []:
             reason = request.run_config["ops"]["deployed_model"]["config"]["reason"]

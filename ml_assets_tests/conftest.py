@@ -175,13 +175,15 @@ def run_job(
     partition: str | None = None,
     days: tuple[str, str] | None = None,
     run_config=None,
+    tags: dict[str, str] | None = None,
 ):
-    """Execute one of the location's jobs in process, for one day or a range of days."""
+    """Execute one of the location's jobs in process, for one day or a range of days, with `tags`
+    (a sensor's request's, say) on the run."""
     import dagster as dg
 
-    tags = {}
+    tags = dict(tags or {})
     if days:
-        tags = {
+        tags |= {
             "dagster/asset_partition_range_start": days[0],
             "dagster/asset_partition_range_end": days[1],
         }
@@ -246,3 +248,28 @@ def small_world(small_world_template, tmp_path_factory):
         definitions = load_defs()
         yield root, definitions, instance
         instance.dispose()
+
+
+# -- the online store's two engines (ml_assets_tests/redis_support.py) -------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of the test's own in its temp dir (append-only, fsync always), stopped after
+    it; skips where redis-server is not installed (fails under CI)."""
+    import signal
+
+    from ml_assets_tests.redis_support import started
+
+    server = started(tmp_path)
+    yield server
+    server.kill(signal.SIGTERM)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def engine(request, tmp_path):
+    """(store URL, the RedisServer or None): an SQLite file in the temp dir, or a redis-server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'online' / 'online.db'}", None
+    server = request.getfixturevalue("redis_server")
+    return server.url, server

@@ -41,6 +41,7 @@ class SensorDaemon:
         entry = next(iter(self._context.create_request_context().get_code_location_entries().values()))
         assert entry.code_location, entry.load_error
         (repository,) = entry.code_location.get_repositories().values()
+        self.repository = repository
         self.sensors = {s.name: s for s in repository.get_sensors()}
         return self
 
@@ -121,3 +122,26 @@ def _clock(timestamp: float) -> Iterator[None]:
 
     with freeze_time(datetime.datetime.fromtimestamp(timestamp, datetime.UTC)):
         yield
+
+
+def execute_queued_run(instance, run_id: str):
+    """A run the daemon submitted (queued), executed the way a launched run is, in this process:
+    RUN_STARTING, as the queue's launch records it, then `execute_run` on the job rebuilt from the
+    run's own code origin, as the run worker (`dagster api execute_run`) does. Its resources are
+    the location's, built from the environment as it is now. Returns the run as stored after."""
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.execution.api import execute_run
+    from dagster._utils.hosted_user_process import recon_job_from_origin
+
+    # A run worker is a new process, which builds the job (and its resources) from the environment
+    # it has. In this one, Dagster keeps the last job it built from an origin (the in-process code
+    # location's, with the environment of its load): forget it, so this run builds its own.
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
+    run = instance.get_run_by_id(run_id)
+    starting = DagsterEvent(event_type_value=DagsterEventType.PIPELINE_STARTING.value, job_name=run.job_name)
+    instance.report_dagster_event(starting, run_id=run_id)
+    run = instance.get_run_by_id(run_id)
+    execute_run(recon_job_from_origin(run.job_code_origin), run, instance)
+    return instance.get_run_by_id(run_id)

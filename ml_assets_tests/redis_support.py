@@ -12,6 +12,22 @@ import time
 from pathlib import Path
 
 
+def started(folder: Path) -> RedisServer:
+    """A running RedisServer in `folder`; skips the test where redis-server is not installed (fails
+    it under CI, which must test both engines)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):  # CI's own variable, not a setting of the project
+            pytest.fail("redis-server is not installed, and CI must test both engines (`make redis-server`)")
+        pytest.skip("redis-server is not installed (`make redis-server` installs it)")
+    server = RedisServer(folder)
+    server.start()
+    return server
+
+
 class RedisServer:
     """A redis-server of our own: durable as production must run it, nothing but the AOF on disk."""
 

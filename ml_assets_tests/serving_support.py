@@ -141,12 +141,66 @@ def request_rows(bronze: pl.DataFrame) -> list[dict]:
     return bronze.select(list(TRANSACTIONS.columns)).with_columns(iso).to_dicts()
 
 
-def service_and_server(registry: SharedRegistry, model_name: str, lake: str, **settings):
-    """A Service on the shared registry and `lake`, polling fast, and a Server for it (not started)."""
+def store_url(where: str) -> str:
+    """An online store URL as given, or a folder's own SQLite store."""
+    return where if "://" in where else f"sqlite:///{Path(where) / 'online' / 'online.db'}"
+
+
+def service_and_server(registry: SharedRegistry, model_name: str, store: str, **settings):
+    """A Service on the shared registry and the online store `store` (a URL, or a folder to keep
+    an SQLite store in), polling fast, and a Server for it (not started)."""
     from ml_assets.serving.app import create_app
     from ml_assets.serving.service import Service
     from ml_assets.serving.settings import ServingSettings
 
-    options = {"poll_seconds": 0.2, "log_flush_seconds": 0.5, **settings}
-    service = Service(ServingSettings(registry.tracking_uri, lake, model_name=model_name, **options))
+    options = {"poll_seconds": 0.2, **settings}
+    service = Service(
+        ServingSettings(registry.tracking_uri, store_url(store), model_name=model_name, **options)
+    )
     return service, Server(create_app(service))
+
+
+def _resources(lake: str, store: str) -> dict:
+    from ml_assets.defs.resources import LakeResource, OnlineStoreResource
+
+    return {"lake": LakeResource(root=lake), "online_store": OnlineStoreResource(url=store_url(store))}
+
+
+def drain(lake: str, store: str, instance=None):
+    """Materialize the `inference_log` asset (a real Dagster run): the store's queue into the Delta
+    log under `lake`. Returns the run's result (its metadata says what it drained)."""
+    import dagster as dg
+
+    from ml_assets.defs.serving_state.assets import inference_log
+
+    result = dg.materialize(
+        [inference_log],
+        resources=_resources(lake, store),
+        instance=instance or dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    return result
+
+
+def feed(lake: str, store: str, first: str, last: str, instance=None):
+    """Materialize `online_store_feed` for the days first..last (one run, as a backfill does):
+    bronze history and the next days' merchant risk into the store."""
+    import dagster as dg
+
+    from ml_assets.defs.serving_state.assets import online_store_feed
+
+    tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+    result = dg.materialize(
+        [online_store_feed], resources=_resources(lake, store), tags=tags,
+        instance=instance or dg.DagsterInstance.ephemeral(),
+    )  # fmt: skip
+    assert result.success
+    return result
+
+
+def materialization(result, key: str) -> dict:
+    """The metadata of the run's (last) materialization of `key`, as plain values."""
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key][
+        -1:
+    ]
+    return {k: v.value for k, v in event.materialization.metadata.items()}

@@ -110,13 +110,13 @@ class Loop:
         self.cursors: dict[str, str | None] = {}
         self.skips: dict[int, list[str]] = {}  # day -> why the retraining sensor asked for nothing
 
-    def run(self, job: str, days: tuple[str, str] | None = None, config: dict | None = None):
-        return run_job(self.definitions, job, instance=self.instance, days=days, run_config=config)
+    def run(self, job: str, days: tuple[str, str] | None = None, config: dict | None = None, tags=None):
+        return run_job(self.definitions, job, instance=self.instance, days=days, run_config=config, tags=tags)
 
     def tick(self, sensor):
         needed = {
             k: self.resources[k]
-            for k in ("lake", "mlflow", "monitoring")
+            for k in ("lake", "mlflow", "monitoring", "alerts")
             if k in sensor.required_resource_keys
         }
         context = dg.build_sensor_context(
@@ -146,15 +146,16 @@ class Loop:
         if retraining.skip_reason:
             self.skips[i] = [retraining.skip_reason.skip_message]
         for request in retraining.run_requests or []:
-            result = self.run("retraining_job", config=_training(i))
+            # With the request's tags, as the daemon would launch it: the cooldown counts from them.
+            result = self.run("retraining_job", config=_training(i), tags=request.tags)
             verdict = "passed" if result.success else f"blocked by {', '.join(_blocked_gates(result))}"
             events.append(f"retrain ({request.tags['retrain_reason']}): {verdict}")
         for request in self.tick(model_promotion_sensor).run_requests or []:
-            assert self.run("promotion_job", config=request.run_config).success
+            assert self.run("promotion_job", config=request.run_config, tags=request.tags).success
             events.append(f"deploy v{request.tags['model_version']}")
         for request in self.tick(canary_sensor).run_requests or []:
             action = request.run_config["ops"]["deployed_model"]["config"]["action"]
-            assert self.run("promotion_job", config=request.run_config).success
+            assert self.run("promotion_job", config=request.run_config, tags=request.tags).success
             events.append(f"{action} v{request.tags['model_version']}")
         return events
 

@@ -17,6 +17,8 @@ EXPECTED_ASSETS = {
     "batch_predictions": "monitoring",
     "drift_report": "monitoring",
     "live_performance": "monitoring",
+    "online_store_feed": "serving_state",
+    "inference_log": "serving_state",
 }
 EXPECTED_CHECKS = {
     "raw_labels:labels_match_transactions",
@@ -65,6 +67,7 @@ EXPECTED_JOBS = {
     "rollback_job",
     "monitoring_job",
     "daily_job",
+    "serving_state_job",
 }
 EXPECTED_SCHEDULES = {"daily_job_schedule", "retraining_job_schedule"}
 EXPECTED_SENSORS = {
@@ -74,6 +77,7 @@ EXPECTED_SENSORS = {
     "retraining_sensor",
     "canary_sensor",
     "default_automation_condition_sensor",
+    "inference_log_sensor",
 }
 
 

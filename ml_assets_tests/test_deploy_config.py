@@ -106,7 +106,10 @@ def test_dagster_yaml_validates_and_names_the_production_classes(production_env,
     assert config["run_launcher"]["env_config_maps"] == [PRODUCTION["ML_ASSETS_ENV_CONFIG_MAP"]]
     runs = ref.settings["concurrency"]["runs"]
     assert runs["max_concurrent_runs"] == 8
-    assert runs["tag_concurrency_limits"] == [{"key": "dagster/backfill", "limit": 4}]
+    assert runs["tag_concurrency_limits"] == [
+        {"key": "dagster/backfill", "limit": 4},
+        {"key": "ml_assets/serial", "value": "retraining", "limit": 1},
+    ]
     # The dbt step's pool (the DuckDB warehouse takes one writer) has one slot.
     assert ref.settings["concurrency"]["pools"] == {"default_limit": 1}
     assert config["compute_logs"]["bucket"] == PRODUCTION["DAGSTER_COMPUTE_LOG_BUCKET"]
@@ -182,6 +185,9 @@ def test_the_code_location_takes_the_production_environment(production_env):
     webhook = resources["alerts"].webhook_url
     assert isinstance(webhook, dg.EnvVar) and webhook.env_var_name == "ML_ASSETS_ALERT_WEBHOOK"
     assert webhook.get_value() == "stand-in-ML_ASSETS_ALERT_WEBHOOK"
+    # The online store's URL carries Redis's password: a variable's name too.
+    store = resources["online_store"].url
+    assert isinstance(store, dg.EnvVar) and store.env_var_name == "ML_ASSETS_ONLINE_STORE"
     # Nothing local was made: no lake, and the data root's MLflow folder holds only the empty store
     # the fixture put there.
     assert not (production_env / "lake").exists()
@@ -200,3 +206,67 @@ def test_dbt_parses_with_the_production_target(production_env, tmp_path):
     nodes = json.loads((tmp_path / "target" / "manifest.json").read_text())["nodes"].values()
     # The models land in the MotherDuck database the prod output names (locally: "warehouse").
     assert {n["database"] for n in nodes if n["resource_type"] == "model"} == {"ml_assets"}
+
+
+def test_retraining_runs_one_at_a_time_on_both_instances(production_env, tmp_path):
+    """retraining_job carries the serial tag, and both instance configs, production's and the one
+    `make setup` puts in DAGSTER_HOME (`dagster.local.yaml`), queue such runs one at a time."""
+    import shutil
+
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    from ml_assets.defs.promotion.jobs import SERIAL_TAG
+
+    assert load_defs().resolve_job_def("retraining_job").tags.items() >= SERIAL_TAG.items()
+    ((key, value),) = SERIAL_TAG.items()
+    local = tmp_path / "local"
+    local.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.local.yaml", local / "dagster.yaml")
+    for config_dir in (DEPLOY, local):
+        ref, parts = _instance_parts(tmp_path, config_dir=config_dir)
+        klass, result = parts["run_coordinator"]
+        assert klass is QueuedRunCoordinator and result.success, (config_dir, result.errors)
+        # Production's limits are in `concurrency: runs:` (beside its pools, which rule out
+        # `run_queue`'s), the local file's in `run_queue`: the coordinator reads either.
+        given = ref.settings.get("concurrency", {}).get("runs", {}).get("tag_concurrency_limits")
+        limits = [
+            {k: d.get(k) for k in ("key", "value", "limit")}
+            for d in given or result.value["tag_concurrency_limits"]
+        ]
+        assert {"key": key, "value": value, "limit": 1} in limits, config_dir
+        assert ref.settings["telemetry"] == {"enabled": False}
+
+
+def test_the_local_run_queue_holds_a_second_retraining_run(data_dir, tmp_path):
+    """On an instance configured by `dagster.local.yaml`, Dagster's own queue daemon would launch a
+    queued run of another job, and holds a queued retraining run while one is in progress."""
+    import shutil
+
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    from ml_assets_tests.daemon_support import SensorDaemon
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.local.yaml", home / "dagster.yaml")
+    definitions = load_defs()
+    with (
+        dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance,
+        SensorDaemon(instance) as daemon,  # the loaded location, whose jobs the runs are of
+    ):
+
+        def run(job: str, status: dg.DagsterRunStatus) -> str:
+            """A run as a schedule or sensor creates it (queued runs need their code's origin)."""
+            job_def, remote = definitions.resolve_job_def(job), daemon.repository.get_full_job(job)
+            return instance.create_run_for_job(
+                job_def, status=status, tags=job_def.tags, remote_job_origin=remote.get_remote_origin(),
+                job_code_origin=remote.get_python_origin(),
+            ).run_id  # fmt: skip
+
+        run("retraining_job", dg.DagsterRunStatus.STARTED)  # the weekly schedule's, training
+        sensor_retraining = run("retraining_job", dg.DagsterRunStatus.QUEUED)
+        promotion = run("promotion_job", dg.DagsterRunStatus.QUEUED)
+        daemon = QueuedRunCoordinatorDaemon(interval_seconds=5)
+        dequeued = daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), None)
+    assert [r.run_id for r in dequeued] == [promotion], (dequeued, sensor_retraining)

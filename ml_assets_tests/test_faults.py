@@ -48,8 +48,10 @@ TX = tables.BRONZE["transactions"], tables.QUARANTINE["transactions"]
 # loads first and waits for that file to exist before it runs (so drivers can load side by side,
 # ahead of their turn: loading is ~10 s here, most of a kill test's time). With a hold
 # ("<stage> <table> <path>"), its lake writes stop at that point of their commit to `table`
-# (stage "before": the version is read, nothing written; "after": committed): the driver creates
-# `<path>.held` and waits there until `<path>` exists, then goes on (at once, if it already does).
+# (stage "before": the version is read, nothing written; "after": committed), or with stage
+# "step", its run stops once the step `table` has succeeded, before the next step starts (a
+# Dagster success hook): the driver creates `<path>.held` and waits there until `<path>` exists,
+# then goes on (at once, if it already does).
 DRIVER = """
 import json, os, sys, time
 import dagster as dg
@@ -58,21 +60,32 @@ from ml_assets_tests.conftest import load_defs
 from ml_assets_tests.test_faults import outcome
 
 job, partition, select, config, hold, go = sys.argv[1:7]
+hooks = set()
 if hold:
     at_stage, at_table, path = hold.split(" ", 2)
 
+    def wait():
+        open(path + ".held", "w").close()
+        while not os.path.exists(path):
+            time.sleep(0.001)
+
     def commit_hook(stage, table):
         if (stage, table) == (at_stage, at_table):
-            open(path + ".held", "w").close()
-            while not os.path.exists(path):
-                time.sleep(0.001)
+            wait()
+
+    @dg.success_hook
+    def after_step(context):
+        if context.op.name == at_table:
+            wait()
 
     resources.commit_hook = commit_hook
+    hooks = {after_step} if at_stage == "step" else set()
 tags = {}
 if ".." in partition:  # a range of days, in one run
     start, end = partition.split("..")
     tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
 job_def = load_defs().resolve_job_def(job)
+job_def = job_def.with_hooks(hooks) if hooks else job_def
 while go and not os.path.exists(go):
     time.sleep(0.001)
 result = job_def.execute_in_process(
@@ -413,8 +426,10 @@ def _aliases(root: Path) -> dict[str, str | None]:
 def _promotion_requests(root: Path, instance) -> list:
     """What one tick of the promotion sensor asks for, from the start (no cursor)."""
     from ml_assets.defs.promotion.sensors import model_promotion_sensor
+    from ml_assets.defs.resources import AlertsResource
 
-    context = dg.build_sensor_context(instance=instance, resources={"mlflow": _registry(root)})
+    resources = {"mlflow": _registry(root), "alerts": AlertsResource()}
+    context = dg.build_sensor_context(instance=instance, resources=resources)
     return model_promotion_sensor(context).run_requests
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 
 from ml_assets.lib import tracking
@@ -71,3 +72,39 @@ def test_device_id_may_be_absent_and_a_missing_required_column_is_named(model):
     assert out["problems"].tolist() == ["", ""]
     with pytest.raises(Exception, match="amount"):
         model.predict(_rows(2).drop(columns=["amount"]))
+
+
+def test_loaded_with_an_online_store_it_scores_with_the_live_history_and_records(data_dir):
+    """model_config={"online_store": ...}: each call's rows become their cards' history for the
+    next call (as one batch would have had them), the decisions are recorded for the inference log,
+    and rows scored before get their recorded scores back."""
+    import mlflow
+
+    from ml_assets.serving.online_store import open_store
+    from ml_assets_tests.serving_support import drain
+
+    shared = shared_registry()
+    name = shared.register(aliases={"champion": 2})
+    tracking.use_store(shared.tracking_uri)
+    url = f"sqlite:///{data_dir / 'online' / 'online.db'}"
+    live = mlflow.pyfunc.load_model(
+        f"models:/{name}@champion", model_config={"online_store": url, "model_version": "2"}
+    )
+    stateless = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    rows = _rows(4)
+    one_batch = stateless.predict(rows)["score"].to_numpy()
+    one_by_one = np.concatenate([live.predict(rows.iloc[[i]])["score"].to_numpy() for i in range(4)])
+    np.testing.assert_array_equal(one_by_one, one_batch)  # the store held each call's history
+    again = live.predict(rows.iloc[::-1].reset_index(drop=True))["score"].to_numpy()
+    np.testing.assert_array_equal(again[::-1], one_batch)  # recorded: the same answers
+    with open_store(url, lookback_days=30) as store:
+        queued, _ = store.read_decisions(None, 100)
+    assert [(d.transaction_id, d.arm, d.model_version) for d in queued] == [
+        (f"tx-{i}", "pyfunc", "2") for i in range(4)
+    ]
+    # Each call saw the calls before it (rows an hour apart on one card), as features, not only as
+    # scores (these test models hardly use the history features).
+    assert [d.features["card_tx_count_24h"] for d in queued] == [0, 1, 2, 3]
+    drain(str(data_dir / "lake"), url)
+    log = pl.read_delta(str(data_dir / "lake" / "serving" / "inference_log"))
+    assert sorted(log["transaction_id"]) == [f"tx-{i}" for i in range(4)]

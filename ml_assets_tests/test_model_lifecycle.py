@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from ml_assets.defs.promotion.sensors import model_promotion_sensor
-from ml_assets.defs.resources import LakeResource, MlflowResource
+from ml_assets.defs.resources import AlertsResource, LakeResource, MlflowResource
 from ml_assets.lib import paths, registry, tables
 from ml_assets.lib.gates import GATES
 from ml_assets_tests.conftest import check_results, load_defs, root_environ, run_job, scoped_environ
@@ -53,7 +53,7 @@ def _aliases(definitions) -> dict[str, str | None]:
 
 
 def _tick(definitions, instance, cursor=None, mlflow: MlflowResource | None = None):
-    resources = {"mlflow": mlflow or _mlflow(definitions)}
+    resources = {"mlflow": mlflow or _mlflow(definitions), "alerts": AlertsResource()}
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     return model_promotion_sensor(context)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from ml_assets.serving.online_store import Decision, StoreUnavailable, open_store
-from ml_assets_tests.redis_support import RedisServer
 
 LOOKBACK_DAYS = 30
 US = 1_000_000
@@ -34,27 +32,6 @@ def tx(i, ts, card="card-1", amount=10.0, device=None, country="FR", channel="po
 
 def decision(i, score=0.5, request="req-1", version="3", scored_at=T):
     return Decision(f"tx-{i}", request, score, version, "champion", {"amount": 10.0, "avg": None}, scored_at)
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed, and CI must test both engines (`make redis-server`)")
-        pytest.skip("redis-server is not installed (`make redis-server` installs it)")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill(signal.SIGTERM)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def engine(request, tmp_path):
-    """(store URL, the RedisServer or None)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'online' / 'online.db'}", None
-    server = request.getfixturevalue("redis_server")
-    return server.url, server
 
 
 @pytest.fixture
@@ -112,18 +89,18 @@ def test_window_edges_same_instant_and_out_of_order(store):
     assert ts == sorted(ts)
 
 
-def test_windows_feed_the_same_features_as_the_in_memory_state(store):
+def test_windows_feed_the_same_features_as_the_whole_history(store):
     """Scoring a stream through the store (begin, features from its windows) gives exactly the
-    features the service's in-memory FeatureState gives the same stream: batches, same instants,
-    late arrivals, devices and countries."""
+    features the pure function gives over everything the stream held until then (each card's whole
+    history, in a plain list): batches, same instants, late arrivals, devices and countries."""
     import random
 
     import numpy as np
 
-    from ml_assets.serving.features import FeatureParams, FeatureState, as_vector, transaction_features
+    from ml_assets.serving.features import FeatureParams, Past, as_vector, transaction_features
 
     params = FeatureParams(LOOKBACK_DAYS, 30, 60, 0.02, 50.0)
-    state = FeatureState(params)  # no lake: no bronze history, merchant risk (0, 0)
+    seen: list = []  # every transaction begun so far, the reference's history
     rng = random.Random(3)
     stream, clock = [], T - 40 * DAY
     for i in range(400):
@@ -140,7 +117,18 @@ def test_windows_feed_the_same_features_as_the_in_memory_state(store):
         batches.append(stream[i : i + n])
         i += n
     for batch in batches:
-        expected = state.features(batch)
+        seen += [
+            (t.card_id, Past(t.ts, t.amount, t.device_id, t.country, t.channel, t.transaction_id))
+            for t in batch
+        ]
+        expected = np.array(
+            [
+                as_vector(
+                    transaction_features(t, [p for card, p in seen if card == t.card_id], (0, 0), params)
+                )
+                for t in batch
+            ]
+        )
         windows = store.begin(batch).windows
         ours = np.array(
             [as_vector(transaction_features(t, windows[t.card_id], (0, 0), params)) for t in batch]

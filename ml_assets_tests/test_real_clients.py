@@ -93,6 +93,11 @@ UI_PROMISES = {
         ("PSI per feature and for the score (table and plot)", "drift_report", ("psi", "score_psi", "plot")),
         ("per arm", "live_performance", ("by_arm",)),
     ],
+    # make run feeds the store (serving_state_job); nothing is queued to drain there.
+    "serving_state": [
+        ("rows upserted into the online store", "online_store_feed", ("rows_upserted", "merchants")),
+        ("rows drained, log rows written, rows/s, days touched", "inference_log", ()),
+    ],
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -135,47 +136,268 @@ def _warehouse_features(day: date, out) -> pl.DataFrame:
     return pl.read_parquet(out)
 
 
-def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, tmp_path):
-    """The small simulated world (24 days, ingested and featurized by the pipeline): its last day
-    replayed through the service, in event-time order, gives dbt's features row by row."""
-    from fastapi.testclient import TestClient
+@pytest.fixture(scope="module")
+def fed_store(small_world, tmp_path_factory) -> Path:
+    """An SQLite online store fed from the world's bronze by the `online_store_feed` asset, up to
+    the day before the last (the state as it was when the last day began); each test copies it."""
+    from ml_assets.lib import paths
+    from ml_assets_tests.serving_support import feed, materialization
 
-    from ml_assets.lib import paths, tables
-    from ml_assets.serving.app import create_app
-    from ml_assets.serving.service import Service
-    from ml_assets.serving.settings import ServingSettings
-    from ml_assets_tests.serving_support import request_rows, shared_registry
+    folder = tmp_path_factory.mktemp("fed_store")
+    url = f"sqlite:///{folder / 'online.db'}"
+    result = feed(paths.lake_uri(), url, WORLD_DAYS[0], (LAST_DAY - timedelta(days=1)).isoformat())
+    meta = materialization(result, "online_store_feed")
+    assert meta["days"] == (LAST_DAY - date.fromisoformat(WORLD_DAYS[0])).days
+    assert meta["total_rows_upserted"] == meta["total_transactions"] > 10_000 and meta["store"] == url
+    assert meta["merchants"] > 0 and meta["merchant_risk_day"] == LAST_DAY.isoformat()  # the last day's
+    return folder / "online.db"
 
-    registry = shared_registry()
-    settings = ServingSettings(
-        tracking_uri=registry.tracking_uri,
-        lake_uri=paths.lake_uri(),
-        model_name=registry.register(aliases={"champion": 1}),
-        history_until=LAST_DAY - timedelta(days=1),  # the state as it was when the last day began
-    )
-    bronze = pl.scan_delta(f"{paths.lake_uri()}/{tables.BRONZE['transactions']}")
-    replay = bronze.filter(pl.col("event_date") == LAST_DAY).sort("event_time").collect()
-    rows = request_rows(replay)
-    service = Service(settings)
-    with TestClient(create_app(service)) as client:
-        for start in range(0, len(rows), 100):  # in event-time order, in batches
-            response = client.post("/predict", json={"transactions": rows[start : start + 100]})
-            assert response.status_code == 200, response.text
-    # Leaving the client shut the service down, which flushed the inference log.
 
-    logged = pl.read_delta(f"{paths.lake_uri()}/{tables.INFERENCE_LOG}")
-    dbt = _warehouse_features(LAST_DAY, tmp_path / "dbt_features.parquet")
-    assert logged.height == dbt.height == replay.height > 1000
+def _store_copy(fed_store: Path, tmp_path: Path) -> str:
+    """A test's own copy of the fed store (the feed closed it: its WAL is checkpointed)."""
+    import shutil
+
+    target = tmp_path / "online" / "online.db"
+    target.parent.mkdir(parents=True)
+    for suffix in ("", "-wal"):
+        if Path(f"{fed_store}{suffix}").exists():
+            shutil.copyfile(f"{fed_store}{suffix}", f"{target}{suffix}")
+    return f"sqlite:///{target}"
+
+
+def _compare_with_dbt(logged: pl.DataFrame, dbt: pl.DataFrame) -> pl.DataFrame:
     both = dbt.join(logged, on="transaction_id", suffix="_online")
-    assert both.height == dbt.height
+    assert both.height == dbt.height == logged.height
     for column in FEATURE_COLUMNS:
         batch = both[column].cast(pl.Float64).to_numpy()
         online = both[f"{column}_online"].to_numpy()
         same = np.isclose(batch, online, rtol=1e-9, atol=1e-6, equal_nan=True)  # epoch() is a double
         differ = both.filter(~pl.Series(same)).select("transaction_id", column, f"{column}_online")
         assert same.all(), (column, differ)
+    return both
+
+
+@pytest.mark.parametrize("replicas", ["one", "two_alternating", "restart_halfway"])
+def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, fed_store, tmp_path, replicas):
+    """The small simulated world (24 days, ingested and featurized by the pipeline; the store fed
+    from its bronze by `online_store_feed` up to the day before the last): the last day replayed
+    through the service, in event-time order, gives dbt's features row by row. Served by one
+    replica; by two Services on the same store, requests alternating between them; and by one
+    that is replaced by a new Service on the same store halfway through."""
+    from fastapi.testclient import TestClient
+
+    from ml_assets.lib import paths, tables
+    from ml_assets.serving.app import create_app
+    from ml_assets.serving.service import Service
+    from ml_assets.serving.settings import ServingSettings
+    from ml_assets_tests.serving_support import drain, request_rows, shared_registry
+
+    registry = shared_registry()
+    store = _store_copy(fed_store, tmp_path)
+    settings = ServingSettings(
+        tracking_uri=registry.tracking_uri,
+        online_store=store,
+        model_name=registry.register(aliases={"champion": 1}),
+    )
+    bronze = pl.scan_delta(f"{paths.lake_uri()}/{tables.BRONZE['transactions']}")
+    replay = bronze.filter(pl.col("event_date") == LAST_DAY).sort("event_time").collect()
+    rows = request_rows(replay)
+    batches = [rows[start : start + 100] for start in range(0, len(rows), 100)]  # in event-time order
+
+    def post(client, batch):
+        response = client.post("/predict", json={"transactions": batch})
+        assert response.status_code == 200, response.text
+        assert not any(p["stale_risk"] for p in response.json()["predictions"])  # the feed wrote the day's
+
+    if replicas == "two_alternating":
+        with TestClient(create_app(Service(settings))) as a, TestClient(create_app(Service(settings))) as b:
+            for i, batch in enumerate(batches):
+                post((a, b)[i % 2], batch)
+    else:
+        half = len(batches) // 2 if replicas == "restart_halfway" else len(batches)
+        for part in (batches[:half], batches[half:]):
+            if part:
+                with TestClient(create_app(Service(settings))) as client:  # a new process's state
+                    for batch in part:
+                        post(client, batch)
+
+    lake = str(tmp_path / "lake")  # the service's log, apart from the world's lake
+    drain(lake, store)
+    logged = pl.read_delta(f"{lake}/{tables.INFERENCE_LOG}")
+    dbt = _warehouse_features(LAST_DAY, tmp_path / "dbt_features.parquet")
+    assert replay.height > 1000
+    both = _compare_with_dbt(logged, dbt)
     # The day exercises what the features are about, or the equality above would say little.
     assert (both["card_tx_count_24h"] > 0).sum() > 100
     assert both["seconds_since_card_last_tx"].null_count() > 0
     assert (both["merchant_labels_window"] > 0).sum() > 100
     assert both["is_new_card_device"].null_count() > 0
+
+
+# -- adversarial edges, through the service and the store ------------------------------------------
+
+
+def _request(i: str, ts: int, card: str = "edge-card", merchant: str = "edge-m", amount: str = "10.00", **kw):
+    moment = datetime.fromtimestamp(ts / US, UTC)
+    row = {
+        "transaction_id": i, "event_time": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "card_id": card,
+        "merchant_id": merchant, "merchant_category": "5411", "amount": amount, "currency": "EUR",
+        "country": "FR", "channel": "pos", "device_id": "d1",
+    }  # fmt: skip
+    return row | kw
+
+
+def test_edges_same_instants_window_edges_and_retries(data_dir, tmp_path):
+    """Through two Services on one store: several transactions at one instant on one card and at
+    one merchant (none is history for another), transactions exactly 1h, 24h and 7d before another
+    (inside each window, as dbt's frames include their start), a microsecond past each edge
+    (outside), and the same transaction_id retried (its first decision comes back, and it is
+    history and logged once). Every logged row equals the pure function over everything the card
+    had done before it."""
+    from fastapi.testclient import TestClient
+
+    from ml_assets.lib import paths, tables
+    from ml_assets.serving.app import create_app
+    from ml_assets.serving.features import Tx
+    from ml_assets.serving.service import Service
+    from ml_assets.serving.settings import ServingSettings
+    from ml_assets_tests.serving_support import drain, shared_registry
+
+    registry = shared_registry()
+    store = paths.online_store_url()
+    settings = ServingSettings(
+        registry.tracking_uri, store, model_name=registry.register(aliases={"champion": 2})
+    )
+    hour, day = 3600 * US, 86400 * US
+    t = T + 8 * day
+    plan = [  # (request batches, in the order sent)
+        [_request("wk", t - 7 * day), _request("wk-", t - 7 * day - 1)],  # on the 7d edge / just past it
+        [_request("dy", t - day), _request("dy-", t - day - 1, amount="20.00")],
+        [_request("hr", t - hour), _request("hr-", t - hour - 1, amount="30.00")],
+        # Three at one instant on the card (one of them at another merchant), and one at the merchant
+        # on another card.
+        [_request("s1", t, amount="1.00"), _request("s2", t, amount="2.00"), _request("s3", t, merchant="x")],
+        [_request("s4", t, card="other-card")],
+        [_request("after", t + 1)],
+        [_request("s2", t, amount="99.00"), _request("later", t + hour)],  # s2 retried (another amount)
+        [_request("after", t + 1)],  # retried alone
+    ]
+    answers = {}
+    with TestClient(create_app(Service(settings))) as a, TestClient(create_app(Service(settings))) as b:
+        for k, batch in enumerate(plan):
+            response = (a, b)[k % 2].post("/predict", json={"transactions": batch})
+            assert response.status_code == 200, response.text
+            for p in response.json()["predictions"]:
+                if p["transaction_id"] in answers:  # a retry: its first decision, whole
+                    assert p == answers[p["transaction_id"]]
+                answers.setdefault(p["transaction_id"], p)
+    drain(paths.lake_uri(), store)
+    logged = pl.read_delta(f"{paths.lake_uri()}/{tables.INFERENCE_LOG}")
+    assert sorted(logged["transaction_id"]) == sorted(answers)  # once each, retries included
+    assert dict(logged.select("transaction_id", "score").iter_rows()) == {
+        i: p["score"] for i, p in answers.items()
+    }
+
+    # The reference: the pure function over every transaction sent before (the first copy of a
+    # retried one), and no merchant risk (nothing fed this store: stale, empty).
+    first_copies: dict[str, Tx] = {}
+    for batch in plan:
+        for r in batch:
+            ts = int(datetime.fromisoformat(r["event_time"].replace("Z", "+00:00")).timestamp() * US)
+            copy = Tx(r["transaction_id"], ts, r["card_id"], r["merchant_id"], "5411", float(r["amount"]),
+                      "FR", "pos", "d1")  # fmt: skip
+            first_copies.setdefault(r["transaction_id"], copy)
+    everything = [
+        Past(x.ts, x.amount, x.device_id, x.country, x.channel, x.transaction_id)
+        for x in first_copies.values()
+    ]
+    cards = {x.transaction_id: x.card_id for x in first_copies.values()}
+    for row in logged.iter_rows(named=True):
+        x = first_copies[row["transaction_id"]]
+        expected = as_vector(
+            transaction_features(
+                x, [p for p in everything if cards[p.transaction_id] == x.card_id], (0, 0), PARAMS
+            )
+        )
+        assert np.allclose([row[c] if row[c] is not None else np.nan for c in FEATURE_COLUMNS], expected,
+                           rtol=1e-12, atol=0, equal_nan=True), row["transaction_id"]  # fmt: skip
+        assert row["stale_risk"] is True
+    by_id = {r["transaction_id"]: r for r in logged.iter_rows(named=True)}
+    # What the edges mean, spelled out: exactly on an edge counts, a microsecond past it does not.
+    assert by_id["s1"]["card_tx_count_1h"] == 1 and by_id["s1"]["card_amount_sum_1h"] == 10.0  # hr only
+    assert by_id["s1"]["card_tx_count_24h"] == 3 and by_id["s1"]["card_amount_sum_24h"] == 10 + 30 + 10
+    assert by_id["s1"]["card_tx_count_7d"] == 5  # wk, dy-, dy, hr-, hr
+    assert (
+        by_id["s1"]["card_tx_count_1h"] == by_id["s2"]["card_tx_count_1h"] == by_id["s3"]["card_tx_count_1h"]
+    )
+    assert by_id["after"]["card_tx_count_1h"] == 3  # the three at t (hr is now a microsecond too old)
+    # The three at t are exactly on later's 1h edge; the retry's amount (99) was never history.
+    assert (by_id["later"]["card_tx_count_1h"], by_id["later"]["card_amount_sum_1h"]) == (4, 1 + 2 + 10 + 10)
+
+
+def test_a_day_whose_risk_is_not_written_yet_scores_with_the_latest_and_says_stale(data_dir):
+    """Merchant risk comes from the store, never from bronze: the day's table when the feed has
+    written it, else the latest earlier day's, and the decision says stale_risk."""
+    from fastapi.testclient import TestClient
+
+    from ml_assets.lib import paths
+    from ml_assets.serving.app import create_app
+    from ml_assets.serving.online_store import open_store
+    from ml_assets.serving.service import Service
+    from ml_assets.serving.settings import ServingSettings
+    from ml_assets_tests.serving_support import shared_registry
+
+    registry = shared_registry()
+    store = paths.online_store_url()
+    with open_store(store, lookback_days=PARAMS.card_lookback_days) as s:
+        s.put_merchant_risk(date(2026, 1, 14), {"edge-m": (7, 3)})
+        s.put_merchant_risk(date(2026, 1, 16), {"edge-m": (40, 1)})
+    settings = ServingSettings(
+        registry.tracking_uri, store, model_name=registry.register(aliases={"champion": 1})
+    )
+    weight = PARAMS.merchant_prior_weight
+    with TestClient(create_app(Service(settings))) as client:
+        for day, (labels, frauds), stale in (
+            ("15", (7, 3), True),
+            ("16", (40, 1), False),
+            ("20", (40, 1), True),
+        ):
+            body = _request(f"r-{day}", int(datetime(2026, 1, int(day), 9, tzinfo=UTC).timestamp() * US))
+            [p] = client.post("/predict", json=body).json()["predictions"]
+            assert p["stale_risk"] is stale, day
+            # The decision's features: what the model saw.
+            with open_store(store, lookback_days=PARAMS.card_lookback_days) as s:
+                [decision] = [d for d in s.read_decisions(None, 100)[0] if d.transaction_id == f"r-{day}"]
+            assert decision.features["merchant_labels_window"] == labels
+            rate = (frauds + PARAMS.merchant_prior_rate * weight) / (labels + weight)
+            assert decision.features["merchant_fraud_rate"] == pytest.approx(rate)
+
+
+def _store_contents(url: str) -> str:
+    """An order-independent hash of every row of an SQLite store's history and merchant risk."""
+    import hashlib
+    import sqlite3
+
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as con:
+        rows = sorted(
+            f"{table}:{row}"
+            for table in ("history", "risk_days", "merchant_risk")
+            for row in con.execute(f"select * from {table}")  # noqa: S608  (our own table names)
+        )
+    con.close()
+    return f"{len(rows)} rows {hashlib.sha256(chr(10).join(rows).encode()).hexdigest()[:16]}"
+
+
+def test_the_feed_materialized_twice_leaves_the_store_as_it_was(fed_store, small_world, tmp_path):
+    """Materializing `online_store_feed` again for days it already fed (a backfill, a retry) adds
+    nothing to the store and changes nothing in it: history is idempotent by transaction_id, and
+    each day's merchant risk is replaced whole by the same table."""
+    from ml_assets.lib import paths
+    from ml_assets_tests.serving_support import feed, materialization
+
+    url = _store_copy(fed_store, tmp_path)
+    before = _store_contents(url)
+    again = feed(paths.lake_uri(), url, "2026-01-10", "2026-01-16")
+    meta = materialization(again, "online_store_feed")
+    assert meta["total_transactions"] > 0 and meta["total_rows_upserted"] == 0
+    assert _store_contents(url) == before and not before.startswith("0 rows")

@@ -219,7 +219,7 @@ def test_the_fast_path_accepts_only_what_the_contract_accepts_and_reads_it_alike
 
 @pytest.fixture(scope="module")
 def client():
-    """The app over a real registry (one champion), with no bronze yet."""
+    """The app over a real registry (one champion), with an empty online store."""
     import tempfile
 
     from fastapi.testclient import TestClient
@@ -231,8 +231,9 @@ def client():
 
     registry = shared_registry()
     name = registry.register(aliases={"champion": 1})
-    with tempfile.TemporaryDirectory() as lake:
-        service = Service(ServingSettings(registry.tracking_uri, lake, model_name=name, max_batch=50))
+    with tempfile.TemporaryDirectory() as folder:
+        store = f"sqlite:///{folder}/online.db"
+        service = Service(ServingSettings(registry.tracking_uri, store, model_name=name, max_batch=50))
         with TestClient(create_app(service)) as c:
             yield c
 
@@ -323,7 +324,7 @@ def test_oversized_bodies_get_413_before_they_are_read_whole(data_dir):
 
     registry = shared_registry()
     settings = ServingSettings(
-        registry.tracking_uri, paths.lake_uri(), model_name=registry.register(aliases={"champion": 2})
+        registry.tracking_uri, paths.online_store_url(), model_name=registry.register(aliases={"champion": 2})
     )
     big = b'{"transactions": [' + b" " * 2_000_000 + b"]}"
     with Server(create_app(Service(settings))) as server:
@@ -352,7 +353,7 @@ def test_no_champion_means_503_until_one_is_set(data_dir):
 
     registry = shared_registry()
     name = registry.register(aliases={})
-    service = Service(ServingSettings(registry.tracking_uri, paths.lake_uri(), model_name=name))
+    service = Service(ServingSettings(registry.tracking_uri, paths.online_store_url(), model_name=name))
     with TestClient(create_app(service)) as c:
         assert c.get("/health").status_code == 503
         assert c.post("/predict", json=tx(1)).status_code == 503

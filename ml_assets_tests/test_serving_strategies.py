@@ -18,7 +18,7 @@ from ml_assets.lib.serving_config import (
     Strategy,
 )
 from ml_assets_tests.conftest import tx
-from ml_assets_tests.serving_support import service_and_server, shared_registry
+from ml_assets_tests.serving_support import drain, service_and_server, shared_registry
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_canary_takes_its_share_of_transactions(data_dir, registry):
     name = registry.register(
         aliases={"champion": 1, "canary": 2}, tags={STRATEGY_TAG: "canary", CANARY_SHARE_TAG: "0.3"}
     )
-    _, server = service_and_server(registry, name, paths.lake_uri())
+    _, server = service_and_server(registry, name, paths.online_store_url())
     with server, httpx.Client(base_url=server.url) as client:
         assert _arms(client.get("/model").json()) == {
             "champion": ("champion", "1", 0.7, "serving"),
@@ -74,7 +74,7 @@ def test_ab_split_is_sticky_per_card(data_dir, registry):
     name = registry.register(
         aliases={"champion": 1, "challenger": 2}, tags={STRATEGY_TAG: "ab", AB_SHARE_TAG: "0.5"}
     )
-    _, server = service_and_server(registry, name, paths.lake_uri())
+    _, server = service_and_server(registry, name, paths.online_store_url())
     cards: dict[str, set] = {}
     with server, httpx.Client(base_url=server.url) as client:
         for round_ in range(3):
@@ -91,7 +91,7 @@ def test_ab_split_is_sticky_per_card(data_dir, registry):
 
 def test_shadow_scores_everything_and_returns_nothing_of_it(data_dir, registry):
     name = registry.register(aliases={"champion": 1, "shadow": 2}, tags={STRATEGY_TAG: "shadow"})
-    service, server = service_and_server(registry, name, paths.lake_uri())
+    service, server = service_and_server(registry, name, paths.online_store_url())
     with server, httpx.Client(base_url=server.url) as client:
         assert _arms(client.get("/model").json())["shadow"] == ("shadow", "2", 1.0, "shadow")
         returned = {}
@@ -100,7 +100,7 @@ def test_shadow_scores_everything_and_returns_nothing_of_it(data_dir, registry):
             for p in client.post("/predict", json=body).json()["predictions"]:
                 assert (p["arm"], p["model_version"]) == ("champion", "1")
                 returned[p["transaction_id"]] = p["score"]
-        service.inference_log.flush()
+    drain(paths.lake_uri(), paths.online_store_url())
     log = pl.read_delta(f"{paths.lake_uri()}/{tables.INFERENCE_LOG}")
     assert log.height == 2 * len(returned)
     champion = log.filter(pl.col("returned"))
@@ -117,7 +117,7 @@ def test_blue_green_switches_to_the_warm_previous_champion_without_a_load(data_d
     name = registry.register(
         aliases={"champion": 2, "previous_champion": 1}, tags={STRATEGY_TAG: "blue_green"}
     )
-    service, server = service_and_server(registry, name, paths.lake_uri())
+    service, server = service_and_server(registry, name, paths.online_store_url())
     with server, httpx.Client(base_url=server.url) as client:
         assert _arms(client.get("/model").json()) == {
             "champion": ("champion", "2", 1.0, "serving"),
@@ -136,7 +136,7 @@ def test_blue_green_switches_to_the_warm_previous_champion_without_a_load(data_d
 
 def test_an_alias_change_is_served_without_a_failed_request(data_dir, registry):
     name = registry.register(aliases={"champion": 1})
-    service, server = service_and_server(registry, name, paths.lake_uri())
+    service, server = service_and_server(registry, name, paths.online_store_url())
     outcomes: list = []
     stop = threading.Event()
 
@@ -172,7 +172,7 @@ def test_an_alias_change_is_served_without_a_failed_request(data_dir, registry):
 
 def test_a_strategy_whose_alias_is_missing_serves_the_champion_and_says_so(data_dir, registry):
     name = registry.register(aliases={"champion": 1}, tags={STRATEGY_TAG: "canary", CANARY_SHARE_TAG: "0.5"})
-    _, server = service_and_server(registry, name, paths.lake_uri())
+    _, server = service_and_server(registry, name, paths.online_store_url())
     with server, httpx.Client(base_url=server.url) as client:
         health = client.get("/health").json()
         assert [(a["arm"], a["traffic_share"]) for a in health["arms"]] == [("champion", 1.0)]

@@ -62,6 +62,16 @@ def test_dbt_defaults_are_the_settings_defaults():
     assert set(paths.dbt_vars()) == taken
 
 
+def _online_store_readers() -> str:
+    from ml_assets.defs.resources import build_resources
+    from ml_assets.serving.settings import ServingSettings
+
+    read = {paths.online_store_url(), ServingSettings.from_env().online_store}
+    read.add(build_resources()["online_store"].url.get_value())  # given as dg.EnvVar: may hold a password
+    assert len(read) == 1, read
+    return read.pop()
+
+
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
     """Set to a value, each setting is what its reader returns (derived ones follow the data root)."""
@@ -95,7 +105,8 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
         "MLFLOW_TRACKING_URI": paths.mlflow_tracking_uri,
         "ML_ASSETS_MLFLOW_ARTIFACTS": paths.mlflow_artifact_root,
         "DAGSTER_HOME": lambda: str(paths.dagster_home()),
-        "ML_ASSETS_ONLINE_STORE": paths.online_store_url,
+        # The service's store, and the pipeline's resource on it (the feed and the drain).
+        "ML_ASSETS_ONLINE_STORE": lambda: _online_store_readers(),
     }
     if name in readers:
         assert readers[name]() == given

@@ -149,6 +149,14 @@ class LakeResource(dg.ConfigurableResource):
             # Opened again: if another writer created it first, this sees its table.
             return DeltaTable(self.uri(table), storage_options=self._options())
 
+    def append(self, table: str, frame: pl.DataFrame, *, partition_column: str) -> int:
+        """Append `frame` to `table` (partitioned by `partition_column`) in one commit; return its
+        version. Columns the table lacks are added (schema_mode="merge"): a new feature logged by
+        a new model grows the table instead of failing the write."""
+        return self._commit(
+            table, _arrow(frame), partition_by=[partition_column], mode="append", schema_mode="merge"
+        )
+
     def scan(self, table: str, version: int | None = None) -> pl.LazyFrame:
         return pl.scan_delta(self.uri(table), version=version, storage_options=self._options())
 
@@ -173,6 +181,29 @@ def commit_hook(stage: str, table: str) -> None:
 def _arrow(frame: pl.DataFrame):
     # Plain (not large/view) string arrays: delta-rs writes them ~1.5x faster.
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+class OnlineStoreResource(dg.ConfigurableResource):
+    """The serving's online store (ml_assets.serving.online_store): card histories, merchant risk and
+    the queue of decisions. The pipeline feeds it (`online_store_feed`) and drains it
+    (`inference_log`); the scoring service reads and appends on every request."""
+
+    url: str = Field(
+        description="sqlite:///path/online.db (one host) or redis://[user:password@]host:port/db."
+    )
+
+    def open(self):
+        """The store (a context manager), its lookback the features' card lookback."""
+        from ml_assets.serving.features import FeatureParams
+        from ml_assets.serving.online_store import open_store
+
+        return open_store(self.url, lookback_days=FeatureParams.from_dbt_project().card_lookback_days)
+
+    def describe(self) -> str:
+        """The URL without credentials: what metadata may show."""
+        from ml_assets.serving.online_store import redacted
+
+        return redacted(self.url)
 
 
 class LandingResource(dg.ConfigurableResource):
@@ -391,6 +422,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Every resource, configured from the environment (read now, when the location loads)."""
     from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 
+    store = value("ML_ASSETS_ONLINE_STORE")
     return {
         "lake": LakeResource.from_env(),
         "landing": LandingResource(root=str(paths.landing_dir())),
@@ -399,6 +431,11 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             tracking_uri=paths.mlflow_tracking_uri(),
             artifact_location=paths.mlflow_artifact_root(),
             registered_model_name=value("ML_ASSETS_MODEL_NAME"),
+        ),
+        # A Redis URL may carry a password: given by the variable's name (resolved when a run
+        # uses it), so the UI's resource config never shows it.
+        "online_store": OnlineStoreResource(
+            url=dg.EnvVar("ML_ASSETS_ONLINE_STORE") if store else paths.online_store_url()
         ),
         "quality_gates": QualityGatesResource(),
         "monitoring": MonitoringResource(),

@@ -24,6 +24,12 @@ TAG_PARAMS = "lightgbm_params"
 TAG_BEST_ITERATION = "best_iteration"
 TAG_VERDICT = "validation_verdict"  # pending, passed, failed
 TAG_VERDICT_REASONS = "validation_reasons"
+# Tags of a retraining run that the retraining sensor asked for (as of the newest monitored day, and
+# why), copied onto the version it registers: the record of that request that outlives the Dagster
+# instance, and the sensor's cooldown counts from it.
+TAG_RETRAIN_AS_OF = "retrain_as_of"
+TAG_RETRAIN_REASON = "retrain_reason"
+RETRAIN_TAGS = (TAG_RETRAIN_AS_OF, TAG_RETRAIN_REASON)
 
 
 @cache

@@ -70,8 +70,6 @@ SETTINGS: dict[str, Setting] = {
         Setting("ML_ASSETS_SERVING_THREADS", "1", "LightGBM threads per prediction call."),
         Setting("ML_ASSETS_SERVING_MAX_BODY_BYTES", "1000000", "Larger request bodies get 413."),
         Setting("ML_ASSETS_SERVING_MAX_BATCH", "1000", "More transactions in one request get 413."),
-        Setting("ML_ASSETS_SERVING_LOG_FLUSH_SECONDS", "5.0", "The inference log is written this often."),
-        Setting("ML_ASSETS_SERVING_LOG_MAX_ROWS", "200000", "Rows queued for the log writer, at most."),
         Setting(
             "ML_ASSETS_STACK_PORT_BASE",
             None,

@@ -7,7 +7,10 @@ QUARANTINE = {"transactions": "quarantine/transactions", "labels": "quarantine/l
 DELIVERED = {"transactions": "ingestion/delivered/transactions", "labels": "ingestion/delivered/labels"}
 TRAINING_SET = "training/training_set"
 BATCH_PREDICTIONS = "predictions/batch_predictions"
-# Every prediction the serving service makes (ml_assets.serving.inference_log), by scored day.
+# Every prediction the serving service makes (ml_assets.serving.inference_log), by scored day:
+# drained from the online store's decision queue by the `inference_log` asset, which keeps its
+# consumer cursor per store beside it.
 INFERENCE_LOG = "serving/inference_log"
+INFERENCE_LOG_CURSOR = "serving/inference_log_cursor"
 DRIFT = "monitoring/drift"
 LIVE_PERFORMANCE = "monitoring/live_performance"

@@ -16,9 +16,10 @@ BOOSTER_FILE = "booster.txt"  # the booster, in LightGBM's text format, under th
 
 def pip_requirements() -> list[str]:
     """Pinned explicitly: letting MLflow infer them costs ~20 s per model here. What the logged
-    model imports when it loads (ml_assets.serving.mlflow_model): the booster, and polars and
-    deltalake to read its features' history from the lake."""
-    packages = ("lightgbm", "numpy", "pandas", "polars", "deltalake", "pyarrow", "mlflow")
+    model imports when it loads (ml_assets.serving.mlflow_model): the booster, polars and
+    deltalake to read its features' history from the lake, and redis for when it is loaded with
+    an online store on Redis (the service's live history)."""
+    packages = ("lightgbm", "numpy", "pandas", "polars", "deltalake", "pyarrow", "mlflow", "redis")
     return [f"{pkg}=={version(pkg)}" for pkg in packages]
 
 

@@ -1,8 +1,9 @@
 """The HTTP face of the service (FastAPI): POST /predict, GET /health, GET /model.
 
 Thin on purpose: the body is read here (with a size limit), judged by `validation`, scored by
-`Service`. The scoring endpoint is `async` and does its work without awaiting: requests are
-scored one at a time on the event loop, which is what keeps card history consistent without locks.
+`Service`. Card history and decisions live in the online store, so any number of processes may
+serve (`python -m ml_assets.serving --workers N` runs N of them on one port: `app_from_env` is
+what each builds).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Prediction(BaseModel):
     model_version: str
     alias: str
     arm: str
+    request_id: str  # the request that decided it (an earlier one's, for a retried transaction)
+    stale_risk: bool  # merchant risk came from an earlier day's table (the day's was not written yet)
 
 
 class PredictResponse(BaseModel):
@@ -52,7 +55,7 @@ ERRORS = {
     400: "the body is not JSON",
     413: "the body or the batch is too large",
     422: "wrong shape, wrong types, or values that break the landing contract (row and field named)",
-    503: "no model to serve yet",
+    503: "no model to serve yet, or the online store is unavailable (the error says which); retry",
 }
 
 
@@ -110,7 +113,8 @@ def create_app(service: Service) -> FastAPI:
     )
     async def predict(request: Request) -> Response:
         """Score one transaction, or a batch as {"transactions": [...]}: a fraud score per
-        transaction, with the model version, alias and arm that produced it."""
+        transaction, with the model version, alias and arm that produced it. A 200 means every
+        decision is durably recorded; a transaction sent again gets its recorded decision back."""
         body = await _read_body(request, settings.max_body_bytes)
         result = service.predict(validate(body, settings.max_batch))
         return _json(200, result, headers={"X-Request-ID": result["request_id"]})
@@ -118,7 +122,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/health", responses={503: {"description": "no model to serve yet"}})
     async def health() -> Response:
         """Whether the service can score, which versions serve which traffic share, and the state
-        of the registry poller, the card history and the inference log."""
+        of the registry poller and of the online store."""
         status, body = service.health()
         return _json(status, body)
 
@@ -129,3 +133,19 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(service.model())
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app as one worker process builds it: settings from the environment (uvicorn's
+    `factory=True`, so each of `--workers N` processes has its own Service on the shared store)."""
+    import sys
+
+    from ml_assets.serving.settings import ServingSettings
+
+    # The registry poller runs Python in a thread beside the event loop: hand the GIL back to the
+    # loop after 0.5 ms rather than the default 5 ms, or its work shows up as pauses of several ms
+    # in request latency.
+    sys.setswitchinterval(0.0005)
+    settings = ServingSettings.from_env()
+    log.info("settings: %s", settings)
+    return create_app(Service(settings))

@@ -5,24 +5,23 @@ merchant's label counts; it follows dbt_project/models/features/transaction_feat
 term, and the skew test holds the two to the same values. The windows and the merchant prior come
 from the dbt project's vars, so the two can't drift apart by configuration either.
 
-`FeatureState` keeps what the features need between requests: each card's transactions over the
-lookback (loaded from bronze at startup, then every transaction the service scores) and the
-merchant risk per event day (from bronze labels and transactions, computed when a new day is
-first seen and again when new labels land in bronze).
+What the features need between requests lives outside the process, in the online store
+(ml_assets.serving.online_store): each card's transactions over the lookback, and merchant risk per
+event day, written by the pipeline with `merchant_risk` below. `batch_features` computes a batch's
+features from the windows the store returns; nothing here keeps state.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 
-from ml_assets.lib import tables
 from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 from ml_assets.lib.features import FEATURE_COLUMNS
 
@@ -186,141 +185,33 @@ def transactions_of(frame: pl.DataFrame) -> list[Tx]:
     return [Tx(*row) for row in cols.iter_rows()]
 
 
-class FeatureState:
-    """Card history and merchant risk between requests, for one service process.
+def batch_features(
+    txs: list[Tx],
+    windows: dict[str, list[Past]],
+    risk: Callable[[date], dict[str, tuple[int, int]]],
+    params: FeatureParams,
+) -> list[dict[str, float | None]]:
+    """The features of each transaction of a batch, in the batch's order.
 
-    Not thread-safe for writers: the service scores on one thread (its event loop). `refresh`
-    may run on another thread; it only replaces the risk cache with a new dict.
+    `windows`: card_id -> its transactions around the batch (the online store's `begin` returns
+    them, the batch's own included); `transaction_features` keeps only those strictly before each
+    transaction, so a batch is scored as if its transactions had come one by one. `risk`: an event
+    day's merchant risk (asked once per day of the batch: a batch may span midnight).
     """
+    by_day: dict[date, dict[str, tuple[int, int]]] = {}
+    out = []
+    for tx in txs:
+        day = event_day(tx.ts)
+        if day not in by_day:
+            by_day[day] = risk(day)
+        merchant = by_day[day].get(tx.merchant_id, (0, 0))
+        out.append(transaction_features(tx, windows.get(tx.card_id, ()), merchant, params))
+    return out
 
-    RISK_DAYS_KEPT = 3  # event days whose merchant risk stays cached (late events of yesterday)
 
-    def __init__(
-        self, params: FeatureParams, lake_uri: str | None = None, storage_options: dict | None = None
-    ):
-        self.params = params
-        self.lake_uri = lake_uri
-        self.storage_options = storage_options or None  # delta-rs/polars options of an object store
-        self.cards: dict[str, list[Past]] = {}
-        self.history_until: date | None = None  # the last bronze day loaded
-        self._risk: dict[date, dict[str, tuple[int, int]]] = {}
-        self._labels_version: int | None = None
-
-    # -- bronze ------------------------------------------------------------------------------
-
-    def bronze_uri(self, feed: str) -> str | None:
-        """The URI of a bronze table, if it exists yet."""
-        from deltalake import DeltaTable
-
-        uri = f"{self.lake_uri.rstrip('/')}/{tables.BRONZE[feed]}" if self.lake_uri else None
-        return uri if uri and DeltaTable.is_deltatable(uri, storage_options=self.storage_options) else None
-
-    def _table(self, feed: str) -> pl.LazyFrame | None:
-        uri = self.bronze_uri(feed)
-        return pl.scan_delta(uri, storage_options=self.storage_options) if uri else None
-
-    def _labels_table_version(self) -> int | None:
-        from deltalake import DeltaTable
-
-        uri = self.bronze_uri("labels")
-        return DeltaTable(uri, storage_options=self.storage_options).version() if uri else None
-
-    def load_history(
-        self, until: date | None = None, cards: list[str] | None = None, first: date | None = None
-    ) -> int:
-        """Load each card's transactions of the lookback ending on `until` (default: bronze's last
-        day) from bronze; return how many. `cards` and `first` narrow it to a batch's own cards and
-        days (first: its earliest day's lookback)."""
-        bronze = self._table("transactions")
-        if bronze is None:
-            return 0
-        until = until or bronze.select(pl.col("event_date").max()).collect().item()
-        if until is None:
-            return 0
-        first = first or until - timedelta(days=self.params.card_lookback_days + 1)
-        if cards is not None:
-            bronze = bronze.filter(pl.col("card_id").is_in(cards))
-        frame = (
-            bronze.filter(pl.col("event_date").is_between(first, until))
-            .select(
-                "card_id",
-                pl.col("event_time").dt.epoch("us"),
-                "amount",
-                "device_id",
-                "country",
-                "channel",
-                "transaction_id",
-            )
-            .sort("event_time")
-            .collect()
-        )
-        for card, *past in frame.iter_rows():
-            self.cards.setdefault(card, []).append(Past(*past))
-        self.history_until = until
-        return frame.height
-
-    # -- merchant risk -----------------------------------------------------------------------
-
-    def _compute_risk(self, day: date) -> dict[str, tuple[int, int]]:
-        labels, transactions = self._table("labels"), self._table("transactions")
-        if labels is None or transactions is None:
-            return {}
-        return merchant_risk(labels, transactions, day, self.params)
-
-    def risk(self, day: date) -> dict[str, tuple[int, int]]:
-        """Merchant risk on `day`: cached, or computed now (once per new day)."""
-        table = self._risk.get(day)
-        if table is None:
-            if self._labels_version is None:
-                self._labels_version = self._labels_table_version()
-            table = self._compute_risk(day)
-            kept = sorted(self._risk)[-(self.RISK_DAYS_KEPT - 1) :]
-            self._risk = {**{d: self._risk[d] for d in kept}, day: table}
-            self._forget_idle_cards(day)
-        return table
-
-    def refresh(self) -> bool:
-        """Recompute the cached days' merchant risk if bronze labels changed; True if they did."""
-        version = self._labels_table_version()
-        if version == self._labels_version:
-            return False
-        self._risk = {day: self._compute_risk(day) for day in list(self._risk)}
-        self._labels_version = version
-        return True
-
-    # -- card history ------------------------------------------------------------------------
-
-    def _horizon(self, day: date) -> int:
-        """The oldest instant a transaction of `day` or later can look back on (a day of slack for
-        late events)."""
-        return ((day - EPOCH).days - self.params.card_lookback_days - 1) * DAY
-
-    def _record(self, tx: Tx) -> None:
-        past = self.cards.setdefault(tx.card_id, [])
-        if any(p.transaction_id == tx.transaction_id for p in past):
-            return  # a retried transaction is history once
-        past.append(Past(tx.ts, tx.amount, tx.device_id, tx.country, tx.channel, tx.transaction_id))
-        horizon = self._horizon(event_day(tx.ts))
-        if past[0].ts < horizon:  # lists are (nearly) in time order: the first is the oldest
-            past[:] = [p for p in past if p.ts >= horizon]
-
-    def _forget_idle_cards(self, day: date) -> None:
-        # Event times come from requests: never past today's wall clock, so that one transaction
-        # dated far ahead can't wipe every card's history.
-        horizon = self._horizon(min(day, datetime.now(UTC).date()))
-        for card in [c for c, past in self.cards.items() if max(p.ts for p in past) < horizon]:
-            del self.cards[card]
-
-    def features(self, txs: list[Tx]) -> np.ndarray:
-        """Feature rows (FEATURE_COLUMNS, NaN for missing) of `txs`, which then become history.
-
-        In event-time order, so a batch is scored as if its transactions had come one by one.
-        """
-        out = np.empty((len(txs), len(FEATURE_COLUMNS)))
-        for i in sorted(range(len(txs)), key=lambda i: txs[i].ts):
-            tx = txs[i]
-            merchant = self.risk(event_day(tx.ts)).get(tx.merchant_id, (0, 0))
-            values = transaction_features(tx, self.cards.get(tx.card_id, ()), merchant, self.params)
-            out[i] = as_vector(values)
-            self._record(tx)
-        return out
+def matrix_of(features: list[dict[str, float | None]]) -> np.ndarray:
+    """The model's input rows (FEATURE_COLUMNS, NaN for missing)."""
+    out = np.empty((len(features), len(FEATURE_COLUMNS)))
+    for i, values in enumerate(features):
+        out[i] = as_vector(values)
+    return out

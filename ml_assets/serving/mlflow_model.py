@@ -8,12 +8,20 @@ judge it; the valid ones get dbt's features computed online exactly as the servi
 lake's bronze tables), and the LightGBM booster logged beside it scores them. A row that breaks the
 contract gets no score and its reasons; the others are scored.
 
-The lake is the one the model was trained on (`model_config["lake_uri"]`); load it with
-`model_config={"lake_uri": ...}` to read another. Object-store options come from the environment,
-as for the pipeline (ML_ASSETS_LAKE_STORAGE_OPTIONS, AWS_*). Each predict reads only its batch's
-cards and days from bronze and keeps nothing between calls: the same rows get the same scores in
-any process, thread or order. It is the registry's portable model (mlflow serve, MLServer/KServe,
-batch jobs); the service (ml_assets.serving) keeps card history in memory instead, for latency.
+Where the history comes from, in this order:
+
+- an online store, when `model_config["online_store"]` names one (load the model with
+  `model_config={"online_store": "redis://..."}`) or the setting ML_ASSETS_ONLINE_STORE is set:
+  the same store the service uses (ml_assets.serving.online_store), so KServe/MLServer or
+  `mlflow models serve` score with the live card histories and merchant risk, append what they
+  score to them, and record their decisions (arm "pyfunc", version `model_config["model_version"]`)
+  in the queue the `inference_log` asset drains; a transaction scored before gets its recorded
+  score back;
+- otherwise the lake's bronze tables: the one the model was trained on (`model_config["lake_uri"]`;
+  load it with `model_config={"lake_uri": ...}` to read another). Object-store options come from
+  the environment, as for the pipeline (ML_ASSETS_LAKE_STORAGE_OPTIONS, AWS_*). Each predict reads
+  only its batch's cards and days from bronze and keeps nothing between calls: the same rows get
+  the same scores in any process, thread or order.
 
 `LandingScorer` (mlflow_model_entry.py, the file MLflow runs to load the model) wraps these
 functions. The pipeline itself loads only the booster file (ml_assets.lib.tracking.load_booster):
@@ -23,14 +31,24 @@ no pandas round trip. Nothing here imports mlflow or pandas at module level.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import polars as pl
 
 from ml_assets.lib.contract import TRANSACTIONS
-from ml_assets.serving.features import FeatureParams, FeatureState, transactions_of
+from ml_assets.serving.features import (
+    FeatureParams,
+    Past,
+    Tx,
+    batch_features,
+    event_day,
+    matrix_of,
+    merchant_risk,
+    transactions_of,
+)
 from ml_assets.serving.validation import FIELDS, batch_problems, raw_rows
 
 # A transaction as the feed carries it: the input example logged with the model (MLflow shows it,
@@ -58,8 +76,17 @@ def signature():
 
 
 def model_config(lake_uri: str | None) -> dict:
-    """What the model reads at load: the dbt vars its features follow, and the lake of its history."""
-    return {"lake_uri": lake_uri, "feature_params": asdict(FeatureParams.from_dbt_project())}
+    """What the model reads at load: the dbt vars its features follow, the lake of its history, and
+    (None when logged) the online store and the version its decisions are recorded under. MLflow
+    lets a load override only keys logged here, so both are logged empty: a store's URL may carry
+    credentials, and it is the serving platform's to give at load (`model_config=` or
+    MLFLOW_PYFUNC_INFERENCE_CONFIG)."""
+    return {
+        "lake_uri": lake_uri,
+        "feature_params": asdict(FeatureParams.from_dbt_project()),
+        "online_store": None,
+        "model_version": None,
+    }
 
 
 def _items(frame) -> list[dict]:
@@ -74,15 +101,66 @@ def _items(frame) -> list[dict]:
     ]  # fmt: skip
 
 
+def bronze_windows(
+    txs: list[Tx], params: FeatureParams, lake_uri: str | None, storage_options: dict | None
+) -> tuple[dict[str, list[Past]], object]:
+    """The batch's cards' windows from bronze (their transactions over the lookback of the batch's
+    days, and the batch's own: a transaction bronze already holds counts once), and a function of
+    the day giving merchant risk from bronze labels. Without a lake: the batch alone, no risk."""
+    from deltalake import DeltaTable
+
+    from ml_assets.lib import tables
+
+    def uri(feed: str) -> str | None:
+        found = f"{lake_uri.rstrip('/')}/{tables.BRONZE[feed]}" if lake_uri else None
+        return found if found and DeltaTable.is_deltatable(found, storage_options=storage_options) else None
+
+    windows: dict[str, dict[str, Past]] = {}
+    if lake_uri is not None and uri("transactions") is None:
+        raise LookupError(
+            f"no bronze transactions table under the lake {lake_uri!r}: the features need the "
+            "cards' history from it. Load the model with model_config={'lake_uri': ...} naming "
+            "the pipeline's lake."
+        )
+    scans = {f: pl.scan_delta(u, storage_options=storage_options) for f in tables.BRONZE if (u := uri(f))}
+    if "transactions" in scans:
+        days = [event_day(tx.ts) for tx in txs]
+        first = min(days) - timedelta(days=params.card_lookback_days + 1)
+        frame = (
+            scans["transactions"]
+            .filter(pl.col("event_date").is_between(first, max(days)))
+            .filter(pl.col("card_id").is_in(sorted({tx.card_id for tx in txs})))
+            .select("card_id", pl.col("event_time").dt.epoch("us"), "amount", "device_id", "country",
+                    "channel", "transaction_id")
+            .collect()
+        )  # fmt: skip
+        for card, *past in frame.iter_rows():
+            windows.setdefault(card, {})[past[-1]] = Past(*past)
+    for tx in txs:
+        windows.setdefault(tx.card_id, {}).setdefault(
+            tx.transaction_id, Past(tx.ts, tx.amount, tx.device_id, tx.country, tx.channel, tx.transaction_id)
+        )
+
+    def risk(day: date) -> dict[str, tuple[int, int]]:
+        if "labels" not in scans or "transactions" not in scans:
+            return {}
+        return merchant_risk(scans["labels"], scans["transactions"], day, params)
+
+    return {card: list(past.values()) for card, past in windows.items()}, risk
+
+
 def score_landing_rows(
     frame,
     booster,
     params: FeatureParams,
     lake_uri: str | None,
     storage_options: dict | None = None,
+    store=None,
+    model_version: str = "unregistered",
 ):
     """Score landing-contract rows (a pandas frame); rows that break the contract get NaN and their
-    reasons. Returns a pandas frame: transaction_id, score, problems."""
+    reasons. Returns a pandas frame: transaction_id, score, problems. `store`: an open online
+    store to read history from and record decisions in (None: bronze, nothing recorded)."""
     import pandas as pd
 
     rows, problems = raw_rows(_items(frame))
@@ -93,23 +171,12 @@ def score_landing_rows(
     valid = [i for i in range(len(rows)) if i not in reasons]
     scores = np.full(len(rows), np.nan)
     if valid:
-        good = typed[valid]
-        txs = transactions_of(good)
-        day = pl.col("event_time").dt.date()
-        first, last = good.select(day.min(), day.max().alias("last")).row(0)
-        state = FeatureState(params, lake_uri, storage_options)
-        if lake_uri is not None and state.bronze_uri("transactions") is None:
-            raise LookupError(
-                f"no bronze transactions table under the lake {lake_uri!r}: the features need the "
-                "cards' history from it. Load the model with model_config={'lake_uri': ...} naming "
-                "the pipeline's lake."
-            )
-        state.load_history(
-            until=last,
-            cards=sorted({tx.card_id for tx in txs}),
-            first=first - timedelta(days=params.card_lookback_days + 1),
-        )
-        scores[valid] = booster.predict(state.features(txs))
+        txs = transactions_of(typed[valid])
+        if store is None:
+            windows, risk = bronze_windows(txs, params, lake_uri, storage_options)
+            scores[valid] = booster.predict(matrix_of(batch_features(txs, windows, risk, params)))
+        else:
+            scores[valid] = _score_through_store(store, txs, booster, params, model_version)
     return pd.DataFrame(
         {
             "transaction_id": [row[0] for row in rows],
@@ -117,3 +184,45 @@ def score_landing_rows(
             "problems": ["; ".join(reasons.get(i, [])) for i in range(len(rows))],
         }
     )
+
+
+def _score_through_store(
+    store, txs: list[Tx], booster, params: FeatureParams, model_version: str
+) -> list[float]:
+    """As the service does (ml_assets.serving.service): begin, features from the windows and the
+    store's merchant risk, score, record before returning; retried transactions get their
+    recorded scores."""
+    from ml_assets.serving.online_store import Decision
+
+    begun = store.begin(txs)
+    new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
+    standing = {}
+    if new:
+        risk = {day: store.merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
+        features = batch_features(new, begun.windows, lambda day: risk[day].table, params)
+        scores = booster.predict(matrix_of(features))
+        request_id, at = uuid.uuid4().hex, int(datetime.now(UTC).timestamp() * 1_000_000)
+        standing = store.record(
+            [
+                Decision(
+                    tx.transaction_id,
+                    request_id,
+                    float(score),
+                    model_version,
+                    "pyfunc",
+                    values,
+                    at,
+                    {
+                        "alias": "",
+                        "card_id": tx.card_id,
+                        "merchant_id": tx.merchant_id,
+                        "event_time": tx.ts,
+                        "strategy": "pyfunc",
+                        "model_name": "",
+                        "stale_risk": risk[event_day(tx.ts)].stale_risk,
+                    },
+                )  # fmt: skip
+                for tx, score, values in zip(new, scores, features, strict=True)
+            ]
+        )
+    return [(begun.recorded.get(tx.transaction_id) or standing[tx.transaction_id]).score for tx in txs]

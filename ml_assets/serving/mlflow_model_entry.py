@@ -8,6 +8,7 @@ import mlflow.pyfunc
 from mlflow.models import set_model
 
 from ml_assets.lib import paths
+from ml_assets.lib.settings import value
 from ml_assets.serving.features import FeatureParams
 from ml_assets.serving.mlflow_model import score_landing_rows
 
@@ -22,11 +23,21 @@ class LandingScorer(mlflow.pyfunc.PythonModel):
         config = context.model_config
         self.params = FeatureParams(**config["feature_params"])
         self.lake_uri = config.get("lake_uri")
+        self.model_version = str(config.get("model_version") or "unregistered")
+        # The service's store when one is named (at load, or ML_ASSETS_ONLINE_STORE set explicitly:
+        # its default, a file under the data root, is not a reason to leave the bronze path).
+        url = config.get("online_store") or value("ML_ASSETS_ONLINE_STORE")
+        self.store = None
+        if url:
+            from ml_assets.serving.online_store import open_store
+
+            self.store = open_store(url, lookback_days=self.params.card_lookback_days)
 
     def predict(self, context, model_input, params: dict | None = None):
         return score_landing_rows(
-            model_input, self.booster, self.params, self.lake_uri, paths.lake_storage_options()
-        )
+            model_input, self.booster, self.params, self.lake_uri, paths.lake_storage_options(),
+            store=self.store, model_version=self.model_version,
+        )  # fmt: skip
 
 
 set_model(LandingScorer())

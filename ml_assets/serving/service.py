@@ -1,25 +1,38 @@
-"""The scoring service without HTTP: registry watcher, online features, routing, inference log.
+"""The scoring service without HTTP: registry watcher, online features, routing, decisions.
 
-`Service.predict` takes validated transactions and returns what the endpoint returns. It runs on
-one thread (the server's event loop): card history is updated there only. A poller thread swaps
-in a new `Deployment` when the registry's aliases or tags change, and refreshes merchant risk
-when bronze labels change; the writer thread of the inference log writes what predict queued.
+`Service.predict` takes validated transactions and returns what the endpoint returns. What it knows
+between requests lives in the online store (ml_assets.serving.online_store), not in the process,
+so any number of replicas (or a restarted one) score with the same card histories:
+
+1. `store.begin(txs)`: a transaction already decided gets its recorded decision back (same score,
+   version and request id; it is neither scored nor logged again); the others are appended to
+   their cards' history, and their cards' windows come back, in one atomic step;
+2. the features of the new ones, from those windows and the day's merchant risk (written into the
+   store by the pipeline's `online_store_feed`), by the same pure function dbt is held to;
+3. scoring, by the deployment's arms;
+4. `store.record(decisions)`: durable before the response. A 200 means every transaction of it is
+   in its card's history and its decision queued for the inference log (the Dagster asset
+   `inference_log` drains the queue into Delta).
+
+A store that can't be reached makes /predict answer 503 with the reason; nothing is scored without
+being recorded. A poller thread swaps in a new `Deployment` when the registry's aliases or tags
+change.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import numpy as np
 
-from ml_assets.lib import paths, tables
-from ml_assets.serving.features import FeatureParams, FeatureState, Tx
-from ml_assets.serving.inference_log import Chunk, InferenceLog
+from ml_assets.serving.features import FeatureParams, Tx, batch_features, event_day, matrix_of
+from ml_assets.serving.online_store import Decision, RiskTable, StoreUnavailable, open_store, redacted
 from ml_assets.serving.registry import Deployment, Registry
 from ml_assets.serving.settings import ServingSettings
 from ml_assets.serving.validation import RequestError
@@ -31,16 +44,17 @@ class Service:
     def __init__(self, settings: ServingSettings):
         self.settings = settings
         self.registry = Registry(settings.tracking_uri, settings.model_name)
-        self.features = FeatureState(
-            FeatureParams.from_dbt_project(), settings.lake_uri, paths.lake_storage_options()
-        )
-        self.inference_log = InferenceLog(
-            f"{settings.lake_uri.rstrip('/')}/{tables.INFERENCE_LOG}",
-            flush_seconds=settings.log_flush_seconds,
-            max_rows=settings.log_max_rows,
-        )
+        self.params = FeatureParams.from_dbt_project()
+        self.store_url = settings.online_store
+        # The store's lookback is the features' card lookback: a window holds exactly what
+        # `transaction_features` can count.
+        self.store = open_store(self.store_url, lookback_days=self.params.card_lookback_days)
         self.deployment: Deployment | None = None
         self.last_poll: dict = {"at": None, "error": None}
+        self.store_state: dict = {"last_error": None, "last_error_at": None, "unavailable_answers": 0}
+        # Merchant risk changes once a day (the pipeline writes it): read per event day at most once
+        # per poll interval, not on every request (a day's table is every merchant's counts).
+        self._risk: dict[date, tuple[float, RiskTable]] = {}
         self._stop = threading.Event()
         self._poll_lock = threading.Lock()
         self._poller = threading.Thread(target=self._poll_loop, name="registry-poller", daemon=True)
@@ -48,22 +62,19 @@ class Service:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the models and the card history, then start the poller and the log writer. A
-        registry that can't be read yet is not fatal: the service reports it, and keeps polling."""
+        """Load the models, then start the poller. A registry that can't be read yet is not fatal:
+        the service reports it, and keeps polling."""
         self.poll()
-        loaded = self.features.load_history(self.settings.history_until)
-        log.info("card history: %s transactions up to %s", loaded, self.features.history_until)
-        # What startup loaded (modules, models, card history) lives as long as the process: keep
-        # the garbage collector from walking it again and again (long pauses = slow requests).
+        # What startup loaded (modules, models) lives as long as the process: keep the garbage
+        # collector from walking it again and again (long pauses = slow requests).
         gc.freeze()
-        self.inference_log.start()
         self._poller.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._poller.is_alive():
             self._poller.join(timeout=30)
-        self.inference_log.close()
+        self.store.close()
 
     def poll(self) -> None:
         """Read the registry once and swap in what it asks for (loading new versions first)."""
@@ -88,78 +99,105 @@ class Service:
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
             self.poll()
-            try:
-                self.features.refresh()
-            except Exception as e:
-                log.warning("merchant risk refresh failed: %s", e)
 
     # -- requests ----------------------------------------------------------------------------
 
     def predict(self, txs: list[Tx]) -> dict:
-        """Score validated transactions with the current deployment."""
+        """Score validated transactions with the current deployment, through the online store."""
         deployment = self.deployment  # read once: the whole request uses one deployment
         if deployment is None:
             raise RequestError(503, f"no model to serve: {self.settings.model_name!r} has no champion yet")
-        features = self.features.features(txs)
+        request_id = uuid.uuid4().hex
+        with self._store_calls():
+            begun = self.store.begin(txs)
+            new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
+            risk = {day: self._merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
+        decisions = self._decide(deployment, request_id, new, begun.windows, risk)
+        with self._store_calls():
+            # Before the response: a 200 is a durable decision. Another replica may have recorded
+            # one of these transactions first: its decision stands, and is what we answer.
+            standing = self.store.record(decisions) if decisions else {}
+        decided = [begun.recorded.get(tx.transaction_id) or standing[tx.transaction_id] for tx in txs]
+        earlier = {d.request_id for d in decided}
+        return {
+            # A whole retry answers with the request id it was first decided under.
+            "request_id": earlier.pop() if len(earlier) == 1 and not decisions else request_id,
+            "model_name": deployment.model_name,
+            "strategy": deployment.config.strategy.value,
+            "predictions": [
+                {
+                    "transaction_id": d.transaction_id,
+                    "score": d.score,
+                    "model_version": d.model_version,
+                    "alias": d.extra.get("alias", ""),
+                    "arm": d.arm,
+                    "request_id": d.request_id,
+                    "stale_risk": bool(d.extra.get("stale_risk", False)),
+                }
+                for d in decided
+            ],
+        }
+
+    def _decide(
+        self, deployment: Deployment, request_id: str, txs: list[Tx], windows, risk
+    ) -> list[Decision]:
+        """Features, routing and scores of the transactions not decided yet, as decisions."""
+        if not txs:
+            return []
+        features = batch_features(txs, windows, lambda day: risk[day].table, self.params)
+        x = matrix_of(features)
         n = len(txs)
         split = deployment.split_key
         route = deployment.route([getattr(tx, split) for tx in txs] if split else [""] * n)
         scores = np.empty(n)
         serving = deployment.serving_arms
-        parts = []  # (arm, row indices, scores) for the log
         for k, arm in enumerate(serving):
             rows = np.flatnonzero(route == k)
             if rows.size:
-                scores[rows] = arm.booster.predict(features[rows], num_threads=self.settings.num_threads)
-                parts.append((arm, rows, scores[rows]))
-        for arm in deployment.shadow_arms:
-            shadow_scores = arm.booster.predict(features, num_threads=self.settings.num_threads)
-            parts.append((arm, np.arange(n), shadow_scores))
+                scores[rows] = arm.booster.predict(x[rows], num_threads=self.settings.num_threads)
+        # The store keeps one decision per transaction: a shadow arm's scores ride in the decision
+        # (`extra["shadow"]`), and the inference log's drain makes them rows of their own.
+        shadows = [
+            (arm, arm.booster.predict(x, num_threads=self.settings.num_threads).tolist())
+            for arm in deployment.shadow_arms
+        ]
+        scored_at = int(datetime.now(UTC).timestamp() * 1_000_000)
+        common = {"strategy": deployment.config.strategy.value, "model_name": deployment.model_name}
+        out = []
+        for i, tx in enumerate(txs):
+            arm = serving[route[i]]
+            stale = risk[event_day(tx.ts)].stale_risk
+            extra = common | {
+                "alias": arm.spec.alias,
+                "card_id": tx.card_id,
+                "merchant_id": tx.merchant_id,
+                "event_time": tx.ts,
+                "stale_risk": stale,
+                "shadow": [
+                    {"arm": a.spec.name, "alias": a.spec.alias, "model_version": a.version, "score": s[i]}
+                    for a, s in shadows
+                ],
+            }
+            out.append(
+                Decision(tx.transaction_id, request_id, float(scores[i]), arm.version, arm.spec.name,
+                         features[i], scored_at, extra)
+            )  # fmt: skip
+        return out
 
-        request_id = uuid.uuid4().hex
-        scored_at = datetime.now(UTC)
-        self._log(deployment, request_id, scored_at, txs, features, parts)
-        return {
-            "request_id": request_id,
-            "model_name": deployment.model_name,
-            "strategy": deployment.config.strategy.value,
-            "predictions": [
-                {
-                    "transaction_id": tx.transaction_id,
-                    "score": float(score),
-                    "model_version": arm.version,
-                    "alias": arm.spec.alias,
-                    "arm": arm.spec.name,
-                }
-                for tx, score, arm in zip(txs, scores, (serving[k] for k in route), strict=True)
-            ],
-        }
+    def _merchant_risk(self, day: date) -> RiskTable:
+        now = time.monotonic()
+        cached = self._risk.get(day)
+        if cached is None or now - cached[0] > self.settings.poll_seconds:
+            # Never computed from bronze here: the pipeline writes it. A day not written yet gets
+            # the latest earlier day's table, and its decisions say stale_risk.
+            table = self.store.merchant_risk(day)
+            self._risk = {d: v for d, v in self._risk.items() if now - v[0] <= self.settings.poll_seconds}
+            self._risk[day] = (now, table)
+            return table
+        return cached[1]
 
-    def _log(self, deployment, request_id, scored_at, txs, features, parts) -> None:
-        at = int(scored_at.timestamp() * 1_000_000)
-        columns: dict[str, list] = {c: [] for c in ("transaction_id", "card_id", "merchant_id", "event_time")}
-        columns |= {c: [] for c in ("arm", "alias", "model_version", "score", "returned")}
-        for arm, rows, arm_scores in parts:
-            for r in rows:
-                tx = txs[r]
-                columns["transaction_id"].append(tx.transaction_id)
-                columns["card_id"].append(tx.card_id)
-                columns["merchant_id"].append(tx.merchant_id)
-                columns["event_time"].append(tx.ts)
-            m = len(rows)
-            columns["arm"] += [arm.spec.name] * m
-            columns["alias"] += [arm.spec.alias] * m
-            columns["model_version"] += [arm.version] * m
-            columns["score"] += arm_scores.tolist()
-            columns["returned"] += [arm.spec.returned] * m
-        rows_logged = len(columns["score"])
-        columns |= {
-            "request_id": [request_id] * rows_logged,
-            "scored_at": [at] * rows_logged,
-            "strategy": [deployment.config.strategy.value] * rows_logged,
-            "model_name": [deployment.model_name] * rows_logged,
-        }
-        self.inference_log.submit(Chunk.of(columns, np.vstack([features[rows] for _, rows, _ in parts])))
+    def _store_calls(self):
+        return _StoreCalls(self)
 
     # -- reports -----------------------------------------------------------------------------
 
@@ -186,10 +224,37 @@ class Service:
             "arms": arms,
             "problems": list(d.problems) if d else [],
             "registry": self.last_poll,
-            "features": {
-                "cards": len(self.features.cards),
-                "history_until": str(self.features.history_until) if self.features.history_until else None,
-            },
-            "inference_log": self.inference_log.stats(),
+            "online_store": {"url": redacted(self.store_url), **self.store_state},
+            "pid": os.getpid(),  # which worker answered (`--workers N`: N processes, one port)
         }
         return (200 if d else 503), body
+
+
+class _StoreCalls:
+    """Store faults become a 503 with the reason (never another 5xx): StoreUnavailable's message
+    names the store without credentials; anything else the store raises is named by its type only,
+    since its text is not ours to vouch for."""
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if e is None or not isinstance(e, Exception):
+            return False
+        state = self.service.store_state
+        state["unavailable_answers"] += 1
+        state["last_error_at"] = time.time()
+        if isinstance(e, StoreUnavailable):
+            reason = str(e)
+        else:
+            log.exception("online store call failed")
+            reason = f"online store {redacted(self.service.store_url)} failed: {type(e).__name__}"
+        if reason != state["last_error"]:
+            log.warning("answering 503: %s", reason)
+        state["last_error"] = reason
+        raise RequestError(
+            503, f"{reason}. Retry the request: a transaction keeps the first decision recorded for it."
+        ) from None

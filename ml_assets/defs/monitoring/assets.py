@@ -230,7 +230,8 @@ def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:
 @dg.asset(
     partitions_def=daily_partitions,
     backfill_policy=one_run_per_range,
-    deps=["batch_predictions", "raw_labels"],
+    # inference_log: what the service served (live arms), drained from the online store.
+    deps=["batch_predictions", "raw_labels", "inference_log"],
     kinds={"delta"},
     retry_policy=storage_retry,
     owners=["team:ml-platform"],

@@ -1,21 +1,25 @@
 """The closed loop: retrain when the world drifts or live performance falls; promote a canary (or
 shadow) candidate that holds up on live outcomes, and take one off that does not.
 
-Both read the monitoring tables (Delta), decide on the newest monitored day, and keep that day in
-their cursor: a day is decided once, and a failed tick (the cursor is saved only on success) is
-decided again. Run keys carry the day or the version, so Dagster never runs a decision twice.
+Both read the monitoring tables (Delta) and decide on the newest monitored day. Neither keeps
+state in its cursor, which is lost with a reset (`dagster sensor cursor --delete`, a new
+DAGSTER_HOME): the retraining cooldown counts from the last request as the registry records it
+(the version it produced carries the request's tags) and the instance (its run, before that
+version exists); a canary decision's runs carry the decision (defs/decisions.py), so one under way
+or done is not asked for twice, and one that failed is asked for again, a bounded number of times.
 """
 
-import json
 from datetime import date, timedelta
 
 import dagster as dg
 import polars as pl
 
-from ml_assets.defs.resources import LakeResource, MlflowResource, MonitoringResource
+from ml_assets.defs.decisions import DECIDED_BY_TAG, first_request, follow_up, last_run
+from ml_assets.defs.resources import AlertsResource, LakeResource, MlflowResource, MonitoringResource
 from ml_assets.lib import registry, tables
 
 CHAMPION_ARM = f"batch:{registry.CHAMPION}"
+RETRAINING_SENSOR, CANARY_SENSOR = "retraining_sensor", "canary_sensor"
 
 
 def _latest(lake: LakeResource, table: str, column: str) -> tuple[date | None, pl.DataFrame]:
@@ -62,7 +66,31 @@ def retraining_reasons(lake: LakeResource, mlflow: MlflowResource, monitoring: M
     return (max(days) if days else None), reasons
 
 
+def last_retraining_request(instance: dg.DagsterInstance, client, name: str) -> tuple[date, str] | None:
+    """(the newest monitored day of the last retraining request, where that is recorded), or None.
+
+    The registry first: every version the sensor's runs registered carries the request's day, and
+    the registry outlives the Dagster instance. Then the instance: the last run requested, which
+    has not registered a version yet (queued, training), or failed before it could.
+    """
+    found = []
+    for mv in client.search_model_versions(
+        f"name = '{name}' AND tags.{registry.TAG_RETRAIN_AS_OF} LIKE '%'",
+        max_results=10,
+        order_by=["version_number DESC"],
+    ):
+        found.append(
+            (date.fromisoformat(mv.tags[registry.TAG_RETRAIN_AS_OF]), f"v{mv.version} in the registry")
+        )
+    run = last_run(instance, {DECIDED_BY_TAG: RETRAINING_SENSOR})
+    if run is not None and registry.TAG_RETRAIN_AS_OF in run.tags:
+        found.append((date.fromisoformat(run.tags[registry.TAG_RETRAIN_AS_OF]), f"run {run.run_id[:8]}"))
+    # The newest day; on a tie the registry's record, which is the one that lasts.
+    return max(found, key=lambda f: f[0]) if found else None
+
+
 @dg.sensor(
+    name=RETRAINING_SENSOR,
     job_name="retraining_job",
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -75,10 +103,9 @@ def retraining_sensor(
     mlflow: MlflowResource,
     monitoring: MonitoringResource,
 ) -> dg.SensorResult:
-    cursor = json.loads(context.cursor or "{}")
     day, reasons = retraining_reasons(lake, mlflow, monitoring)
     if day is None or not reasons:
-        return dg.SensorResult(skip_reason=f"no reason to retrain as of {day}", cursor=context.cursor)
+        return dg.SensorResult(skip_reason=f"no reason to retrain as of {day}")
     client = mlflow.client()
     candidate = [
         a
@@ -86,21 +113,19 @@ def retraining_sensor(
         if registry.alias_version(client, mlflow.registered_model_name, a)
     ]
     if candidate:
+        return dg.SensorResult(skip_reason=f"a {candidate[0]} candidate is still being judged")
+    last = last_retraining_request(context.instance, client, mlflow.registered_model_name)
+    if last and day < last[0] + timedelta(days=monitoring.retraining_cooldown_days):
         return dg.SensorResult(
-            skip_reason=f"a {candidate[0]} candidate is still being judged", cursor=context.cursor
-        )
-    last = cursor.get("last_request_day")
-    if last and day < date.fromisoformat(last) + timedelta(days=monitoring.retraining_cooldown_days):
-        return dg.SensorResult(
-            skip_reason=f"cooling down since {last} ({'; '.join(reasons)})", cursor=context.cursor
+            skip_reason=f"cooling down since {last[0]} (asked for then: {last[1]}) ({'; '.join(reasons)})"
         )
     context.log.info(f"retraining as of {day}: {'; '.join(reasons)}")
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(run_key=f"retrain-as-of-{day}", tags={"retrain_reason": "; ".join(reasons)[:1000]})
-        ],
-        cursor=json.dumps({"last_request_day": day.isoformat()}),
-    )
+    tags = {
+        registry.TAG_RETRAIN_REASON: "; ".join(reasons)[:1000],
+        registry.TAG_RETRAIN_AS_OF: day.isoformat(),
+        DECIDED_BY_TAG: RETRAINING_SENSOR,
+    }
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"retrain-as-of-{day}", tags=tags)])
 
 
 def candidate_verdict(
@@ -126,43 +151,46 @@ def candidate_verdict(
 
 
 @dg.sensor(
+    name=CANARY_SENSOR,
     job_name="promotion_job",
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Promotes a canary or shadow candidate once it has enough labelled outcomes and "
-    "holds up against the champion; rolls it back automatically if it does not.",
+    "holds up against the champion; rolls it back automatically if it does not. Asks again when "
+    "that run fails (at most 3 runs, then alerts).",
 )
 def canary_sensor(
     context: dg.SensorEvaluationContext,
     lake: LakeResource,
     mlflow: MlflowResource,
     monitoring: MonitoringResource,
+    alerts: AlertsResource,
 ) -> dg.SensorResult:
     client = mlflow.client()
     name = mlflow.registered_model_name
     deployed = {a: registry.alias_version(client, name, a) for a in (registry.CANARY, registry.SHADOW)}
     deployed = {a: v for a, v in deployed.items() if v}
     if not deployed:
-        return dg.SensorResult(skip_reason="no canary or shadow candidate deployed", cursor=context.cursor)
+        return dg.SensorResult(skip_reason="no canary or shadow candidate deployed")
     alias, version = next(iter(deployed.items()))
     day, perf = _latest(lake, tables.LIVE_PERFORMANCE, "as_of_date")
     champion = registry.alias_version(client, name, registry.CHAMPION)
     verdict = candidate_verdict(perf, alias, version, champion, monitoring) if perf.height else None
     if verdict is None:
         return dg.SensorResult(
-            skip_reason=f"{alias} v{version}: not enough labelled outcomes yet (as of {day})",
-            cursor=context.cursor,
+            skip_reason=f"{alias} v{version}: not enough labelled outcomes yet (as of {day})"
         )
     action, reason = verdict
+    decision = f"{action}-{name}-v{version}"
+    followed = follow_up(context.instance, decision, alerts, context.log)
+    if followed is not None:  # asked for on an earlier tick
+        context.log.info(followed.note)
+        if followed.request is None:
+            return dg.SensorResult(skip_reason=followed.note)
+        return dg.SensorResult(run_requests=[followed.request])
     context.log.info(f"{action}: {reason}")
-    config = {"action": action, "reason": reason, "actor": "canary_sensor"}
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=f"{action}-{name}-v{version}",
-                run_config={"ops": {"deployed_model": {"config": config}}},
-                tags={"model_version": version},
-            )
-        ],
-        cursor=str(day),
+    config = {"action": action, "reason": reason, "actor": CANARY_SENSOR}
+    request = first_request(
+        decision, CANARY_SENSOR, {"ops": {"deployed_model": {"config": config}}}, {"model_version": version}
     )
+    return dg.SensorResult(run_requests=[request])

@@ -20,11 +20,17 @@ rollback_job = dg.define_asset_job(
     },
 )
 
+# The run queue runs one retraining at a time (tag_concurrency_limits in dagster.local.yaml and
+# deploy/dagster.yaml name this tag): the weekly schedule and the retraining sensor would otherwise
+# train side by side and share the machine. Each run is correct on its own either way.
+SERIAL_TAG = {"ml_assets/serial": "retraining"}
+
 # Retraining: a new snapshot, a tuned model, and its report; the promotion sensor then gates it.
 retraining_job = dg.define_asset_job(
     "retraining_job",
     selection=dg.AssetSelection.assets("training_set", "fraud_model", "model_validation_report"),
     description="Snapshot -> model -> validation report. Promotion follows only if every gate passes.",
+    tags=SERIAL_TAG,
 )
 
 weekly_retraining_schedule = dg.ScheduleDefinition(

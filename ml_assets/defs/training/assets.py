@@ -9,6 +9,7 @@ from pydantic import Field
 from ml_assets.defs.metadata import markdown_table, table_schema
 from ml_assets.defs.policies import storage_retry
 from ml_assets.defs.resources import LakeResource, WarehouseResource
+from ml_assets.defs.run_events import latest_materialization, run_materialization
 from ml_assets.lib import tables
 from ml_assets.lib.features import LABEL
 from ml_assets.lib.training import default_cutoff, training_set_batches
@@ -85,3 +86,22 @@ def training_set(
             "fraud_rate": frauds / rows,
         }
     )
+
+
+def run_snapshot(instance: dg.DagsterInstance, run: dg.DagsterRun, log) -> tuple[int, dict]:
+    """(the training_set Delta version this run wrote, the bronze versions it was built from).
+
+    From this run's own materialization of training_set, never the table's latest version: another
+    retraining run may have written a newer snapshot since. A step run without training_set in its
+    run (fraud_model alone, say) takes the snapshot last materialized, and logs that it did.
+    """
+    meta = run_materialization(instance, run, "training_set")
+    if meta is None:
+        meta = latest_materialization(instance, "training_set")
+        if meta is None:
+            raise dg.Failure("no training_set materialization to train on: materialize it first")
+        log.warning(
+            f"training_set is not in this run: using its last materialization, v{meta['delta_version'].value}"
+        )
+    inputs = meta["input_delta_versions"].value if "input_delta_versions" in meta else {}
+    return int(meta["delta_version"].value), inputs

@@ -5,19 +5,24 @@ import polars as pl
 
 from ml_assets.defs.metadata import markdown_table
 from ml_assets.defs.resources import LakeResource
+from ml_assets.defs.training.assets import run_snapshot
 from ml_assets.lib import tables
 from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
 from ml_assets.lib.training import SPLITS
 
 
-def _snapshot(lake: LakeResource) -> pl.DataFrame:
-    return lake.scan(tables.TRAINING_SET).collect()
+def _snapshot(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> pl.DataFrame:
+    """The snapshot this run's training_set wrote (not the table's latest: see run_snapshot)."""
+    version, _ = run_snapshot(context.instance, context.run, context.log)
+    return lake.scan(tables.TRAINING_SET, version=version).collect()
 
 
 @dg.asset_check(asset="training_set", blocking=True, description="Every split has both classes.")
-def both_classes_present(lake: LakeResource) -> dg.AssetCheckResult:
+def both_classes_present(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
     counts = (
-        _snapshot(lake).group_by("split").agg(pl.len().alias("rows"), pl.col(LABEL).sum().alias("frauds"))
+        _snapshot(context, lake)
+        .group_by("split")
+        .agg(pl.len().alias("rows"), pl.col(LABEL).sum().alias("frauds"))
     )
     by_split = {r["split"]: r for r in counts.iter_rows(named=True)}
     missing = [s for s in SPLITS if s not in by_split or by_split[s]["frauds"] in (0, by_split[s]["rows"])]
@@ -33,8 +38,10 @@ def both_classes_present(lake: LakeResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset="training_set", blocking=True, description="No feature is entirely null in any split.")
-def no_feature_entirely_null(lake: LakeResource) -> dg.AssetCheckResult:
-    frame = _snapshot(lake)
+def no_feature_entirely_null(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource
+) -> dg.AssetCheckResult:
+    frame = _snapshot(context, lake)
     nulls = frame.group_by("split").agg(pl.col(FEATURE_COLUMNS).is_null().mean())
     empty = [
         f"{row['split']}.{c}" for row in nulls.iter_rows(named=True) for c in FEATURE_COLUMNS if row[c] == 1.0
@@ -54,8 +61,8 @@ def no_feature_entirely_null(lake: LakeResource) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset="training_set", blocking=True, description="Splits follow time: train, validation, holdout."
 )
-def splits_in_time_order(lake: LakeResource) -> dg.AssetCheckResult:
-    frame = _snapshot(lake)
+def splits_in_time_order(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    frame = _snapshot(context, lake)
     spans = frame.group_by("split").agg(
         pl.col("event_time").min().alias("first"), pl.col("event_time").max().alias("last")
     )

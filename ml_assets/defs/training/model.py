@@ -14,6 +14,7 @@ from pydantic import Field
 from ml_assets.defs.metadata import markdown_table, png_markdown
 from ml_assets.defs.policies import storage_retry
 from ml_assets.defs.resources import LakeResource, MlflowResource
+from ml_assets.defs.training.assets import run_snapshot
 from ml_assets.lib import oracle, registry, tables, tracking
 from ml_assets.lib.evaluation import score_metrics
 from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
@@ -59,13 +60,6 @@ def _splits(frame: pl.DataFrame, shuffle_labels: bool, seed: int) -> dict[str, t
     return out
 
 
-def _snapshot_inputs(context: dg.AssetExecutionContext) -> dict:
-    """Bronze versions the snapshot was built from, as its materialization recorded them."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("training_set"))
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    return meta["input_delta_versions"].value if "input_delta_versions" in meta else {}
-
-
 @dg.asset(
     deps=["training_set"],
     kinds={"lightgbm", "optuna", "mlflow"},
@@ -76,7 +70,7 @@ def fraud_model(
     context: dg.AssetExecutionContext, config: TrainingConfig, lake: LakeResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     """The fraud score: LightGBM tuned with Optuna (early stopping on the validation window) on
-    the latest training snapshot, tracked in MLflow and registered as a new version of
+    the training snapshot this run wrote, tracked in MLflow and registered as a new version of
     `fraud_detector` with the alias `challenger`. The validation report then judges it against
     the champion before anything serves it.
     """
@@ -84,14 +78,13 @@ def fraud_model(
 
     from ml_assets.lib.plots import feature_importance_png
 
-    snapshot = lake.version(tables.TRAINING_SET)
+    snapshot, bronze = run_snapshot(context.instance, context.run, context.log)
     frame = lake.scan(tables.TRAINING_SET, version=snapshot).collect()
     data = _splits(frame, config.shuffle_labels, config.seed)
     windows = {}
     for split in SPLITS:
         days = frame.filter(pl.col("split") == split)["event_date"]
         windows |= {f"{split}_start": str(days.min()), f"{split}_end": str(days.max())}
-    bronze = _snapshot_inputs(context)
     client = mlflow.client()
     with mlflow.tracked_run(context, tags={"training_set_delta_version": str(snapshot)}):
         run_id = mlflow_api.active_run().info.run_id
@@ -145,7 +138,7 @@ def fraud_model(
             client, mlflow.registered_model_name, model_uri, run_id,
             tracking.model_tags(
                 context.run.run_id, snapshot, bronze, windows, best.params, best.best_iteration
-            ),
+            ) | {k: context.run.tags[k] for k in registry.RETRAIN_TAGS if k in context.run.tags},
         )  # fmt: skip
         client.set_registered_model_alias(mlflow.registered_model_name, registry.CHALLENGER, version)
     context.log.info(f"registered {mlflow.registered_model_name} v{version} as {registry.CHALLENGER}")

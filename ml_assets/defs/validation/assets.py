@@ -15,6 +15,7 @@ import polars as pl
 from ml_assets.defs.metadata import frame_markdown, markdown_table, png_markdown
 from ml_assets.defs.policies import storage_retry
 from ml_assets.defs.resources import LakeResource, MlflowResource, QualityGatesResource
+from ml_assets.defs.run_events import run_materialization
 from ml_assets.lib import gates, registry, tables
 from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
 from ml_assets.lib.training import matrix
@@ -39,6 +40,24 @@ def _differences_table(report: dict) -> str:
     return markdown_table(["challenger - champion", "estimate", "95% low", "95% high", "bootstrap"], rows)
 
 
+def _challenger(context: dg.AssetExecutionContext, client, name: str) -> str:
+    """The version this run's fraud_model registered: @challenger is whichever run registered
+    last, and another retraining run may have moved it since. A report run on its own (without
+    fraud_model in its run) judges @challenger, and logs that it does."""
+    meta = run_materialization(context.instance, context.run, "fraud_model")
+    if meta is not None:
+        return str(meta["model_version"].value)
+    challenger = registry.alias_version(client, name, registry.CHALLENGER)
+    if challenger is None:
+        raise dg.Failure(
+            f"{name} has no '{registry.CHALLENGER}' alias: materialize fraud_model first", allow_retries=False
+        )
+    context.log.warning(
+        f"fraud_model is not materialized in this run: judging @{registry.CHALLENGER}, v{challenger}"
+    )
+    return challenger
+
+
 @dg.asset(
     deps=["fraud_model"],
     kinds={"mlflow", "matplotlib"},
@@ -55,7 +74,8 @@ def model_validation_report(
     mlflow: MlflowResource,
     quality_gates: QualityGatesResource,
 ) -> dg.MaterializeResult:
-    """Evaluates `fraud_detector@challenger` and `@champion` on the challenger's holdout rows:
+    """Evaluates the version this run's fraud_model registered (the challenger) and
+    `fraud_detector@champion` on the challenger's holdout rows:
     ROC-AUC, PR-AUC, recall at 1% FPR, log loss, Brier, calibration error, a bootstrap interval
     for the difference, metrics by slice (worst regression first) and plots. Each quality gate is
     a blocking check; the verdict and its reasons are written as tags on the challenger version,
@@ -67,11 +87,7 @@ def model_validation_report(
     started = time.perf_counter()
     client = mlflow.client()
     name = mlflow.registered_model_name
-    challenger = registry.alias_version(client, name, registry.CHALLENGER)
-    if challenger is None:
-        raise dg.Failure(
-            f"{name} has no '{registry.CHALLENGER}' alias: materialize fraud_model first", allow_retries=False
-        )
+    challenger = _challenger(context, client, name)
     champion = registry.alias_version(client, name, registry.CHAMPION)
     version = client.get_model_version(name, challenger)
     snapshot = int(version.tags[registry.TAG_TRAINING_SET_VERSION])

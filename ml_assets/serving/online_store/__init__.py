@@ -164,6 +164,18 @@ def open_store(url: str | None = None, *, lookback_days: int, **options) -> Onli
     raise ValueError(f"online store URL must start with sqlite:// or redis://, not {scheme}://")
 
 
+def redacted(url: str) -> str:
+    """`url` without its user name and password: what messages, metadata and /health may show."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}{f':{parts.port}' if parts.port else ''}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def past_of(tx: Tx) -> tuple:
     """A transaction as its card's history holds it (the fields of `Past`, in order)."""
     return (tx.ts, tx.amount, tx.device_id, tx.country, tx.channel, tx.transaction_id)
