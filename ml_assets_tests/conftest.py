@@ -273,3 +273,23 @@ def engine(request, tmp_path):
         return f"sqlite:///{tmp_path / 'online' / 'online.db'}", None
     server = request.getfixturevalue("redis_server")
     return server.url, server
+
+
+def launch_through_graphql(port: int, job: str, tags: dict[str, str], give_up: float):
+    """Launch `job` through a running webserver's GraphQL API, as a user of the UI or an
+    orchestrator would, and wait for it to end; returns (run id, its final DagsterRunStatus)."""
+    import time
+
+    from dagster import DagsterRunStatus
+    from dagster_graphql import DagsterGraphQLClient
+
+    client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+    run_id = client.submit_job_execution(
+        job, repository_location_name="ml_assets", repository_name="__repository__", tags=tags
+    )
+    ended = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+    deadline = time.monotonic() + give_up
+    while (status := client.get_run_status(run_id)) not in ended:
+        assert time.monotonic() < deadline, f"run {run_id} still {status}"
+        time.sleep(2)
+    return run_id, status

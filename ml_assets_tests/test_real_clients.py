@@ -29,7 +29,13 @@ from ml_assets.lib import paths, registry, tables
 from ml_assets.lib.evaluation import score_metrics
 from ml_assets.lib.gates import GATES
 from ml_assets.lib.monitoring import SCORE
-from ml_assets_tests.conftest import DAGSTER_YAML, STORE_VARIABLES, root_environ, seed_mlflow_store
+from ml_assets_tests.conftest import (
+    DAGSTER_YAML,
+    STORE_VARIABLES,
+    launch_through_graphql,
+    root_environ,
+    seed_mlflow_store,
+)
 from ml_assets_tests.serving_support import free_port
 from ml_assets_tests.test_definitions import EXPECTED_ASSETS, EXPECTED_CHECKS
 
@@ -436,25 +442,12 @@ def _latest(url: str, key: str, partition: str) -> dict:
 
 def test_a_job_launched_through_graphql_runs_and_its_materializations_read_back(webserver, resources):
     from dagster import DagsterRunStatus
-    from dagster_graphql import DagsterGraphQLClient
 
     day = "2026-01-10"
     before = {key: _latest(webserver, key, day) for key in ("raw_transactions", "raw_labels")}
-    client = DagsterGraphQLClient("127.0.0.1", port_number=httpx.URL(webserver).port)
-    run_id = client.submit_job_execution(
-        "ingestion_job",
-        repository_location_name="ml_assets",
-        repository_name="__repository__",
-        tags={"dagster/partition": day},
+    run_id, status = launch_through_graphql(
+        httpx.URL(webserver).port, "ingestion_job", {"dagster/partition": day}, GIVE_UP
     )
-    deadline = time.monotonic() + GIVE_UP
-    while (status := client.get_run_status(run_id)) not in (
-        DagsterRunStatus.SUCCESS,
-        DagsterRunStatus.FAILURE,
-        DagsterRunStatus.CANCELED,
-    ):
-        assert time.monotonic() < deadline, f"run {run_id} still {status}"
-        time.sleep(2)
     assert status == DagsterRunStatus.SUCCESS
 
     for key, old in before.items():

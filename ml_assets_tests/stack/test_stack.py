@@ -26,6 +26,7 @@ import pytest
 
 from ml_assets.lib.settings import environment_without_settings
 from ml_assets.stack import BUCKET, CREDENTIALS, PARTS, _start_time
+from ml_assets_tests.conftest import launch_through_graphql
 
 pytestmark = pytest.mark.stack
 
@@ -135,23 +136,12 @@ query ($runId: ID!) {
 def test_a_day_ingested_through_graphql_runs_on_the_daemon_into_the_object_store(stack, s3):
     import httpx
     from dagster import DagsterRunStatus
-    from dagster_graphql import DagsterGraphQLClient
 
     root, stack_env, _ = stack
     ports = json.loads((root / "stack" / "ports.json").read_text())
-    client = DagsterGraphQLClient("127.0.0.1", port_number=ports["dagster-webserver"])
-    run_id = client.submit_job_execution(
-        "ingestion_job",
-        repository_location_name="ml_assets",
-        repository_name="__repository__",
-        tags={"dagster/partition": DAY},
+    run_id, status = launch_through_graphql(
+        ports["dagster-webserver"], "ingestion_job", {"dagster/partition": DAY}, RUN_GIVE_UP
     )
-    deadline = time.monotonic() + RUN_GIVE_UP
-    while (status := client.get_run_status(run_id)) not in (
-        DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED,
-    ):  # fmt: skip
-        assert time.monotonic() < deadline, f"run {run_id} still {status}"
-        time.sleep(2)
     response = httpx.post(
         f"http://127.0.0.1:{ports['dagster-webserver']}/graphql",
         json={"query": RUN_EVENTS, "variables": {"runId": run_id}}, timeout=60,
