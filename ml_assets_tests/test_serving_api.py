@@ -15,7 +15,12 @@ from ml_assets.lib.contract import ID_PATTERN
 from ml_assets.lib.serving_config import STRATEGY_TAG
 from ml_assets_tests.serving_support import service_and_server, shared_registry
 
-FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same 150 examples every run, so a red CI run means a regression, never the
+# luck of the draw (the suite's checks are left to no chance). Explore further by hand with
+# `pytest --hypothesis-seed=N` after removing it, or with more examples.
+FUZZ = settings(
+    max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 
 
 @pytest.fixture(scope="module")
