@@ -247,7 +247,7 @@ def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, f
         online_store=store,
         model_name=registry.register(aliases={"champion": 1}),
     )
-    # One call per transaction costs the pyfunc ~20-50 ms here: it replays every transaction of
+    # One call per transaction costs the pyfunc tens of milliseconds: it replays every transaction of
     # the day's 80 busiest cards (~270, most cards with several that day), not the whole day.
     replay = _last_day(busiest_cards=80 if replicas == "pyfunc_one_per_call" else None)
     rows = request_rows(replay)
