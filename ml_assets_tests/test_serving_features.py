@@ -308,32 +308,9 @@ def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, f
 
 
 def _parity(lake: str, instance, day: date = LAST_DAY, max_share: float | None = None):
-    """Evaluate `online_features_match_dbt` for `day` in a real Dagster run of the check alone (as
-    the UI's "execute" of a check does), recorded on `instance`, against `lake` and the world's
-    warehouse; returns the evaluation."""
-    import dagster as dg
+    from ml_assets_tests.serving_support import parity
 
-    from ml_assets.defs.policies import daily_partitions
-    from ml_assets.defs.resources import LakeResource, WarehouseResource
-    from ml_assets.defs.serving_state.checks import PARITY_CHECK, online_features_match_dbt
-    from ml_assets.lib import paths
-
-    config = {"max_mismatch_share": max_share} if max_share is not None else {}
-    result = dg.materialize(
-        [dg.AssetSpec(PARITY_CHECK.asset_key, partitions_def=daily_partitions), online_features_match_dbt],
-        selection=dg.AssetSelection.checks(PARITY_CHECK),
-        resources={
-            "lake": LakeResource(root=lake),
-            "warehouse": WarehouseResource(path=paths.warehouse_uri()),
-        },
-        run_config={"ops": {"transaction_features_online_features_match_dbt": {"config": config}}},
-        # A check-only run takes its day as the tag (Dagster validates partition_key against assets).
-        tags={"dagster/partition": day.isoformat()},
-        instance=instance,
-    )
-    [evaluation] = result.get_asset_check_evaluations()
-    assert evaluation.severity.value == "ERROR" and evaluation.partition == day.isoformat()
-    return evaluation
+    return parity(lake, instance, day, max_share)
 
 
 def _values(evaluation) -> dict:
@@ -364,24 +341,13 @@ def _ticks(instance):
 
 
 def _serve(store: str, rows: list[dict]) -> list[dict]:
-    from fastapi.testclient import TestClient
-
-    from ml_assets.serving.app import create_app
-    from ml_assets.serving.service import Service
+    """`rows` through a Service on `store` serving a shared-registry model."""
     from ml_assets.serving.settings import ServingSettings
-    from ml_assets_tests.serving_support import shared_registry
+    from ml_assets_tests.serving_support import serve, shared_registry
 
     registry = shared_registry()
     name = registry.register(aliases={"champion": 1})
-    predictions = []
-    with TestClient(
-        create_app(Service(ServingSettings(registry.tracking_uri, store, model_name=name)))
-    ) as client:
-        for start in range(0, len(rows), 100):
-            response = client.post("/predict", json={"transactions": rows[start : start + 100]})
-            assert response.status_code == 200, response.text
-            predictions += response.json()["predictions"]
-    return predictions
+    return serve(ServingSettings(registry.tracking_uri, store, model_name=name), rows)
 
 
 def _last_day(busiest_cards: int | None = None) -> pl.DataFrame:
