@@ -11,7 +11,7 @@ import polars as pl
 from pydantic import Field
 
 from ml_assets.defs.metadata import frame_markdown
-from ml_assets.defs.policies import daily_partitions
+from ml_assets.defs.policies import daily_partitions, storage_retry
 from ml_assets.defs.resources import LakeResource, WarehouseResource
 from ml_assets.lib import tables
 from ml_assets.lib.features import FEATURE_COLUMNS
@@ -51,6 +51,9 @@ def _logged(lake: LakeResource, days: list[date]) -> pl.DataFrame:
     asset="transaction_features",
     partitions_def=daily_partitions,
     additional_deps=["inference_log"],
+    # As the monitoring assets that read the warehouse: a dbt build writing it (another run's) holds
+    # the DuckDB file's lock for a while.
+    retry_policy=storage_retry,
     description="Serving parity: for every transaction of the day the inference log holds and "
     "bronze has since received (not scored with stale merchant risk), the logged online features "
     "equal dbt's row for it (rtol 1e-9, atol 1e-6). Fails (ERROR) above a mismatch share; the "
