@@ -130,11 +130,16 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
         from ml_assets_tests.conftest import load_defs
 
         assert load_defs().get_repository_def().get_job("ingestion_job").executor_def.name == "multiprocess"
-    elif name == "ML_ASSETS_START_DATE":
+    elif name in ("ML_ASSETS_START_DATE", "ML_ASSETS_STEP_RETRY_SECONDS"):
         import subprocess
         import sys
 
-        code = "from ml_assets.defs.policies import daily_partitions as d; print(d.start.date())"
+        # Read when the policies module is imported: a fresh process reads it.
+        code = {
+            "ML_ASSETS_START_DATE": "print(p.daily_partitions.start.date())",
+            "ML_ASSETS_STEP_RETRY_SECONDS": "print(int(p.storage_retry.delay))",
+        }[name]
+        code = f"import ml_assets.defs.policies as p; {code}"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == given
     elif name == "ML_ASSETS_STACK_PORT_BASE":

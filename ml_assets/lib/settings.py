@@ -57,6 +57,12 @@ SETTINGS: dict[str, Setting] = {
             "or k8s (a pod per step).",
         ),
         Setting("ML_ASSETS_START_DATE", "2026-01-01", "The first daily partition."),
+        Setting(
+            "ML_ASSETS_STEP_RETRY_SECONDS",
+            "2",
+            "Wait before the first of 3 retries of a step that talks to storage or the registry; the "
+            "next wait 3x and 7x as long (exponential backoff, give or take one wait of jitter).",
+        ),
         Setting("ML_ASSETS_MODEL_NAME", "fraud_detector", "The registered model that is trained and served."),
         Setting(
             "ML_ASSETS_SERVING_STRATEGY",
