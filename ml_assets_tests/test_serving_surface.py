@@ -198,6 +198,7 @@ N = str(len(BODY)).encode()
 PARSER_REFUSES = {
     "a Content-Length that is not a number": POST + b"Content-Length: abc\r\n\r\n" + BODY,
     "a signed Content-Length": POST + b"Content-Length: +" + N + b"\r\n\r\n" + BODY,
+    "a negative Content-Length": POST + b"Content-Length: -1\r\n\r\n",
     "a Content-Length past 64 bits": POST + b"Content-Length: 99999999999999999999999\r\n\r\n",
     "two Content-Lengths": POST + b"Content-Length: " + N + b"\r\nContent-Length: " + N + b"\r\n\r\n" + BODY,
     "Transfer-Encoding and Content-Length": POST
@@ -209,6 +210,8 @@ PARSER_REFUSES = {
     "a NUL in the path": b"GET /hea\x00lth HTTP/1.1\r\nHost: x\r\n\r\n",
     "an unknown method": b"BREW /predict HTTP/1.1\r\nHost: x\r\n\r\n",
     "a header without a colon": b"GET /health HTTP/1.1\r\nHost x\r\n\r\n",
+    "bare LF line ends": b"GET /health HTTP/1.1\nHost: x\n\n",
+    "an obsolete folded header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
     "not HTTP at all (a TLS hello)": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
 }
 # Seen by the application: a JSON answer with a reason (status expected).
@@ -220,6 +223,7 @@ APPLICATION_ANSWERS = {
     "a method the path doesn't take": (b"PUT /predict HTTP/1.1\r\nHost: x\r\n" + AUTH + b"\r\n", 405),
     "a malformed Authorization": (b"GET /model HTTP/1.1\r\nAuthorization: Bearer \xff\r\n\r\n", 401),
     "a token of the wrong scope": (b"GET /model HTTP/1.1\r\nHost: x\r\n" + AUTH + b"\r\n", 403),
+    "a slow body without a token": (b"POST /predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{", 401),
 }
 
 
@@ -234,9 +238,11 @@ def test_what_the_parser_refuses_is_its_plain_400(served, case):
 @pytest.mark.parametrize("case", list(APPLICATION_ANSWERS))
 def test_what_the_application_sees_it_answers_as_json_with_a_reason(served, case):
     request, expected = APPLICATION_ANSWERS[case]
-    answer, _ = _raw(served.port, request)
+    answer, closed = _raw(served.port, request)
     status, body = _status_and_body(answer)
     assert status == expected, answer
+    if status in (401, 403):  # refused at the door: closed, whatever body the client still owes
+        assert closed
     assert b"application/json" in answer.partition(b"\r\n\r\n")[0] and json.loads(body)["error"]
 
 

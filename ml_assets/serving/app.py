@@ -114,7 +114,8 @@ def create_app(service: Service) -> FastAPI:
     settings = service.settings
     guard = Guard({SCORING: settings.scoring_tokens, OPERATIONS: settings.operations_tokens})
     # What an error may say about where the service reads and writes: the store by scheme and host.
-    places = {redacted(uri): address(uri) for uri in (settings.tracking_uri, settings.online_store)}
+    uris = (settings.tracking_uri, settings.online_store)
+    places = {form: address(uri) for uri in uris for form in (uri, redacted(uri))}
 
     def public(reason: str) -> str:
         for place, shown in places.items():

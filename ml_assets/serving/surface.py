@@ -75,8 +75,11 @@ def _header(scope, name: bytes) -> bytes | None:
 
 
 async def _answer(send, status: int, reason: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """A refusal, before the body is read: the connection is closed after it (uvicorn would
+    otherwise keep reading and dropping whatever body the client still sends, however slowly)."""
     body = error_body(reason)
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    start.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": start + headers})
     await send({"type": "http.response.body", "body": body})
 
