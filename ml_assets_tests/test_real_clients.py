@@ -75,6 +75,7 @@ UI_PROMISES = {
         ("duplicates dropped", "raw_transactions", ("duplicates_dropped",)),
         ("Delta version", "raw_transactions", ("delta_version",)),
         ("unknown columns", "raw_transactions", ("unknown_columns",)),
+        ("seconds per phase", "raw_transactions", ("seconds_by_phase",)),
     ],
     # The features' promise is their checks: every dbt test (dbt's manifest) on its asset's checks tab.
     "features": [("every dbt test as a check, including the leakage test", "transaction_features", ())],
