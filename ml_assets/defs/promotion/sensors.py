@@ -58,8 +58,9 @@ def _promotion(version: str, reason: str) -> dict:
 def model_promotion_sensor(
     context: dg.SensorEvaluationContext, mlflow: MlflowResource, alerts: AlertsResource
 ) -> dg.SensorResult:
-    # Served features that differ from dbt's make live results (and any model) untrustworthy: no
-    # move until parity holds again. The cursor stays, so the reports waiting are decided then.
+    # While served features differ from dbt's, a promoted model would score inputs unlike those it
+    # was validated on: no move until parity holds again. The cursor stays, so the reports that
+    # arrive meanwhile are decided then.
     if held := parity_hold(context.instance):
         return dg.SensorResult(skip_reason=held, cursor=context.cursor)
     after = int(context.cursor) if context.cursor else None
