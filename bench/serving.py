@@ -46,7 +46,7 @@ from bench.common import RESULTS, line, run_worker, save
 DAYS, PER_DAY = 3, 10_000
 CONCURRENCY = 8
 WARMUP = 300
-REQUESTS = 8_000  # single-row requests per configuration (fewer if the day has fewer rows)
+REQUESTS = 4_000  # single-row requests per configuration (fewer if the day has fewer rows)
 MLFLOW_REQUESTS = 600  # mlflow is far slower: fewer requests keep the run short
 BATCH, BATCHES = 1000, 10
 BESIDE_BATCHES, BESIDE_DAYS, BESIDE_CLIENTS = 8, 14, 4
@@ -267,6 +267,9 @@ def _summary(runs: list[_Run]) -> dict:
         "per_s": len(latencies) / wall,
         "client_cores": sum(r.client_cpu for r in runs) / wall,
         "server_cores": sum(r.server_cpu for r in runs) / wall,
+        # What a request costs the servers, whatever share of the cores they got: on a shared box
+        # the steadiest of these figures.
+        "server_cpu_ms": sum(r.server_cpu for r in runs) * 1000 / max(len(latencies), 1),
     }
 
 
@@ -465,7 +468,7 @@ def main() -> dict:
                     if label != MLFLOW:
                         figures["ours"][label] = _batches(server, ours)
                 figures["mlflow_batch"] = _summary(
-                    [_load(mlflow_port, "/invocations", [mlflow_batch] * BATCHES, 1)]
+                    [_load(mlflow_port, "/invocations", [mlflow_batch] * BATCHES, 1, [mlflow.pid])]
                 )
             finally:
                 for server in servers.values():
@@ -511,7 +514,7 @@ def _single_rounds(servers: dict[str, _Server], ours: dict, mlflow_singles: list
 def _batches(server: _Server, ours: dict) -> dict:
     """1000-row requests one after the other; then batches spanning many days with single rows
     beside them."""
-    batch = _summary([_load(server.port, "/predict", ours["batch"], 1)])
+    batch = _summary([_load(server.port, "/predict", ours["batch"], 1, server.measured)])
     beside = _beside(server.port, ours["beside_batches"], ours["beside_singles"], server.measured)
     return {"batch": batch, "beside": beside}
 
@@ -530,12 +533,12 @@ def _report(f: dict) -> None:
     )
     print(
         f"  {'server':<26} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'client CPU':>11} {'server CPU':>11}"
+        f"{'client CPU':>11} {'server CPU':>11} {'server CPU ms/req':>18}"
     )
     for label, s in single.items():
         print(
             f"  {label:<26} {s['requests']:8d} {s['per_s']:8.1f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} "
-            f"{s['client_cores']:11.2f} {s['server_cores']:11.2f}"
+            f"{s['client_cores']:11.2f} {s['server_cores']:11.2f} {s['server_cpu_ms']:18.2f}"
         )
     base, mlflow = single.get("in-memory"), single[MLFLOW]
     for engine in ("sqlite", "redis"):
@@ -555,11 +558,14 @@ def _report(f: dict) -> None:
             ok = one["per_s"] >= GOAL_DURABLE * base["per_s"]
             text = line(f"{engine} 1w: throughput", one["per_s"], "req/s", base["per_s"], "in-memory")
             print(text + _aim(ok, f">= {GOAL_DURABLE}x"))
+            cpu, base_cpu = one["server_cpu_ms"], base["server_cpu_ms"]
+            print(line(f"{engine} 1w: server CPU per request", cpu, "ms", base_cpu, "in-memory"))
         print(line(f"{engine} 1w: throughput", one["per_s"], "req/s", mlflow["per_s"], "mlflow"))
     print(f"batch scoring, {BATCH}-transaction requests of one event day, median")
     raw = f["raw_predict_rows_s"]
     for label, r in [*((k, v["batch"]) for k, v in ours.items()), ("mlflow", f["mlflow_batch"])]:
         print(line(f"{label}: batch", BATCH / (r["p50_ms"] / 1000), "rows/s", raw, "raw booster.predict"))
+        print(f"  {label + ': server CPU per 1000 rows':<44} {r['server_cpu_ms']:9.2f} ms")
     print(
         f"single rows ({BESIDE_CLIENTS} connections) beside back-to-back {BATCH}-row batches "
         f"spanning {BESIDE_DAYS} event days ({BESIDE_BATCHES} batches)"
