@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
@@ -219,10 +220,17 @@ def _cpu_seconds(pids: list[int]) -> float:
 # -- load --------------------------------------------------------------------------------------
 
 
-async def _client(port, path, todo, latencies, failures, until: asyncio.Event | None = None) -> None:
-    """One keep-alive connection sending bodies from the shared iterator `todo` (until `until`)."""
+async def _client(port, path, todo, latencies, failures, until=None, answered_by=None) -> None:
+    """One keep-alive connection sending bodies from the shared iterator `todo` (until the event
+    `until` is set). With a list `answered_by`, first asks /health which worker process holds the
+    connection (uvicorn's workers share one listening socket: whichever accepts it keeps it)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
+        if answered_by is not None:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            _, *headers = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+            length = next(int(h.split(":")[1]) for h in headers if h.lower().startswith("content-length"))
+            answered_by.append(json.loads(await reader.readexactly(length))["pid"])
         for body in todo:
             if until is not None and until.is_set():
                 break
@@ -251,6 +259,7 @@ class _Run(NamedTuple):
     wall: float
     client_cpu: float
     server_cpu: float
+    connections: tuple[int, ...] = ()  # the worker PID holding each connection, when asked
 
 
 def _summary(runs: list[_Run]) -> dict:
@@ -270,6 +279,10 @@ def _summary(runs: list[_Run]) -> dict:
         # What a request costs the servers, whatever share of the cores they got: on a shared box
         # the steadiest of these figures.
         "server_cpu_ms": sum(r.server_cpu for r in runs) * 1000 / max(len(latencies), 1),
+        # How many of the load's connections each worker process held, most first.
+        "connections_per_worker": sorted(
+            Counter(p for r in runs for p in r.connections).values(), reverse=True
+        ),
     }
 
 
@@ -286,7 +299,7 @@ def _measured(clients, server_pids) -> tuple[float, float, float]:
     return wall, time.process_time() - cpu0, _cpu_seconds(server_pids) - server0
 
 
-def _load(port: int, path: str, bodies: list[bytes], concurrency: int, server_pids=()) -> _Run:
+def _load(port: int, path: str, bodies: list[bytes], concurrency: int, server_pids=(), ask=False) -> _Run:
     """Send every body once over `concurrency` keep-alive connections; the latency of each.
 
     One asyncio loop in this process drives every connection: no client threads contending for
@@ -295,10 +308,14 @@ def _load(port: int, path: str, bodies: list[bytes], concurrency: int, server_pi
     latencies: list[float] = []
     failures: list[int] = []
     todo = iter(bodies)
+    connections: list[int] | None = [] if ask else None
     wall, client, server = _measured(
-        lambda: [_client(port, path, todo, latencies, failures) for _ in range(concurrency)], server_pids
+        lambda: [
+            _client(port, path, todo, latencies, failures, None, connections) for _ in range(concurrency)
+        ],
+        server_pids,
     )
-    return _Run(latencies, failures, wall, client, server)
+    return _Run(latencies, failures, wall, client, server, tuple(connections or ()))
 
 
 def _beside(port: int, batches: list[bytes], singles: list[bytes], server_pids) -> dict:
@@ -373,6 +390,7 @@ class _Server(NamedTuple):
     port: int
     path: str  # where requests go
     measured: list[int]  # the processes whose CPU counts as the server's (their children too)
+    workers: int = 1
 
 
 def _serve(cmd: list[str], env: dict, root: Path, label: str, workers: int = 1, pids=()) -> _Server:
@@ -380,7 +398,7 @@ def _serve(cmd: list[str], env: dict, root: Path, label: str, workers: int = 1, 
     port = _free_port()
     log = root / f"{label.replace(' ', '_')}.log"
     proc = _start([*cmd, "--port", str(port)], env, f"http://127.0.0.1:{port}/health", log, workers)
-    return _Server(proc, port, "/predict", [proc.pid, *pids])
+    return _Server(proc, port, "/predict", [proc.pid, *pids], workers)
 
 
 def _drain(url: str, lake_root: Path) -> dict:
@@ -487,6 +505,8 @@ def main() -> dict:
             raw.append(time.perf_counter() - t0)
     figures["raw_predict_rows_s"] = BATCH / statistics.median(raw[1:])
     figures["load_average"] = {"before": load_before, "after": os.getloadavg()}
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    figures["sched_autogroup"] = autogroup.read_text().strip() == "1" if autogroup.exists() else None
     _report(figures)
     save("serving", figures)
     return figures
@@ -507,7 +527,8 @@ def _single_rounds(servers: dict[str, _Server], ours: dict, mlflow_singles: list
         for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
             server, todo = servers[label], bodies[label][WARMUP:]
             part = todo[r * len(todo) // ROUNDS : (r + 1) * len(todo) // ROUNDS]
-            runs[label].append(_load(server.port, server.path, part, CONCURRENCY, server.measured))
+            load = _load(server.port, server.path, part, CONCURRENCY, server.measured, server.workers > 1)
+            runs[label].append(load)
     return {label: _summary(r) for label, r in runs.items()}
 
 
@@ -527,6 +548,11 @@ def _report(f: dict) -> None:
     single, ours = f["single"], f["ours"]
     load = " -> ".join(" / ".join(f"{x:.1f}" for x in f["load_average"][k]) for k in ("before", "after"))
     print(f"load average (1/5/15 min) before -> after: {load} (on {os.cpu_count()} cores)")
+    if f["sched_autogroup"]:
+        # Each server runs in a session of its own (stopped by its process group): with autogroup
+        # the kernel shares the CPU between sessions, so on a busy box a server's 2 workers share
+        # the one session's share; a second worker only adds cores that are idle.
+        print("  sched_autogroup is on: a busy box gives a server's workers one session's CPU share")
     print(
         f"single transactions at concurrency {CONCURRENCY}, 200-tree LightGBM, in {ROUNDS} interleaved "
         f"rounds; CPU in cores (CPU s per s of wall; server: its processes, and redis-server)"
@@ -540,6 +566,9 @@ def _report(f: dict) -> None:
             f"  {label:<26} {s['requests']:8d} {s['per_s']:8.1f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} "
             f"{s['client_cores']:11.2f} {s['server_cores']:11.2f} {s['server_cpu_ms']:18.2f}"
         )
+    for label, s in single.items():
+        if s["connections_per_worker"]:
+            print(f"  {label}: the load's connections per worker process: {s['connections_per_worker']}")
     base, mlflow = single.get("in-memory"), single[MLFLOW]
     for engine in ("sqlite", "redis"):
         one, two = single[f"{engine} 1w"], single[f"{engine} 2w"]
