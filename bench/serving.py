@@ -18,10 +18,13 @@ the servers), and does the same work: validate, compute the features online, sco
 - mlflow serves the registered pyfunc (ml_assets.serving.mlflow_model), which reads each request's
   cards' history from bronze; fewer requests, it is far slower.
 
-Then, for each of ours: 1000-transaction requests (against a raw `booster.predict` of the same rows
-in this process, and mlflow's), single-row requests beside back-to-back 1000-row batches spanning
-BESIDE_DAYS event days (their p99, and the batches' latency), and, once the server is stopped, the
-`inference_log` asset draining what the load queued into Delta (rows/s).
+All of them run at once (the idle ones only poll the registry) and take the single-row load in
+ROUNDS rounds, a slice each per round in a rotated order, so that a neighbour's burst on a shared
+box falls on all of them alike. Then, for each of ours: 1000-transaction requests (against a raw
+`booster.predict` of the same rows in this process, and mlflow's), single-row requests beside
+back-to-back 1000-row batches spanning BESIDE_DAYS event days (their p99, and the batches'
+latency); and, once the servers are stopped, the `inference_log` asset draining what the load
+queued into Delta (rows/s), in a fresh process per store as a Dagster run would.
 """
 
 from __future__ import annotations
