@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 class Prediction(BaseModel):
     transaction_id: str
     score: float
+    # score >= the version's decision_threshold tag; null while the version has no threshold.
+    decision: Literal["review", "approve"] | None
     model_version: str
     alias: str
     arm: str
