@@ -409,3 +409,29 @@ def test_psi():
     half_missing = np.where(rng.random(20_000) < 0.5, np.nan, rng.normal(0, 1, 20_000))
     assert psi(base, half_missing) > 0.25
     assert math.isnan(psi(base, np.array([])))
+
+
+def test_live_alert_rates_per_arm_decide_batch_rows_by_the_versions_threshold():
+    """monitoring.arm_alerts: batch scores are decided by their version's threshold (score >= it),
+    live rows keep the decision the service made; a version without a threshold decides nothing."""
+    from ml_assets.lib.monitoring import arm_alerts
+
+    scored = pl.DataFrame(
+        {
+            "transaction_id": ["a", "b", "c", "d", "a", "b", "e"],
+            "arm": ["batch:champion"] * 3 + ["batch:canary"] + ["live:champion"] * 2 + ["batch:canary"],
+            "model_version": ["1", "1", "1", "2", "1", "1", "2"],
+            "score": [0.9, 0.5, 0.1, 0.7, 0.9, 0.5, 0.2],
+            "decision": [None, None, None, None, "approve", "review", None],
+        }
+    )
+    labels = pl.DataFrame({"transaction_id": ["a", "b", "c"], "is_fraud": [1, 1, 0]})
+    out = arm_alerts(scored, labels, {"1": (0.5, 0.005)})
+    rows = {(r["arm"], r["model_version"]): r for r in out.iter_rows(named=True)}
+    champion = rows["batch:champion", "1"]
+    assert (champion["decided"], champion["alerts"], champion["alert_rate"]) == (3, 2, 2 / 3)  # 0.5 >= 0.5
+    assert (champion["alert_budget"], champion["decision_threshold"], champion["recall"]) == (0.005, 0.5, 1.0)
+    live = rows["live:champion", "1"]
+    assert (live["alerts"], live["recall"]) == (1, 0.5)  # as the service decided, not re-decided
+    canary = rows["batch:canary", "2"]
+    assert (canary["rows"], canary["decided"], canary["alert_rate"], canary["recall"]) == (2, 0, None, None)
