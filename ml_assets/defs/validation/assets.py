@@ -127,8 +127,8 @@ def model_validation_report(
     )
     verdicts = gates.evaluate(report, quality_gates)
     verdict, reasons = gates.summary(verdicts)
-    # Whatever the verdict: a version serves only with a threshold, and one that failed may be
-    # promoted by hand.
+    # Whatever the verdict: the threshold is what this holdout says of the version, and the report
+    # shows it either way (a failed version is never promoted, so never serves with it).
     thresholds = _set_thresholds(client, name, report, challenger, champion)
     client.set_model_version_tag(name, challenger, registry.TAG_VERDICT, verdict)
     client.set_model_version_tag(name, challenger, registry.TAG_VERDICT_REASONS, reasons)
