@@ -174,7 +174,7 @@ def test_a_strategy_whose_alias_is_missing_serves_the_champion_and_says_so(data_
     name = registry.register(aliases={"champion": 1}, tags={STRATEGY_TAG: "canary", CANARY_SHARE_TAG: "0.5"})
     _, server = service_and_server(registry, name, paths.online_store_url())
     with server, httpx.Client(base_url=server.url) as client:
-        health = client.get("/health").json()
+        health = client.get("/health/details").json()
         assert [(a["arm"], a["traffic_share"]) for a in health["arms"]] == [("champion", 1.0)]
         assert any("'canary' is not set" in p for p in health["problems"])
         body = {"transactions": [tx(i) for i in range(40)]}
@@ -195,7 +195,7 @@ def test_each_arm_decides_by_its_own_versions_threshold_and_the_log_keeps_it(dat
         first = {"transactions": [tx(i, amount=f"{0.05 * (i + 1):.2f}") for i in range(40)]}
         undecided = client.post("/predict", json=first).json()["predictions"]
         assert {p["decision"] for p in undecided} == {None}
-        assert any(TAG_DECISION_THRESHOLD in p for p in client.get("/health").json()["problems"])
+        assert any(TAG_DECISION_THRESHOLD in p for p in client.get("/health/details").json()["problems"])
         drain(paths.lake_uri(), paths.online_store_url())
         # Thresholds inside each model's score range, so that both decisions occur.
         scores = pl.read_delta(log_uri).group_by("arm").agg(pl.col("score").median())
@@ -205,7 +205,7 @@ def test_each_arm_decides_by_its_own_versions_threshold_and_the_log_keeps_it(dat
                 name, version, TAG_DECISION_THRESHOLD, repr(thresholds[arm])
             )
         _wait_for(lambda: all(a["decision_threshold"] for a in client.get("/model").json()["arms"]))
-        assert not client.get("/health").json()["problems"]
+        assert not client.get("/health/details").json()["problems"]
         # The same transactions on new cards, so the same features and scores, under new ids.
         second = {
             "transactions": [

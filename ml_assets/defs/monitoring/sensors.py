@@ -16,6 +16,7 @@ import polars as pl
 
 from ml_assets.defs.decisions import DECIDED_BY_TAG, first_request, follow_up, last_run
 from ml_assets.defs.resources import AlertsResource, LakeResource, MlflowResource, MonitoringResource
+from ml_assets.defs.serving_state.checks import parity_hold
 from ml_assets.lib import registry, tables
 
 CHAMPION_ARM = f"batch:{registry.CHAMPION}"
@@ -157,7 +158,7 @@ def candidate_verdict(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Promotes a canary or shadow candidate once it has enough labelled outcomes and "
     "holds up against the champion; rolls it back automatically if it does not. Asks again when "
-    "that run fails (at most 3 runs, then alerts).",
+    "that run fails (at most 3 runs, then alerts). Holds while the serving parity check fails.",
 )
 def canary_sensor(
     context: dg.SensorEvaluationContext,
@@ -166,6 +167,9 @@ def canary_sensor(
     monitoring: MonitoringResource,
     alerts: AlertsResource,
 ) -> dg.SensorResult:
+    # Neither promotes nor aborts on live results while served features differ from dbt's.
+    if held := parity_hold(context.instance):
+        return dg.SensorResult(skip_reason=held)
     client = mlflow.client()
     name = mlflow.registered_model_name
     deployed = {a: registry.alias_version(client, name, a) for a in (registry.CANARY, registry.SHADOW)}
