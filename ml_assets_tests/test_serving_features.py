@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ml_assets.lib.features import FEATURE_COLUMNS
+from ml_assets.lib.features import feature_columns
 from ml_assets.serving.features import (
     US,
     FeatureParams,
@@ -25,6 +25,7 @@ from ml_assets.serving.features import (
 from ml_assets_tests.conftest import WORLD_DAYS
 
 PARAMS = FeatureParams.from_dbt_project()
+FEATURE_COLUMNS = feature_columns()
 T = int(datetime(2026, 1, 15, 12, 0, tzinfo=UTC).timestamp() * US)  # a Thursday
 
 
@@ -71,7 +72,7 @@ def test_a_card_without_history_and_missing_devices_give_nulls_as_sql_does():
     assert first["amount_to_card_avg"] is None
     assert first["seconds_since_card_last_tx"] is None
     assert first["is_new_card_device"] is None  # no device: unknown, not new
-    assert np.isnan(as_vector(first)[FEATURE_COLUMNS.index("amount_to_card_avg")])
+    assert np.isnan(as_vector(first, FEATURE_COLUMNS)[FEATURE_COLUMNS.index("amount_to_card_avg")])
     # A past transaction without a device never matches a device (NULL = NULL is not true).
     f = transaction_features(_tx(), [_past(60, device=None)], (0, 0), PARAMS)
     assert (f["is_new_card_device"], f["is_new_card_country"]) == (1, 0)
@@ -317,7 +318,8 @@ def test_edges_same_instants_window_edges_and_retries(data_dir, tmp_path):
         expected = as_vector(
             transaction_features(
                 x, [p for p in everything if cards[p.transaction_id] == x.card_id], (0, 0), PARAMS
-            )
+            ),
+            FEATURE_COLUMNS,
         )
         assert np.allclose([row[c] if row[c] is not None else np.nan for c in FEATURE_COLUMNS], expected,
                            rtol=1e-12, atol=0, equal_nan=True), row["transaction_id"]  # fmt: skip
