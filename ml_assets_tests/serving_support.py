@@ -65,13 +65,14 @@ def shared_registry() -> SharedRegistry:
     return _shared
 
 
-def train_booster(seed: int, rounds: int = 20):
-    """A small real LightGBM model on the spec's features (random data; the seed makes it distinct)."""
+def train_booster(seed: int, rounds: int = 20, extra: tuple[str, ...] = ()):
+    """A small real LightGBM model on the spec's features and any `extra` ones (random data; the
+    seed makes it distinct)."""
     import lightgbm as lgb
     import numpy as np
     import pandas as pd
 
-    FEATURE_COLUMNS = feature_columns()
+    FEATURE_COLUMNS = feature_columns() + list(extra)
     rng = np.random.default_rng(seed)
     x = pd.DataFrame(rng.normal(size=(2000, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)
     x.iloc[::7, 3] = np.nan  # missing values, as real features have

@@ -179,3 +179,38 @@ def test_a_strategy_whose_alias_is_missing_serves_the_champion_and_says_so(data_
         assert any("'canary' is not set" in p for p in health["problems"])
         body = {"transactions": [tx(i) for i in range(40)]}
         assert {p["arm"] for p in client.post("/predict", json=body).json()["predictions"]} == {"champion"}
+
+
+def test_a_version_needing_a_feature_not_computed_online_is_never_deployed(data_dir, registry):
+    """A version trained on a feature the online side doesn't compute: as a canary its arm is
+    dropped (its share goes to the champion) and /model says why; made champion, the service keeps
+    serving the champion it has (no 503) and its health says why; a service starting on it alone
+    serves nothing, and says why."""
+    import mlflow
+
+    from ml_assets.lib import tracking
+    from ml_assets_tests.serving_support import log_booster, train_booster
+
+    name = registry.register(aliases={"champion": 1}, tags={STRATEGY_TAG: "canary", CANARY_SHARE_TAG: "0.5"})
+    tracking.use_store(registry.tracking_uri)
+    extra = log_booster(train_booster(4, extra=("card_tx_count_5m",))[0])
+    version = mlflow.register_model(extra, name).version
+    client = registry.client()
+    client.set_registered_model_alias(name, "canary", str(version))
+    service, server = service_and_server(registry, name, paths.online_store_url())
+    with server, httpx.Client(base_url=server.url) as http:
+        model = http.get("/model").json()
+        assert _arms(model) == {"champion": ("champion", "1", 1.0, "serving")}
+        assert any(f"v{version} needs features the online side does not compute: card_tx_count_5m" in p
+                   for p in model["problems"])  # fmt: skip
+        client.set_registered_model_alias(name, "champion", str(version))
+        service.poll()
+        response = http.post("/predict", json={"transactions": [tx(i) for i in range(5)]})
+        assert response.status_code == 200
+        assert {p["model_version"] for p in response.json()["predictions"]} == {"1"}
+        health = http.get("/health")
+        assert health.status_code == 200 and "card_tx_count_5m" in health.json()["registry"]["error"]
+    fresh, server = service_and_server(registry, name, paths.online_store_url())
+    with server, httpx.Client(base_url=server.url) as http:
+        health = http.get("/health")
+        assert health.status_code == 503 and "card_tx_count_5m" in health.json()["registry"]["error"]
