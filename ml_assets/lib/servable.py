@@ -65,121 +65,162 @@ def landing_rows(bronze: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _pyfunc_scores(tracking_uri: str, name: str, version: str, lake_uri: str, rows: pl.DataFrame) -> dict:
-    """transaction_id -> score, from the registered pyfunc loaded in a fresh process."""
-    from ml_assets.lib.settings import environment_without_settings
+class _Pyfunc:
+    """The registered pyfunc scoring `rows` in a fresh process, started now and read by `scores`:
+    it loads while the report is being built."""
 
-    # Without the online store's setting: the pyfunc would score through it and record decisions.
-    env = environment_without_settings() | {"MLFLOW_TRACKING_URI": tracking_uri}
-    env |= {k: v for k, v in _lake_settings().items() if v}
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp) / "rows.parquet", Path(tmp) / "scores.parquet"
+    def __init__(self, tracking_uri: str, name: str, version: str, lake_uri: str, rows: pl.DataFrame):
+        from ml_assets.lib.settings import environment_without_settings, value
+
+        # Without the online store's setting: the pyfunc would score through it and record
+        # decisions. The lake's options are the one setting it needs.
+        env = environment_without_settings() | {"MLFLOW_TRACKING_URI": tracking_uri}
+        if options := value("ML_ASSETS_LAKE_STORAGE_OPTIONS"):
+            env["ML_ASSETS_LAKE_STORAGE_OPTIONS"] = options
+        self.tmp = tempfile.TemporaryDirectory()
+        source, self.target = Path(self.tmp.name) / "rows.parquet", Path(self.tmp.name) / "scores.parquet"
         rows.to_pandas().to_parquet(source)
-        out = subprocess.run(
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
             [sys.executable, "-c", _PYFUNC, tracking_uri, f"models:/{name}/{version}", lake_uri,
-             source, target],
-            capture_output=True, text=True, env=env, timeout=600,
+             str(source), str(self.target)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
-        if out.returncode != 0:
-            raise RuntimeError(f"the pyfunc failed in a fresh process: {out.stderr.strip()[-1500:]}")
-        scored = pl.read_parquet(target)
-    problems = scored.filter(pl.col("problems") != "")
-    if problems.height:
-        raise RuntimeError(f"the pyfunc rejected {problems.height} rows: {problems['problems'][0]}")
-    return dict(scored.select("transaction_id", "score").iter_rows())
+
+    def scores(self) -> dict:
+        """transaction_id -> score; RuntimeError if the process failed or rejected a row."""
+        _, stderr = self.process.communicate(timeout=600)
+        self.seconds = round(time.perf_counter() - self.started, 2)
+        if self.process.returncode != 0:
+            raise RuntimeError(f"the pyfunc failed in a fresh process: {stderr.strip()[-1500:]}")
+        scored = pl.read_parquet(self.target)
+        problems = scored.filter(pl.col("problems") != "")
+        if problems.height:
+            raise RuntimeError(f"the pyfunc rejected {problems.height} rows: {problems['problems'][0]}")
+        return dict(scored.select("transaction_id", "score").iter_rows())
+
+    def close(self) -> None:
+        if self.process.poll() is None:  # the report failed before reading it
+            self.process.kill()
+            self.process.communicate()
+        self.tmp.cleanup()
 
 
-def _lake_settings() -> dict[str, str | None]:
-    from ml_assets.lib.settings import value
+@dataclass
+class _Pending:
+    booster: object
+    columns: list[str]
+    params: object
+    rows: pl.DataFrame  # the sample's bronze transactions, in event order
+    expected_ids: list[str]  # the sample, in the holdout's order
+    first: int  # the sample's first row in the holdout
+    pyfunc: _Pyfunc
+    meta: dict
 
-    return {"ML_ASSETS_LAKE_STORAGE_OPTIONS": value("ML_ASSETS_LAKE_STORAGE_OPTIONS")}
 
+class Check:
+    """The gate for one version, begun before the report is built and judged after it:
 
-def check(
-    tracking_uri: str,
-    name: str,
-    version: str,
-    lake_uri: str,
-    bronze: pl.LazyFrame,
-    holdout: pl.DataFrame,
-    report_scores: np.ndarray,
-) -> Servable:
-    """Judge `version`: `holdout` (the report's rows, in its order) and `report_scores` (the
-    report's scores of them); `bronze`: the lake's bronze transactions."""
-    from mlflow import MlflowClient
+        with servable.Check(tracking_uri, name, version, lake_uri, bronze, holdout) as gate:
+            ...  # build the report (the pyfunc loads meanwhile)
+            verdict = gate.judge(report_scores)
 
-    from ml_assets.lib import paths, registry
-    from ml_assets.lib.serving_config import ServingConfig
-    from ml_assets.serving import registry as serving_registry
-    from ml_assets.serving.features import FeatureParams, batch_features, matrix_of, transactions_of
-    from ml_assets.serving.mlflow_model import bronze_windows
+    `holdout`: the report's rows, in its order; `bronze`: the lake's bronze transactions."""
 
-    params = FeatureParams.from_dbt_project()
-    loader = serving_registry.Registry(tracking_uri, name, params.columns)
-    try:
-        booster, columns = loader.load(version)
-    except ValueError as e:  # the tag and the booster disagree
-        return Servable(False, f"v{version}'s input contract is broken: {e}")
-    meta: dict = {"features": len(columns)}
-    if missing := loader.missing_online(columns):
-        return Servable(False, f"the online side can't compute {', '.join(missing)}", meta)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    run_id = client.get_model_version(name, version).run_id
-    with tempfile.TemporaryDirectory() as tmp:
+    def __init__(self, tracking_uri: str, name: str, version: str, lake_uri: str, bronze: pl.LazyFrame,
+                 holdout: pl.DataFrame):  # fmt: skip
+        self.lake_uri = lake_uri
+        self.outcome = self._begin(tracking_uri, name, version, lake_uri, bronze, holdout)
+
+    def __enter__(self) -> Check:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if isinstance(self.outcome, _Pending):
+            self.outcome.pyfunc.close()
+
+    def _begin(self, tracking_uri, name, version, lake_uri, bronze, holdout) -> _Pending | Servable:
+        from mlflow import MlflowClient
+
+        from ml_assets.lib import registry
+        from ml_assets.lib.serving_config import ServingConfig
+        from ml_assets.serving import registry as serving_registry
+        from ml_assets.serving.features import FeatureParams
+
+        params = FeatureParams.from_dbt_project()
+        loader = serving_registry.Registry(tracking_uri, name, params.columns)
         try:
-            contract = json.loads(
-                Path(client.download_artifacts(run_id, registry.CONTRACT_FILE, tmp)).read_text()
-            )
-        except Exception as e:  # noqa: BLE001  (absent, or unreadable: either way not servable)
-            return Servable(
-                False, f"no readable {registry.CONTRACT_FILE} on its run: {type(e).__name__}", meta
-            )
-    if contract.get("feature_columns") != columns:
-        return Servable(
-            False, f"{registry.CONTRACT_FILE} lists {contract.get('feature_columns')}, not {columns}"
-        )
-    _, problems = ServingConfig.from_tags(dict(client.get_registered_model(name).tags or {}))
-    if problems:
-        return Servable(False, f"the serving configuration has problems: {'; '.join(problems)}", meta)
+            booster, columns = loader.load(version)
+        except ValueError as e:  # the tag and the booster disagree
+            return Servable(False, f"v{version}'s input contract is broken: {e}")
+        meta: dict = {"features": len(columns)}
+        if missing := loader.missing_online(columns):
+            return Servable(False, f"the online side can't compute {', '.join(missing)}", meta)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        run_id = client.get_model_version(name, version).run_id
+        artifact = registry.CONTRACT_FILE
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                contract = json.loads(Path(client.download_artifacts(run_id, artifact, tmp)).read_text())
+            except Exception as e:  # noqa: BLE001  (absent, or unreadable: either way not servable)
+                return Servable(False, f"no readable {artifact} on its run: {type(e).__name__}", meta)
+        if contract.get("feature_columns") != columns:
+            return Servable(False, f"{artifact} lists {contract.get('feature_columns')}, not {columns}", meta)
+        _, problems = ServingConfig.from_tags(dict(client.get_registered_model(name).tags or {}))
+        if problems:
+            return Servable(False, f"the serving configuration has problems: {'; '.join(problems)}", meta)
 
-    take = min(SAMPLE_ROWS, holdout.height)
-    sample = holdout.tail(take).select("transaction_id", "event_date")
-    expected = dict(zip(sample["transaction_id"], report_scores[holdout.height - take :], strict=True))
-    days = sample["event_date"].unique().to_list()
-    wanted = pl.col("transaction_id").is_in(sample["transaction_id"].to_list())
-    rows = (
-        bronze.filter(pl.col("event_date").is_in(days) & wanted)
-        .sort("event_time", "transaction_id")
-        .collect()
-    )
-    txs = transactions_of(rows)
-    windows, risk = bronze_windows(txs, params, lake_uri, paths.lake_storage_options())
-    online = booster.predict(matrix_of(batch_features(txs, windows, risk, params), columns))
-    service = dict(zip(rows["transaction_id"], online, strict=True))
-    started = time.perf_counter()
-    try:
-        pyfunc = _pyfunc_scores(tracking_uri, name, version, lake_uri, landing_rows(rows))
-    except RuntimeError as e:
-        return Servable(False, str(e), meta)
-    meta["pyfunc_seconds"] = round(time.perf_counter() - started, 2)
-    report = np.array(list(expected.values()))
-    differences = {  # NaN where a transaction went unscored: np.max keeps it, and it fails below
-        path: float(np.max(np.abs(np.array([scores.get(t, np.nan) for t in expected]) - report), initial=0.0))
-        for path, scores in (("service", service), ("pyfunc", pyfunc))
-    }
-    meta |= {"sample_rows": len(expected)} | {f"max_difference_{p}": float(d) for p, d in differences.items()}
-    off = [
-        f"{p} scores differ from the report's by up to {d:.3g}"
-        for p, d in differences.items()
-        if not d <= TOLERANCE
-    ]
-    if len(rows) != len(expected):
-        off.append(f"{len(expected) - len(rows)} sampled transactions are not in bronze")
-    if off:
-        return Servable(False, "; ".join(off), meta)
-    return Servable(
-        True,
-        f"loaded as the service and as the plain pyfunc in a fresh process, {len(expected)} recent "
-        f"transactions score as in the report (within {TOLERANCE})",
-        meta,
-    )
+        first = max(holdout.height - SAMPLE_ROWS, 0)
+        sample = holdout.slice(first).select("transaction_id", "event_date")
+        wanted = pl.col("transaction_id").is_in(sample["transaction_id"].to_list())
+        rows = (
+            bronze.filter(pl.col("event_date").is_in(sample["event_date"].unique().to_list()) & wanted)
+            .sort("event_time", "transaction_id")
+            .collect()
+        )
+        pyfunc = _Pyfunc(tracking_uri, name, version, lake_uri, landing_rows(rows))
+        return _Pending(
+            booster, columns, params, rows, sample["transaction_id"].to_list(), first, pyfunc, meta
+        )
+
+    def judge(self, report_scores: np.ndarray) -> Servable:
+        """The verdict, given the report's scores of the holdout rows."""
+        if isinstance(self.outcome, Servable):
+            return self.outcome
+        from ml_assets.lib import paths
+        from ml_assets.serving.features import batch_features, matrix_of, transactions_of
+        from ml_assets.serving.mlflow_model import bronze_windows
+
+        p = self.outcome
+        txs = transactions_of(p.rows)
+        windows, risk = bronze_windows(txs, p.params, self.lake_uri, paths.lake_storage_options())
+        online = p.booster.predict(matrix_of(batch_features(txs, windows, risk, p.params), p.columns))
+        service = dict(zip(p.rows["transaction_id"], online, strict=True))
+        try:
+            pyfunc = p.pyfunc.scores()
+        except RuntimeError as e:
+            return Servable(False, str(e), p.meta)
+        report = report_scores[p.first :]
+        differences = {  # NaN where a transaction went unscored: np.max keeps it, and it fails below
+            path: float(
+                np.max(np.abs(np.array([got.get(t, np.nan) for t in p.expected_ids]) - report), initial=0)
+            )
+            for path, got in (("service", service), ("pyfunc", pyfunc))
+        }
+        meta = p.meta | {"sample_rows": len(p.expected_ids), "pyfunc_seconds": p.pyfunc.seconds}
+        meta |= {f"max_difference_{path}": d for path, d in differences.items()}
+        off = [
+            f"{path} scores differ from the report's by up to {d:.3g}"
+            for path, d in differences.items()
+            if not d <= TOLERANCE  # NaN (a transaction not scored) fails too
+        ]
+        if p.rows.height != len(p.expected_ids):
+            off.append(f"{len(p.expected_ids) - p.rows.height} sampled transactions are not in bronze")
+        if off:
+            return Servable(False, "; ".join(off), meta)
+        return Servable(
+            True,
+            f"loaded as the service and as the plain pyfunc in a fresh process, {len(p.expected_ids)} "
+            f"recent transactions score as in the report (within {TOLERANCE})",
+            meta,
+        )

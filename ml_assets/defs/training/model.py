@@ -48,6 +48,11 @@ class TrainingConfig(dg.Config):
         default=False,
         description="Train on shuffled labels: a worthless challenger, to watch the gates block it.",
     )
+    exclude_features: list[str] = Field(
+        default=[],
+        description="Features of the snapshot to train without: the first step of removing one that "
+        "the champion still takes (README: Adding a feature).",
+    )
 
 
 def _splits(
@@ -89,7 +94,7 @@ def fraud_model(
 
     snapshot, bronze = run_snapshot(context.instance, context.run, context.log)
     frame = lake.scan(tables.TRAINING_SET, version=snapshot).collect()
-    columns = training_features(frame)
+    columns = [c for c in training_features(frame) if c not in config.exclude_features]
     dbt_vars = project_vars()
     contract = input_contract(columns, {c: str(frame.schema[c]) for c in columns}, dbt_vars)
     not_online = missing_online(columns, FeatureParams.from_dbt_project())

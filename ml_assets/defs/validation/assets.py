@@ -18,7 +18,7 @@ from ml_assets.defs.resources import LakeResource, MlflowResource, QualityGatesR
 from ml_assets.defs.run_events import run_materialization
 from ml_assets.lib import gates, registry, tables
 from ml_assets.lib.features import LABEL
-from ml_assets.lib.servable import check as check_servable
+from ml_assets.lib.servable import Check as ServableCheck
 from ml_assets.lib.training import matrix
 
 REPORT_KEY = "model_validation_report"
@@ -134,12 +134,12 @@ def model_validation_report(
     p_challenger, p_champion = p[challenger], p.get(champion)
     booster, columns = models[challenger]
     gains = booster.feature_importance(importance_type="gain").tolist()
-    report = build_report(holdout, y, p_challenger, p_champion, columns, gains)
+    # The servable gate's fresh pyfunc process loads while the report is built.
+    bronze = lake.scan(tables.BRONZE["transactions"])
+    with ServableCheck(mlflow.tracking_uri, name, challenger, lake.root, bronze, holdout) as gate:
+        report = build_report(holdout, y, p_challenger, p_champion, columns, gains)
+        servable = gate.judge(p_challenger)
     features = _features_section(client, name, challenger, champion, models)
-    servable = check_servable(
-        mlflow.tracking_uri, name, challenger, lake.root, lake.scan(tables.BRONZE["transactions"]), holdout,
-        p_challenger,
-    )  # fmt: skip
     verdicts = gates.evaluate(report, quality_gates)
     verdicts.append(gates.Verdict(gates.SERVABLE, servable.passed, servable.reason, servable.metadata))
     verdict, reasons = gates.summary(verdicts)
