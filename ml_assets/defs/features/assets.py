@@ -70,8 +70,8 @@ def refusal(mlflow: MlflowResource) -> str | None:
         return None
     return (
         f"refusing to build the features: {'; '.join(lost)}, which the feature spec no longer computes. "
-        "Keep the feature until no alias points at a version that needs it (promote a model "
-        "trained without it, then retire the previous champion), or put it back."
+        "Keep the feature until no alias points at a version that needs it (train one without it, "
+        "fraud_model's exclude_features, promote it, then retire the previous champion), or put it back."
     )
 
 
