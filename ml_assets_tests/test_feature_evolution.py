@@ -296,3 +296,9 @@ def test_removing_a_feature_a_deployed_version_needs_is_refused_before_the_build
     assert not refused.success and f"champion (v{v2}) needs card_tx_count_6h" in _failure(refused)
     columns = {name for name, *_ in _warehouse("describe transaction_features")}
     assert {"card_tx_count_1h", "card_tx_count_6h"} <= columns
+
+    # A full refresh rebuilds the tables from the run's days only: refused for a run of one day.
+    monkeypatch.setenv(SPEC, json.dumps(WITH_6H))
+    full = {"ops": {"feature_models": {"config": {"full_refresh": True}}}}
+    refused = _run(world, "features_job", partition=LAST_DAY, run_config=full)
+    assert not refused.success and "launch it over every day" in _failure(refused)

@@ -214,3 +214,17 @@ def test_a_version_needing_a_feature_not_computed_online_is_never_deployed(data_
     with server, httpx.Client(base_url=server.url) as http:
         health = http.get("/health")
         assert health.status_code == 503 and "card_tx_count_5m" in health.json()["registry"]["error"]
+
+
+def test_a_versions_feature_list_is_its_tag_and_must_be_its_boosters():
+    """The list every consumer builds a version's input from: its `feature_columns` tag, checked
+    against the booster's own feature names (a version from before the tag: the booster's)."""
+    from ml_assets.lib.features import feature_columns
+    from ml_assets.lib.registry import TAG_FEATURE_COLUMNS, model_columns
+    from ml_assets_tests.serving_support import train_booster
+
+    booster = train_booster(1, rounds=2)[0]
+    assert model_columns({}, booster) == feature_columns()
+    assert model_columns({TAG_FEATURE_COLUMNS: ",".join(feature_columns())}, booster) == feature_columns()
+    with pytest.raises(ValueError, match="not the booster's features"):
+        model_columns({TAG_FEATURE_COLUMNS: ",".join(reversed(feature_columns()))}, booster)
