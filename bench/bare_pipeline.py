@@ -26,7 +26,7 @@ def main() -> dict:
     from ml_assets.lib import deployment, gates, paths, registry, tables, tracking
     from ml_assets.lib.contract import FEEDS
     from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
-    from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
+    from ml_assets.lib.features import LABEL, feature_columns
     from ml_assets.lib.ingest import QUARANTINE_SCHEMA, ingest_partition
     from ml_assets.lib.monitoring import arm_performance, drift, feature_drift
     from ml_assets.lib.plots import feature_importance_png
@@ -42,6 +42,7 @@ def main() -> dict:
         tune,
     )
 
+    FEATURE_COLUMNS = feature_columns()  # the spec's, as the warehouse computes them
     stages: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -117,8 +118,15 @@ def main() -> dict:
     frame = lake.scan(tables.TRAINING_SET, version=snapshot).collect()  # as fraud_model reads it
 
     split = {s: frame.filter(pl.col("split") == s) for s in ("train", "validation", "holdout")}
-    train = dataset(matrix(split["train"]), split["train"][LABEL].to_numpy())
-    valid = dataset(matrix(split["validation"]), split["validation"][LABEL].to_numpy(), reference=train)
+    train = dataset(
+        matrix(split["train"], FEATURE_COLUMNS), split["train"][LABEL].to_numpy(), FEATURE_COLUMNS
+    )
+    valid = dataset(
+        matrix(split["validation"], FEATURE_COLUMNS),
+        split["validation"][LABEL].to_numpy(),
+        FEATURE_COLUMNS,
+        reference=train,
+    )
     mlflow.set_tracking_uri(tracking_store.tracking_uri)
     client = tracking_store.client()
     mlflow.set_experiment(experiment_id=tracking_store.experiment_id())
@@ -145,7 +153,7 @@ def main() -> dict:
     lap("fraud_model")
 
     holdout = split["holdout"]
-    x, y = matrix(holdout), holdout[LABEL].to_numpy()
+    x, y = matrix(holdout, FEATURE_COLUMNS), holdout[LABEL].to_numpy()
     booster = tracking_store.load_booster(version)
     p = booster.predict(x)
     report = build_report(
@@ -170,7 +178,7 @@ def main() -> dict:
     scores = scored.select("transaction_id", "event_date").with_columns(
         pl.lit("champion").alias("alias"),
         pl.lit(version).alias("model_version"),
-        pl.Series("score", booster.predict(matrix(scored))),
+        pl.Series("score", booster.predict(matrix(scored, FEATURE_COLUMNS))),
     )
     lake.write_partitions(
         tables.BATCH_PREDICTIONS,
@@ -181,7 +189,7 @@ def main() -> dict:
     )
     recent = frame.filter(pl.col("split").is_in(["validation", "holdout"]))
     reference = recent.select(FEATURE_COLUMNS).with_columns(
-        pl.Series("score", booster.predict(matrix(recent)))
+        pl.Series("score", booster.predict(matrix(recent, FEATURE_COLUMNS)))
     )
     drifts, perfs = [], []
     for d in all_days:

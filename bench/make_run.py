@@ -51,7 +51,6 @@ import json, time
 import dagster as dg
 from ml_assets.defs.resources import build_resources
 from ml_assets.lib import registry
-from ml_assets.lib.features import FEATURE_COLUMNS
 from ml_assets.lib.training import matrix
 
 i = dg.DagsterInstance.get()
@@ -59,13 +58,13 @@ event = i.get_latest_materialization_event(dg.AssetKey("batch_predictions"))
 (step,) = [s for s in i.get_run_step_stats(event.run_id) if s.step_key == "batch_predictions"]
 r = build_resources()
 version = registry.alias_version(r["mlflow"].client(), r["mlflow"].registered_model_name, registry.CHAMPION)
-booster = r["mlflow"].load_booster(version)
+booster, columns = r["mlflow"].load_model(version)
 tags = i.get_run_by_id(event.run_id).tags  # the days that step scored
 days = tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]
 x = matrix(r["warehouse"].query(
-    f"select {', '.join(FEATURE_COLUMNS)} from transaction_features "
+    f"select {', '.join(columns)} from transaction_features "
     f"where event_date between date '{days[0]}' and date '{days[1]}'"
-))
+), columns)
 t0 = time.perf_counter()
 booster.predict(x)
 raw = time.perf_counter() - t0

@@ -95,7 +95,7 @@ def _world(root: Path):
     # As the registered pyfunc computes them from bronze (the same pure function the service uses).
     params, txs = FeatureParams.from_dbt_project(), transactions_of(frame[:BATCH])
     windows, risk = bronze_windows(txs, params, str(root / "lake"), None)
-    return request_rows(frame), matrix_of(batch_features(txs, windows, risk, params)), days
+    return request_rows(frame), matrix_of(batch_features(txs, windows, risk, params), params.columns), days
 
 
 def _feed(url: str, root: Path, days: list[date]) -> None:
@@ -117,7 +117,7 @@ def _feed(url: str, root: Path, days: list[date]) -> None:
 
 
 def _model(root: Path):
-    """A 200-tree model on FEATURE_COLUMNS, registered as champion; (tracking URI, name, booster)."""
+    """A 200-tree model on the spec's features, registered as champion; (tracking URI, name, booster)."""
     import mlflow
 
     from ml_assets.lib import tracking
@@ -131,7 +131,7 @@ def _model(root: Path):
     )
     booster, _ = train_booster(seed=7, rounds=200)
     with mlflow.start_run():
-        model_uri = tracking.log_model(booster, lake_uri=str(root / "lake"))
+        model_uri = tracking.log_model(booster, lake_uri=str(root / "lake"), columns=booster.feature_name())
     version = mlflow.register_model(model_uri, "fraud_detector").version
     mlflow.MlflowClient(uri).set_registered_model_alias("fraud_detector", "champion", version)
     return uri, "fraud_detector", version, booster

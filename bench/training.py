@@ -20,7 +20,9 @@ ROWS, ROUNDS = 400_000, 150
 def _frame(rows: int):
     import polars as pl
 
-    from ml_assets.lib.features import CATEGORICAL_FEATURES, FEATURE_COLUMNS
+    from ml_assets.lib.features import CATEGORICAL_FEATURES, feature_columns
+
+    FEATURE_COLUMNS = feature_columns()
 
     rng = np.random.default_rng(0)
     data = {c: rng.normal(size=rows) for c in FEATURE_COLUMNS}
@@ -34,27 +36,30 @@ def _frame(rows: int):
 def main() -> dict:
     import lightgbm as lgb
 
-    from ml_assets.lib.features import LABEL
+    from ml_assets.lib.features import LABEL, feature_columns
     from ml_assets.lib.training import base_params, dataset, matrix, train_booster
+
+    columns = feature_columns()
 
     frame = _frame(ROWS)
     valid_frame = _frame(ROWS // 8)
     params = base_params(num_threads=2, seed=7) | {"learning_rate": 0.05, "num_leaves": 63}
-    x, y = matrix(frame), frame[LABEL].to_numpy()
+    x, y = matrix(frame, columns), frame[LABEL].to_numpy()
 
     t0 = time.perf_counter()
     lgb.train(params, lgb.Dataset(x, label=y), num_boost_round=ROUNDS)
     bare = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    train = dataset(matrix(frame), frame[LABEL].to_numpy())
-    valid = dataset(matrix(valid_frame), valid_frame[LABEL].to_numpy(), reference=train)
+    train = dataset(matrix(frame, columns), frame[LABEL].to_numpy(), columns)
+    valid = dataset(matrix(valid_frame, columns), valid_frame[LABEL].to_numpy(), columns, reference=train)
     ours = train_booster(params, train, valid, ROUNDS, early_stopping_rounds=ROUNDS)
     project = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    x_valid = matrix(valid_frame, columns)
     lgb.train(params, lgb.Dataset(x, label=y), num_boost_round=ROUNDS,
-              valid_sets=[lgb.Dataset(matrix(valid_frame), label=valid_frame[LABEL].to_numpy())])  # fmt: skip
+              valid_sets=[lgb.Dataset(x_valid, label=valid_frame[LABEL].to_numpy())])  # fmt: skip
     bare_valid = time.perf_counter() - t0
 
     print(f"training {ROWS:,} rows x {x.shape[1]} features, {ROUNDS} rounds, 2 threads")

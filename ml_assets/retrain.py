@@ -39,11 +39,14 @@ def retrain(version: str, model_name: str) -> dict:
     frame = lake.scan(tables.TRAINING_SET, version=snapshot).collect()
     train = frame.filter(pl.col("split") == "train")
     holdout = frame.filter(pl.col("split") == "holdout")
-    booster = lgb.train(params, dataset(matrix(train), train[LABEL].to_numpy()), num_boost_round=rounds)
-    x_hold, y_hold = matrix(holdout), holdout[LABEL].to_numpy()
+    registered = tracking.load_booster(uri, model_name, version)
+    columns = registry.model_columns(tags, registered)  # the version's own, not today's spec
+    train_set = dataset(matrix(train, columns), train[LABEL].to_numpy(), columns)
+    booster = lgb.train(params, train_set, num_boost_round=rounds)
+    x_hold, y_hold = matrix(holdout, columns), holdout[LABEL].to_numpy()
     again = booster.predict(x_hold)
 
-    original = tracking.load_booster(uri, model_name, version).predict(x_hold)
+    original = registered.predict(x_hold)
     logged = client.get_run(mv.run_id).data.metrics
     reproduced = score_metrics(y_hold, again)
     return {

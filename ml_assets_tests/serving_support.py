@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from ml_assets.lib import tracking
-from ml_assets.lib.features import FEATURE_COLUMNS
+from ml_assets.lib.features import feature_columns
 
 _names = itertools.count()
 
@@ -65,12 +65,14 @@ def shared_registry() -> SharedRegistry:
     return _shared
 
 
-def train_booster(seed: int, rounds: int = 20):
-    """A small real LightGBM model on FEATURE_COLUMNS (random data; the seed makes it distinct)."""
+def train_booster(seed: int, rounds: int = 20, extra: tuple[str, ...] = ()):
+    """A small real LightGBM model on the spec's features and any `extra` ones (random data; the
+    seed makes it distinct)."""
     import lightgbm as lgb
     import numpy as np
     import pandas as pd
 
+    FEATURE_COLUMNS = feature_columns() + list(extra)
     rng = np.random.default_rng(seed)
     x = pd.DataFrame(rng.normal(size=(2000, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)
     x.iloc[::7, 3] = np.nan  # missing values, as real features have
@@ -85,7 +87,7 @@ def log_booster(booster) -> str:
     import mlflow
 
     with mlflow.start_run():
-        return tracking.log_model(booster, lake_uri=None)
+        return tracking.log_model(booster, lake_uri=None, columns=booster.feature_name())
 
 
 def _create_registry(root: Path) -> SharedRegistry:

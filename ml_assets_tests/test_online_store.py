@@ -72,7 +72,7 @@ def test_window_edges_same_instant_and_out_of_order(store):
         ["tx-2", "tx-3", "tx-9", "tx-4"],
     )
 
-    params = FeatureParams(LOOKBACK_DAYS, 30, 60, 0.02, 50.0)
+    params = FeatureParams(LOOKBACK_DAYS, 30, 60, 0.02, 50.0, {"7d": 168}, {"pos": 0})
     whole = [Past(h.ts, h.amount, h.device_id, h.country, h.channel, h.transaction_id) for h in history]
     from_window = transaction_features(new, begun.windows["card-1"], (0, 0), params)
     assert from_window == transaction_features(
@@ -99,7 +99,7 @@ def test_windows_feed_the_same_features_as_the_whole_history(store):
 
     from ml_assets.serving.features import FeatureParams, Past, as_vector, transaction_features
 
-    params = FeatureParams(LOOKBACK_DAYS, 30, 60, 0.02, 50.0)
+    params = FeatureParams(LOOKBACK_DAYS, 30, 60, 0.02, 50.0, {"1h": 1, "5d": 120}, {"pos": 0, "ecom": 1})
     seen: list = []  # every transaction begun so far, the reference's history
     rng = random.Random(3)
     stream, clock = [], T - 40 * DAY
@@ -124,14 +124,18 @@ def test_windows_feed_the_same_features_as_the_whole_history(store):
         expected = np.array(
             [
                 as_vector(
-                    transaction_features(t, [p for card, p in seen if card == t.card_id], (0, 0), params)
+                    transaction_features(t, [p for card, p in seen if card == t.card_id], (0, 0), params),
+                    params.columns,
                 )
                 for t in batch
             ]
         )
         windows = store.begin(batch).windows
         ours = np.array(
-            [as_vector(transaction_features(t, windows[t.card_id], (0, 0), params)) for t in batch]
+            [
+                as_vector(transaction_features(t, windows[t.card_id], (0, 0), params), params.columns)
+                for t in batch
+            ]
         )
         np.testing.assert_array_equal(ours, expected)
 

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ml_assets.lib.features import FEATURE_COLUMNS
+from ml_assets.lib.features import feature_columns
 from ml_assets.serving.features import (
     US,
     FeatureParams,
@@ -25,6 +25,7 @@ from ml_assets.serving.features import (
 from ml_assets_tests.conftest import WORLD_DAYS
 
 PARAMS = FeatureParams.from_dbt_project()
+FEATURE_COLUMNS = feature_columns()
 T = int(datetime(2026, 1, 15, 12, 0, tzinfo=UTC).timestamp() * US)  # a Thursday
 
 
@@ -71,7 +72,7 @@ def test_a_card_without_history_and_missing_devices_give_nulls_as_sql_does():
     assert first["amount_to_card_avg"] is None
     assert first["seconds_since_card_last_tx"] is None
     assert first["is_new_card_device"] is None  # no device: unknown, not new
-    assert np.isnan(as_vector(first)[FEATURE_COLUMNS.index("amount_to_card_avg")])
+    assert np.isnan(as_vector(first, FEATURE_COLUMNS)[FEATURE_COLUMNS.index("amount_to_card_avg")])
     # A past transaction without a device never matches a device (NULL = NULL is not true).
     f = transaction_features(_tx(), [_past(60, device=None)], (0, 0), PARAMS)
     assert (f["is_new_card_device"], f["is_new_card_country"]) == (1, 0)
@@ -119,15 +120,15 @@ def test_merchant_risk_counts_the_latest_label_made_in_the_window_before_the_day
 LAST_DAY = date.fromisoformat(WORLD_DAYS[1])  # the last day of conftest's small world
 
 
-def _warehouse_features(day: date, out) -> pl.DataFrame:
-    """dbt's transaction_features of `day`, read from the warehouse opened read-only.
+def _warehouse_features(out, where: str) -> pl.DataFrame:
+    """dbt's transaction_features rows `where` (SQL), read from the warehouse opened read-only.
 
     In a fresh process: the features job left the warehouse open read-write in this one
     (dagster-dbt's row counts), and DuckDB allows one configuration per file per process.
     """
     from ml_assets.lib import paths
 
-    query = f"select * from transaction_features where event_date = date '{day}'"
+    query = f"select * from transaction_features where {where}"
     code = (
         "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
         "con.sql(sys.argv[2]).write_parquet(sys.argv[3])"
@@ -282,7 +283,7 @@ def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, f
     logged = pl.read_delta(f"{lake}/{tables.INFERENCE_LOG}")
     assert set(logged["arm"]) == ({"pyfunc"} if replicas == "pyfunc_one_per_call" else {"champion"})
     assert not logged["stale_risk"].any()  # the feed wrote the day's merchant risk
-    dbt = _warehouse_features(LAST_DAY, tmp_path / "dbt_features.parquet")
+    dbt = _warehouse_features(tmp_path / "dbt_features.parquet", f"event_date = date '{LAST_DAY}'")
     both = _compare_with_dbt(
         logged, dbt.filter(pl.col("transaction_id").is_in(replay["transaction_id"].implode()))
     )
@@ -535,7 +536,8 @@ def test_edges_same_instants_window_edges_and_retries(data_dir, tmp_path):
         expected = as_vector(
             transaction_features(
                 x, [p for p in everything if cards[p.transaction_id] == x.card_id], (0, 0), PARAMS
-            )
+            ),
+            FEATURE_COLUMNS,
         )
         assert np.allclose([row[c] if row[c] is not None else np.nan for c in FEATURE_COLUMNS], expected,
                            rtol=1e-12, atol=0, equal_nan=True), row["transaction_id"]  # fmt: skip
@@ -619,3 +621,140 @@ def test_the_feed_materialized_twice_leaves_the_store_as_it_was(fed_store, small
     meta = materialization(again, "online_store_feed")
     assert meta["total_transactions"] > 0 and meta["total_rows_upserted"] == 0
     assert _store_contents(url) == before and not before.startswith("0 rows")
+
+
+# -- the skew test on an adversarial history, and the test of that test ----------------------------
+
+ADVERSARIAL_DAYS = ("2026-01-25", "2026-01-26", "2026-02-01")  # after the small world's last day
+
+
+def _adversarial_rows() -> dict[str, list[dict[str, str]]]:
+    """Landing rows (per day) of two cards whose history sits on every edge dbt and the online
+    side must agree on: transactions exactly 1h, 24h and 7d before another (inside each window)
+    and a microsecond more (outside), three at one instant on one card (none is history for the
+    others) and one at that instant on another card at the same merchant, one a microsecond later
+    and one exactly 1h later, and a retried delivery (the same row in two files)."""
+    from ml_assets_tests.conftest import tx
+
+    def row(i: str, at: str, amount: str, card: str = "adv-card", merchant: str = "adv-m", **kw):
+        return tx(0, day=at[:10], transaction_id=f"adv-{i}", event_time=at, card_id=card,
+                  merchant_id=merchant, amount=amount, device_id="adv-d", **kw)  # fmt: skip
+
+    return {
+        "2026-01-25": [
+            row("e7", "2026-01-25T12:00:00.000000Z", "7.00"),  # 7d before s1..s3, 24h before d0
+            row("e7x", "2026-01-25T11:59:59.999999Z", "70.00"),  # a microsecond more: outside both
+            row("h0", "2026-01-25T13:00:00.000000Z", "3.00", channel="ecom"),  # e7 on its 1h edge
+        ],
+        "2026-01-26": [row("d0", "2026-01-26T12:00:00.000000Z", "5.00", country="DE")],
+        "2026-02-01": [
+            row("s1", "2026-02-01T12:00:00.000000Z", "1.00"),
+            row("s2", "2026-02-01T12:00:00.000000Z", "2.00"),
+            row("s3", "2026-02-01T12:00:00.000000Z", "4.00", merchant="adv-x"),
+            row("s4", "2026-02-01T12:00:00.000000Z", "8.00", card="adv-card-2"),
+            row("a1", "2026-02-01T12:00:00.000001Z", "16.00"),
+            row("r1", "2026-02-01T13:00:00.000000Z", "32.00", channel="atm"),  # s1..s3 on its 1h edge
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def adversarial(small_world, tmp_path_factory):
+    """The adversarial days landed in the module's world, ingested and featurized by the pipeline
+    (real Dagster runs, real dbt); returns (dbt's rows of them, their bronze rows)."""
+    from ml_assets.lib import paths, tables
+    from ml_assets_tests.conftest import csv_bytes, run_job, write_landing
+
+    root, definitions, instance = small_world
+    for day, rows in _adversarial_rows().items():
+        write_landing(root / "landing", "transactions", day, "part-adv.csv", csv_bytes(rows))
+        if day == "2026-02-01":  # the retry: s2 delivered again, identical, in another file
+            write_landing(root / "landing", "transactions", day, "part-adv-retry.csv", csv_bytes(rows[1:2]))
+        result = run_job(definitions, "ingestion_job", instance=instance, partition=day)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+    days = (ADVERSARIAL_DAYS[0], ADVERSARIAL_DAYS[-1])
+    result = run_job(definitions, "features_job", instance=instance, days=days)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    bronze = (
+        pl.scan_delta(f"{paths.lake_uri()}/{tables.BRONZE['transactions']}")
+        .filter(pl.col("transaction_id").str.starts_with("adv-"))
+        .collect()
+    )
+    assert bronze.height == 10  # the retried delivery is one transaction
+    dbt = _warehouse_features(
+        tmp_path_factory.mktemp("adversarial") / "dbt.parquet", "transaction_id like 'adv-%'"
+    )
+    return dbt, bronze
+
+
+def _adversarial_differences(features_module, dbt: pl.DataFrame, bronze: pl.DataFrame) -> dict[str, list]:
+    """feature -> the transactions whose online value (by `features_module`, from the cards'
+    history in bronze, as the registered pyfunc reads it) differs from dbt's."""
+    from ml_assets.lib import paths
+    from ml_assets.serving.mlflow_model import bronze_windows
+
+    txs = features_module.transactions_of(bronze)
+    windows, risk = bronze_windows(txs, PARAMS, paths.lake_uri(), None)
+    online = features_module.batch_features(txs, windows, risk, PARAMS)
+    logged = pl.DataFrame(
+        [{"transaction_id": t.transaction_id} | f for t, f in zip(txs, online, strict=True)],
+        schema={"transaction_id": pl.String} | dict.fromkeys(FEATURE_COLUMNS, pl.Float64),
+    )
+    both = dbt.join(logged, on="transaction_id", suffix="_online")
+    assert both.height == dbt.height == len(txs)
+    out = {}
+    for column in FEATURE_COLUMNS:
+        same = np.isclose(
+            both[column].cast(pl.Float64).to_numpy(), both[f"{column}_online"].to_numpy(),
+            rtol=1e-9, atol=1e-6, equal_nan=True,
+        )  # fmt: skip
+        if not same.all():
+            out[column] = sorted(both.filter(~pl.Series(same))["transaction_id"])
+    return out
+
+
+def test_service_features_equal_dbt_features_on_an_adversarial_history(adversarial):
+    """Same instants, window edges to the microsecond and a retried delivery: the online features
+    equal dbt's, every feature of every transaction; and the history says what it should."""
+    from ml_assets.serving import features
+
+    dbt, bronze = adversarial
+    assert _adversarial_differences(features, dbt, bronze) == {}
+    f = {r["transaction_id"]: r for r in dbt.iter_rows(named=True)}
+    assert [f[f"adv-s{i}"]["card_tx_count_1h"] for i in (1, 2, 3)] == [0, 0, 0]  # not each other's
+    # 7d: e7 on the edge, h0 and d0; e7x a microsecond too old.
+    assert (f["adv-s1"]["card_tx_count_7d"], f["adv-s1"]["card_amount_sum_7d"]) == (3, 15.0)
+    assert (f["adv-h0"]["card_tx_count_1h"], f["adv-h0"]["card_amount_sum_1h"]) == (1, 7.0)  # e7, not e7x
+    assert (f["adv-d0"]["card_tx_count_24h"], f["adv-d0"]["card_amount_sum_24h"]) == (2, 10.0)  # e7, h0
+    assert f["adv-a1"]["card_tx_count_1h"] == 3 and f["adv-s4"]["card_tx_count_7d"] == 0
+    assert (f["adv-r1"]["card_tx_count_1h"], f["adv-r1"]["card_amount_sum_1h"]) == (4, 1 + 2 + 4 + 16)
+
+
+@pytest.mark.parametrize(
+    "original, mismatch",
+    [
+        ("if not start <= p.ts < t:", "if not start <= p.ts <= t:"),  # the same instant as history
+        ("if age <= span:", "if age < span:"),  # a window without its start
+    ],
+)
+def test_the_adversarial_skew_test_fails_on_a_mismatched_online_window(adversarial, original, mismatch):
+    """The test of the test: the online window comparison patched (`<` for `<=` or back) in a
+    copy of ml_assets/serving/features.py makes the skew comparison above find differences. (The
+    simulated day alone had no two transactions of a card at one instant: it passed `<=`.)"""
+    import types
+
+    from ml_assets.serving import features
+
+    source = Path(features.__file__).read_text()
+    assert source.count(original) == 1
+    patched = types.ModuleType("patched_online_features")
+    patched.__file__ = features.__file__
+    sys.modules[patched.__name__] = patched  # dataclasses look their module up while decorating
+    try:
+        exec(compile(source.replace(original, mismatch), features.__file__, "exec"), patched.__dict__)  # noqa: S102
+        dbt, bronze = adversarial
+        differences = _adversarial_differences(patched, dbt, bronze)
+    finally:
+        del sys.modules[patched.__name__]
+    assert differences, f"{mismatch!r} went unnoticed"
+    assert "card_tx_count_1h" in differences

@@ -10,10 +10,14 @@ import polars as pl
 import pytest
 
 from ml_assets.lib import paths, tables
-from ml_assets.lib.features import FEATURE_COLUMNS
-from ml_assets.serving.inference_log import SCHEMA
+from ml_assets.lib.features import feature_columns
+from ml_assets.serving.inference_log import SCHEMA as BASE_SCHEMA
 from ml_assets_tests.conftest import tx
 from ml_assets_tests.serving_support import drain, materialization, service_and_server, shared_registry
+
+FEATURE_COLUMNS = feature_columns()
+# What the log holds of decisions that carry the spec's features: its own columns, then those.
+SCHEMA = BASE_SCHEMA | dict.fromkeys(FEATURE_COLUMNS, pl.Float64())
 
 
 def _log() -> pl.DataFrame:

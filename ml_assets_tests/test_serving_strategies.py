@@ -227,3 +227,52 @@ def test_each_arm_decides_by_its_own_versions_threshold_and_the_log_keeps_it(dat
         review = (rows["score"] >= thresholds[arm[0]]).to_list()
         assert rows["decision"].to_list() == ["review" if r else "approve" for r in review], arm
         assert set(rows["decision"]) == {"review", "approve"}, (arm, thresholds)
+
+
+def test_a_version_needing_a_feature_not_computed_online_is_never_deployed(data_dir, registry):
+    """A version trained on a feature the online side doesn't compute: as a canary its arm is
+    dropped (its share goes to the champion) and /model says why; made champion, the service keeps
+    serving the champion it has (no 503) and its health says why; a service starting on it alone
+    serves nothing, and says why."""
+    import mlflow
+
+    from ml_assets.lib import tracking
+    from ml_assets_tests.serving_support import log_booster, train_booster
+
+    name = registry.register(aliases={"champion": 1}, tags={STRATEGY_TAG: "canary", CANARY_SHARE_TAG: "0.5"})
+    tracking.use_store(registry.tracking_uri)
+    extra = log_booster(train_booster(4, extra=("card_tx_count_5m",))[0])
+    version = mlflow.register_model(extra, name).version
+    client = registry.client()
+    client.set_registered_model_alias(name, "canary", str(version))
+    service, server = service_and_server(registry, name, paths.online_store_url())
+    with server, httpx.Client(base_url=server.url) as http:
+        model = http.get("/model").json()
+        assert _arms(model) == {"champion": ("champion", "1", 1.0, "serving")}
+        assert any(f"v{version} needs features the online side does not compute: card_tx_count_5m" in p
+                   for p in model["problems"])  # fmt: skip
+        client.set_registered_model_alias(name, "champion", str(version))
+        service.poll()
+        response = http.post("/predict", json={"transactions": [tx(i) for i in range(5)]})
+        assert response.status_code == 200
+        assert {p["model_version"] for p in response.json()["predictions"]} == {"1"}
+        assert http.get("/health").status_code == 200
+        assert "card_tx_count_5m" in http.get("/health/details").json()["registry"]["error"]
+    fresh, server = service_and_server(registry, name, paths.online_store_url())
+    with server, httpx.Client(base_url=server.url) as http:
+        assert http.get("/health").status_code == 503
+        assert "card_tx_count_5m" in http.get("/health/details").json()["registry"]["error"]
+
+
+def test_a_versions_feature_list_is_its_tag_and_must_be_its_boosters():
+    """The list every consumer builds a version's input from: its `feature_columns` tag, checked
+    against the booster's own feature names (a version from before the tag: the booster's)."""
+    from ml_assets.lib.features import feature_columns
+    from ml_assets.lib.registry import TAG_FEATURE_COLUMNS, model_columns
+    from ml_assets_tests.serving_support import train_booster
+
+    booster = train_booster(1, rounds=2)[0]
+    assert model_columns({}, booster) == feature_columns()
+    assert model_columns({TAG_FEATURE_COLUMNS: ",".join(feature_columns())}, booster) == feature_columns()
+    with pytest.raises(ValueError, match="not the booster's features"):
+        model_columns({TAG_FEATURE_COLUMNS: ",".join(reversed(feature_columns()))}, booster)

@@ -72,6 +72,19 @@ def _online_store_readers() -> str:
     return read.pop()
 
 
+def _dbt_vars_readers() -> str:
+    import json
+
+    from ml_assets.lib.features import feature_columns
+    from ml_assets.serving.features import FeatureParams
+
+    windows = {"1h": 1, "5m_x": 2}
+    assert paths.dbt_vars()["card_velocity_windows"] == windows
+    assert FeatureParams.from_dbt_project().card_velocity_windows == windows
+    assert "card_tx_count_5m_x" in feature_columns() and "card_tx_count_7d" not in feature_columns()
+    return json.dumps({"card_velocity_windows": windows})
+
+
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
     """Set to a value, each setting is what its reader returns (derived ones follow the data root)."""
@@ -81,6 +94,7 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
         "ML_ASSETS_START_DATE": "2025-06-01",
         "ML_ASSETS_SERVING_STRATEGY": "shadow",
+        "ML_ASSETS_DBT_VARS": '{"card_velocity_windows": {"1h": 1, "5m_x": 2}}',
     }.get(
         name,
         str(tmp_path / "x")
@@ -105,6 +119,8 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
         "MLFLOW_TRACKING_URI": paths.mlflow_tracking_uri,
         "ML_ASSETS_MLFLOW_ARTIFACTS": paths.mlflow_artifact_root,
         "DAGSTER_HOME": lambda: str(paths.dagster_home()),
+        # dbt's runs get the vars, and the online features and the feature list read the same.
+        "ML_ASSETS_DBT_VARS": lambda: _dbt_vars_readers(),
         # The service's store, and the pipeline's resource on it (the feed and the drain).
         "ML_ASSETS_ONLINE_STORE": lambda: _online_store_readers(),
     }

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from ml_assets.lib.evaluation import score_metrics
-from ml_assets.lib.features import CATEGORICAL_FEATURES, FEATURE_COLUMNS
+from ml_assets.lib.features import CATEGORICAL_FEATURES, feature_columns
 from ml_assets.lib.training import base_params, dask_trainer, dataset, train_booster, tune
 
 ROUNDS, PATIENCE = 300, 20
+FEATURE_COLUMNS = feature_columns()
 
 
 def _rows(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -56,9 +57,12 @@ def test_distributed_fit_is_a_booster_close_to_the_single_machine_one(splits, da
     import lightgbm as lgb
 
     params = base_params(num_threads=2, seed=7) | {"learning_rate": 0.1, "num_leaves": 31}
-    train = dataset(*splits["train"])
-    local = train_booster(params, train, dataset(*splits["validation"], reference=train), ROUNDS, PATIENCE)
-    dist = dask_trainer(dask_client, splits["train"], splits["validation"], ROUNDS, PATIENCE)(params)
+    train = dataset(*splits["train"], FEATURE_COLUMNS)
+    valid = dataset(*splits["validation"], FEATURE_COLUMNS, reference=train)
+    local = train_booster(params, train, valid, ROUNDS, PATIENCE)
+    dist = dask_trainer(
+        dask_client, splits["train"], splits["validation"], ROUNDS, PATIENCE, FEATURE_COLUMNS
+    )(params)
 
     assert isinstance(dist.booster, lgb.Booster) and dist.params == params
     model = dist.booster.dump_model()
@@ -89,12 +93,12 @@ def test_distributed_fit_is_a_booster_close_to_the_single_machine_one(splits, da
 
 def test_tuning_runs_the_same_trials_on_the_cluster(splits, dask_client):
     base = base_params(num_threads=2, seed=7)
-    train = dataset(*splits["train"])
-    valid = dataset(*splits["validation"], reference=train)
+    train = dataset(*splits["train"], FEATURE_COLUMNS)
+    valid = dataset(*splits["validation"], FEATURE_COLUMNS, reference=train)
     local, local_trials = tune(base, lambda p: train_booster(p, train, valid, ROUNDS, PATIENCE), 2, seed=3)
     dist, dist_trials = tune(
         base,
-        dask_trainer(dask_client, splits["train"], splits["validation"], ROUNDS, PATIENCE),
+        dask_trainer(dask_client, splits["train"], splits["validation"], ROUNDS, PATIENCE, FEATURE_COLUMNS),
         2,
         seed=3,
     )

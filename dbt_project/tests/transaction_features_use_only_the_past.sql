@@ -1,6 +1,7 @@
 -- Leakage test: recompute a sample of the run's feature rows by a second route that can only see
 -- the past, and return every row where the model disagrees.
---   card features: window frames that end 1 microsecond before the event (the model uses a join);
+--   card features: window frames that end 1 microsecond before the event (the model uses a join),
+--   for every velocity window of the spec;
 --   merchant risk: labels made before the event's day, each counted only while no newer label for
 --   its transaction had been made (the model uses running sums of deltas).
 -- A feature that peeks at the event itself, a later transaction or a future label shows here.
@@ -9,6 +10,7 @@
 {% set lookback = var('card_lookback_days') %}
 {% set label_window = var('merchant_label_window_days') %}
 {% set sample_modulo = var('leakage_test_sample_modulo') %}
+{% set windows = var('card_velocity_windows') %}
 
 with history as (
     select *
@@ -20,24 +22,19 @@ by_frames as (
     select
         transaction_id,
         event_date,
-        count(*) over last_1h as card_tx_count_1h,
-        count(*) over last_24h as card_tx_count_24h,
-        coalesce(sum(amount) over last_7d, 0) as card_amount_sum_7d,
+        {%- for name in windows %}
+        count(*) over last_{{ name }} as card_tx_count_{{ name }},
+        coalesce(sum(amount) over last_{{ name }}, 0) as card_amount_sum_{{ name }},
+        {%- endfor %}
         max(event_ts) over lookback as card_last_ts
     from history
     window
-        last_1h as (
+        {%- for name, hours in windows.items() %}
+        last_{{ name }} as (
             partition by card_id order by event_ts
-            range between interval 1 hour preceding and interval 1 microsecond preceding
+            range between interval {{ hours }} hour preceding and interval 1 microsecond preceding
         ),
-        last_24h as (
-            partition by card_id order by event_ts
-            range between interval 24 hour preceding and interval 1 microsecond preceding
-        ),
-        last_7d as (
-            partition by card_id order by event_ts
-            range between interval 7 day preceding and interval 1 microsecond preceding
-        ),
+        {%- endfor %}
         lookback as (
             partition by card_id order by event_ts
             range between interval {{ lookback }} day preceding and interval 1 microsecond preceding
@@ -90,20 +87,22 @@ merchant_as_of as (
 
 select
     s.transaction_id,
-    s.card_tx_count_1h,
-    b.card_tx_count_1h as past_card_tx_count_1h,
-    s.card_tx_count_24h,
-    b.card_tx_count_24h as past_card_tx_count_24h,
+    {%- for name in windows %}
+    s.card_tx_count_{{ name }},
+    b.card_tx_count_{{ name }} as past_card_tx_count_{{ name }},
+    {%- endfor %}
     s.merchant_labels_window,
     coalesce(m.labels, 0) as past_merchant_labels
 from sample as s
 inner join by_frames as b on s.transaction_id = b.transaction_id
 left join merchant_as_of as m on s.transaction_id = m.transaction_id
 where
-    s.card_tx_count_1h != b.card_tx_count_1h
-    or s.card_tx_count_24h != b.card_tx_count_24h
-    or abs(s.card_amount_sum_7d - b.card_amount_sum_7d) > 1e-6
-    or s.seconds_since_card_last_tx is distinct from epoch(s.event_time) - epoch(b.card_last_ts)
+    {%- for name in windows %}
+    s.card_tx_count_{{ name }} != b.card_tx_count_{{ name }}
+    or abs(s.card_amount_sum_{{ name }} - b.card_amount_sum_{{ name }}) > 1e-6
+    or
+    {%- endfor %}
+    s.seconds_since_card_last_tx is distinct from epoch(s.event_time) - epoch(b.card_last_ts)
     or s.merchant_labels_window != coalesce(m.labels, 0)
     or abs(
         s.merchant_fraud_rate

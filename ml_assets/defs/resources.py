@@ -283,6 +283,14 @@ class MlflowResource(dg.ConfigurableResource):
 
         return tracking.load_booster(self.tracking_uri, self.registered_model_name, version)
 
+    def load_model(self, version: str) -> tuple[object, list[str]]:
+        """(the booster of a registered version, its own feature list): what its input is built from."""
+        from ml_assets.lib import registry
+
+        tags = self.client().get_model_version(self.registered_model_name, version).tags
+        booster = self.load_booster(version)
+        return booster, registry.model_columns(tags, booster)
+
     def run_url(self, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 

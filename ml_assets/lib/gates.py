@@ -14,7 +14,12 @@ GATES = {
     "no_slice_regression": "No slice's ROC-AUC regresses by more than the bound.",
     "calibrated": "Expected calibration error within the bound.",
     "report_complete": "Every metric, plot and slice the report promises is there and finite.",
+    # Judged from the version as serving loads it (ml_assets.lib.servable), not from the report.
+    "servable": "Loaded as the service and as the plain MLflow pyfunc (a fresh process), it scores recent "
+    "transactions as the report did; its features are all computed online; its contract and the "
+    "serving configuration are sound.",
 }
+SERVABLE = "servable"
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ def _finite(*values) -> bool:
 
 
 def evaluate(report: dict, t: Thresholds) -> list[Verdict]:
-    """Judge a report (as `build_report` returns it) against the thresholds, gate by gate."""
+    """Judge a report (as `build_report` returns it) against the thresholds, gate by gate (all but
+    SERVABLE, which the report asset judges from the loaded version)."""
     ch = report["challenger"]
     out = []
 

@@ -6,7 +6,6 @@ import numpy as np
 import polars as pl
 
 from ml_assets.lib import evaluation
-from ml_assets.lib.features import FEATURE_COLUMNS
 
 SCORE = "score"
 ARM_PERFORMANCE_SCHEMA = {
@@ -31,12 +30,13 @@ def drift(reference: pl.DataFrame, current: pl.DataFrame, columns: list[str]) ->
 
 
 # A single day always has a single weekday: its PSI against several weeks says nothing.
-NOT_FOR_DRIFT = {"day_of_week"}
-DRIFT_FEATURES = [c for c in FEATURE_COLUMNS if c not in NOT_FOR_DRIFT]
+NOT_FOR_DRIFT = {"day_of_week", SCORE}
 
 
 def feature_drift(reference: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
-    return drift(reference, current, DRIFT_FEATURES)
+    """PSI of every feature both frames have (the reference's are a model's own list): a feature
+    added since the model was trained, or one the current rows lack, is not compared."""
+    return drift(reference, current, [c for c in reference.columns if c not in NOT_FOR_DRIFT])
 
 
 def arm_performance(scored: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:

@@ -40,15 +40,9 @@ def lake_storage_options() -> dict[str, str]:
     Keep credentials out of it: delta-rs, polars, boto3 and MLflow all read the standard AWS_*
     variables (or the pod's IAM role) themselves.
     """
-    raw = (value("ML_ASSETS_LAKE_STORAGE_OPTIONS") or "").strip()
-    if not raw:
-        return {}
-    try:
-        options = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"ML_ASSETS_LAKE_STORAGE_OPTIONS is not valid JSON: {e}") from e
+    options = _json_object("ML_ASSETS_LAKE_STORAGE_OPTIONS")
     # delta-rs takes strings only ("true", not true): say so here rather than deep in Rust.
-    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+    if not all(isinstance(v, str) for v in options.values()):
         raise ValueError('ML_ASSETS_LAKE_STORAGE_OPTIONS must be a JSON object of strings: {"key": "value"}')
     return options
 
@@ -107,7 +101,28 @@ def dbt_vars() -> dict[str, str]:
         "lake_uri": lake_uri(),
         "warehouse": warehouse_uri(),
         "duckdb_memory_limit": duckdb_memory_limit(),
-    }
+    } | dbt_var_overrides()
+
+
+def dbt_var_overrides() -> dict:
+    """Vars over dbt_project.yml's own, from `ML_ASSETS_DBT_VARS` (a JSON object), such as the
+    feature spec's `card_velocity_windows`: every Dagster dbt run gets them, and the online
+    features read the same (ml_assets.lib.features.project_vars)."""
+    return _json_object("ML_ASSETS_DBT_VARS")
+
+
+def _json_object(name: str) -> dict:
+    """The setting `name` as a JSON object ({} when unset)."""
+    raw = (value(name) or "").strip()
+    if not raw:
+        return {}
+    try:
+        given = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name} is not valid JSON: {e}") from e
+    if not isinstance(given, dict):
+        raise ValueError(f'{name} must be a JSON object: {{"key": value}}')
+    return given
 
 
 def online_store_url() -> str:

@@ -29,6 +29,12 @@ TAG_VERDICT_REASONS = "validation_reasons"
 # The service, the registered pyfunc and monitoring read them.
 TAG_DECISION_THRESHOLD = "decision_threshold"
 TAG_ALERT_BUDGET = "decision_alert_budget"
+# The version's input contract: its features in order (comma-separated), and the hash of the dbt
+# feature model they were computed by (ml_assets.lib.features); the whole contract, types included,
+# is the artifact CONTRACT_FILE of its run. Every consumer builds the version's input from this list.
+TAG_FEATURE_COLUMNS = "feature_columns"
+TAG_FEATURES_DBT_HASH = "features_dbt_hash"
+CONTRACT_FILE = "input_contract.json"
 # Tags of a retraining run that the retraining sensor asked for (as of the newest monitored day, and
 # why), copied onto the version it registers: the record of that request that outlives the Dagster
 # instance, and the sensor's cooldown counts from it.
@@ -63,3 +69,50 @@ def alias_version(client, name: str, alias: str) -> str | None:
         if "not found" in str(e).lower() or "RESOURCE_DOES_NOT_EXIST" in str(e):
             return None
         raise
+
+
+def model_columns(tags: dict[str, str], booster) -> list[str]:
+    """A version's own feature list, the one its input is built from: its `feature_columns` tag,
+    which must be the booster's own feature names (a version from before the tag has the booster's).
+    A version whose two disagree is broken, and raises rather than score the wrong columns."""
+    names = list(booster.feature_name())
+    tagged = tags.get(TAG_FEATURE_COLUMNS)
+    if tagged is None:
+        return names
+    columns = tagged.split(",")
+    if columns != names:
+        raise ValueError(f"the {TAG_FEATURE_COLUMNS} tag {columns} is not the booster's features {names}")
+    return columns
+
+
+def version_columns(client, name: str, version: str, tracking_uri: str | None = None) -> list[str]:
+    """A version's own feature list from the registry: its `feature_columns` tag (a version from
+    before the tag: its booster's feature names, which needs `tracking_uri` to load it)."""
+    tags = client.get_model_version(name, version).tags
+    if TAG_FEATURE_COLUMNS in tags:
+        return tags[TAG_FEATURE_COLUMNS].split(",")
+    from ml_assets.lib import tracking
+
+    return list(tracking.load_booster(tracking_uri, name, version).feature_name())
+
+
+def deployed_columns(client, name: str, tracking_uri: str) -> dict[str, tuple[str, list[str]]]:
+    """alias -> (version, its feature list) for every alias set: what must stay computable, the
+    rollback target (previous_champion) included."""
+    out = {}
+    for alias in ALIASES:
+        version = alias_version(client, name, alias)
+        if version is not None:
+            out[alias] = (version, version_columns(client, name, version, tracking_uri))
+    return out
+
+
+def not_computable(needed: dict[str, tuple[str, list[str]]], computed: list[str]) -> list[str]:
+    """What removing features would break: one line per alias whose version needs a feature that
+    `computed` (the features after the change) lacks. Empty: nothing deployed loses an input."""
+    have = set(computed)
+    return [
+        f"{alias} (v{version}) needs {', '.join(lost)}"
+        for alias, (version, columns) in needed.items()
+        if (lost := [c for c in columns if c not in have])
+    ]

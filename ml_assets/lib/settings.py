@@ -41,6 +41,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("ML_ASSETS_DBT_TARGET", "local", "The output of dbt_project/profiles.yml dbt runs against."),
         Setting("ML_ASSETS_DUCKDB_MEMORY_LIMIT", "4GB", "DuckDB's memory limit (past it, DuckDB spills)."),
         Setting(
+            "ML_ASSETS_DBT_VARS",
+            None,
+            "JSON object of dbt vars over dbt_project.yml's (the feature spec, say), for dbt runs and "
+            "the online features alike.",
+        ),
+        Setting(
             "MLFLOW_TRACKING_URI", "sqlite:///<data>/mlflow/mlflow.db", "MLflow tracking store and registry."
         ),
         Setting("ML_ASSETS_MLFLOW_ARTIFACTS", "<data>/mlflow/artifacts", "Artifacts of new experiments."),

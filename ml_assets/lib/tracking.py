@@ -76,8 +76,9 @@ def log_iteration_metrics(client, run_id: str, history: dict[str, list[float]]) 
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
-def log_model(booster, lake_uri: str | None) -> str:
+def log_model(booster, lake_uri: str | None, columns: list[str]) -> str:
     """Log the booster in the active run as the registry's model, and return its model URI.
+    `columns`: its features, in order (the pyfunc builds its input from them).
 
     The model is ml_assets.serving.mlflow_model's: plain `mlflow.pyfunc` scores landing-contract
     rows with it, computing their features from the lake at `lake_uri`. The package's code travels
@@ -96,7 +97,7 @@ def log_model(booster, lake_uri: str | None) -> str:
             python_model=str(PACKAGE_DIR / "serving" / "mlflow_model_entry.py"),
             artifacts={"booster": str(booster_file)},
             code_paths=[str(PACKAGE_DIR)],
-            model_config=mlflow_model.model_config(lake_uri),
+            model_config=mlflow_model.model_config(lake_uri, columns),
             signature=mlflow_model.signature(),
             input_example=pd.DataFrame([mlflow_model.EXAMPLE]),
             pip_requirements=pip_requirements(),

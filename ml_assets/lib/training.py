@@ -16,7 +16,7 @@ from datetime import date
 import numpy as np
 import polars as pl
 
-from ml_assets.lib.features import CATEGORICAL_FEATURES, FEATURE_COLUMNS, KEY_COLUMNS, LABEL
+from ml_assets.lib.features import KEY_COLUMNS, LABEL, categorical_indices
 
 SPLITS = ("train", "validation", "holdout")
 
@@ -85,6 +85,9 @@ def training_set_batches(
 
     An event day counts as labelled when at least `min_labelled_share` of its transactions have a
     label by the cutoff: the last few days before the cutoff are still waiting for theirs.
+
+    The features are every column of `transaction_features` but its keys (`warehouse_features`):
+    the next model trains on what the features compute now, whatever the champion was trained on.
     """
     con.register("known_labels", labels_as_of(labels, cutoff).to_arrow())
     coverage = con.sql(
@@ -103,7 +106,7 @@ def training_set_batches(
     )
     columns = ", ".join(
         [f"f.{c}" for c in KEY_COLUMNS]
-        + [f"cast(f.{c} as double) as {c}" for c in FEATURE_COLUMNS]
+        + [f"cast(f.{c} as double) as {c}" for c in warehouse_features(con)]
         + [f"cast(k.{LABEL} as tinyint) as {LABEL}", "k.label_date", f"case {split} end as split"]
     )
     rows = con.sql(
@@ -117,14 +120,28 @@ def training_set_batches(
     return rows.fetch_record_batch(batch_rows), windows
 
 
+def warehouse_features(con) -> list[str]:
+    """The feature columns of the warehouse's `transaction_features`, in the table's order: every
+    column but the keys (a column the spec or the SQL added joins at the end of an existing table)."""
+    names = [row[0] for row in con.sql("describe transaction_features").fetchall()]
+    return [c for c in names if c not in KEY_COLUMNS]
+
+
+def training_features(frame: pl.DataFrame | pl.LazyFrame) -> list[str]:
+    """The feature columns of a training snapshot, in its order (what a model trained on it takes)."""
+    schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+    return [c for c in schema if c not in KEY_COLUMNS and c not in (LABEL, "label_date", "split")]
+
+
 def default_cutoff(labels: pl.DataFrame) -> date:
     """The latest day labels were made: everything known so far."""
     return labels["label_date"].max()
 
 
-def matrix(frame: pl.DataFrame) -> np.ndarray:
-    """The feature matrix LightGBM trains and predicts on: float64, NaN for missing, one copy."""
-    return frame.select(FEATURE_COLUMNS).to_numpy(order="c").astype(np.float64, copy=False)
+def matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    """The feature matrix LightGBM trains and predicts on: `columns` (a model's own list, in its
+    order), float64, NaN for missing, one copy."""
+    return frame.select(columns).to_numpy(order="c").astype(np.float64, copy=False)
 
 
 def base_params(num_threads: int, seed: int) -> dict:
@@ -140,15 +157,13 @@ def base_params(num_threads: int, seed: int) -> dict:
     }
 
 
-CATEGORICAL_INDICES = [FEATURE_COLUMNS.index(c) for c in CATEGORICAL_FEATURES]
-
-
-def dataset(x: np.ndarray, y: np.ndarray, reference=None):
+def dataset(x: np.ndarray, y: np.ndarray, columns: list[str], reference=None):
     import lightgbm as lgb
 
     # feature_pre_filter off: tuning trials share this Dataset and vary min_child_samples, which
-    # LightGBM refuses (fatal) once features were pre-filtered with a larger one.
-    return lgb.Dataset(x, label=y, feature_name=FEATURE_COLUMNS, categorical_feature=CATEGORICAL_INDICES,
+    # LightGBM refuses (fatal) once features were pre-filtered with a larger one. The booster
+    # keeps `columns` as its feature names: the model's own list, which consumers check.
+    return lgb.Dataset(x, label=y, feature_name=columns, categorical_feature=categorical_indices(columns),
                        reference=reference, free_raw_data=False,
                        params={"feature_pre_filter": False})  # fmt: skip
 
@@ -189,6 +204,7 @@ def dask_trainer(
     valid: tuple[np.ndarray, np.ndarray],
     num_boost_round: int,
     early_stopping_rounds: int,
+    columns: list[str],
 ) -> Callable[[dict], TrainResult]:
     """`train_booster` on a Dask cluster: the data goes to the workers once, and each call of the
     returned function is one `lightgbm.dask` fit with the given parameters.
@@ -240,7 +256,7 @@ def dask_trainer(
         started = time.perf_counter()
         model.fit(
             x_d, y_d, eval_X=(xv_d,), eval_y=(yv_d,), eval_names=["validation"],
-            feature_name=FEATURE_COLUMNS, categorical_feature=CATEGORICAL_INDICES,
+            feature_name=columns, categorical_feature=categorical_indices(columns),
             callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
         )  # fmt: skip
         booster = model.booster_

@@ -2,8 +2,10 @@
 
 `transaction_features` is the pure function of one transaction, its card's past and its
 merchant's label counts; it follows dbt_project/models/features/transaction_features.sql term by
-term, and the skew test holds the two to the same values. The windows and the merchant prior come
-from the dbt project's vars, so the two can't drift apart by configuration either.
+term, and the skew test holds the two to the same values. The velocity windows, the channel codes,
+the lookbacks and the merchant prior come from the dbt project's vars (the feature spec,
+ml_assets.lib.features), so the two can't drift apart by configuration either: a window added to
+the spec is computed here too.
 
 What the features need between requests lives outside the process, in the online store
 (ml_assets.serving.online_store): each card's transactions over the lookback, and merchant risk per
@@ -14,6 +16,7 @@ features from the windows the store returns; nothing here keeps state.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import date, timedelta
@@ -22,32 +25,46 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
-from ml_assets.lib.features import FEATURE_COLUMNS
+from ml_assets.lib.features import feature_columns, project_vars
 
 US = 1_000_000  # timestamps are integer microseconds since the epoch (UTC), as bronze stores them
 HOUR = 3600 * US
 DAY = 24 * HOUR
 EPOCH = date(1970, 1, 1)
-CHANNEL_CODES = {"pos": 0, "ecom": 1, "atm": 2}
 
 
 @dataclass(frozen=True)
 class FeatureParams:
-    """The dbt vars the features depend on (dbt_project/dbt_project.yml)."""
+    """The dbt vars the features depend on (dbt_project/dbt_project.yml, and ML_ASSETS_DBT_VARS)."""
 
     card_lookback_days: int
     merchant_label_window_days: int
     label_join_horizon_days: int
     merchant_prior_rate: float
     merchant_prior_weight: float
+    card_velocity_windows: dict[str, int]  # name -> hours: card_tx_count_<name>, card_amount_sum_<name>
+    channel_codes: dict[str, int]  # channel -> channel_code
+
+    def __post_init__(self):
+        # A window past the lookback would count only the lookback in dbt's join: refuse it here.
+        for name, hours in self.card_velocity_windows.items():
+            suffix = re.fullmatch(r"[a-z0-9_]+", name) is not None
+            if not (suffix and isinstance(hours, int) and 0 < hours <= 24 * self.card_lookback_days):
+                raise ValueError(
+                    f"velocity window {name!r}: {hours!r} hours must be a whole number in "
+                    f"1..{24 * self.card_lookback_days} (the card lookback) and its name a column suffix"
+                )
 
     @classmethod
     def from_dbt_project(cls) -> FeatureParams:
-        import yaml
-
-        dbt_vars = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+        dbt_vars = project_vars()
         return cls(**{f.name: dbt_vars[f.name] for f in fields(cls)})
+
+    @property
+    def columns(self) -> list[str]:
+        """What `transaction_features` computes with these params: the features the online side
+        can give a model."""
+        return feature_columns(self.card_velocity_windows)
 
 
 class Tx(NamedTuple):
@@ -90,8 +107,11 @@ def transaction_features(
     """
     t = tx.ts
     start = t - params.card_lookback_days * DAY
-    n = n_1h = n_24h = n_7d = device_seen = country_seen = channel_seen = 0
-    total = sum_1h = sum_24h = sum_7d = 0.0
+    windows = params.card_velocity_windows
+    spans = [hours * HOUR for hours in windows.values()]
+    counts, sums = [0] * len(spans), [0.0] * len(spans)
+    n = device_seen = country_seen = channel_seen = 0
+    total = 0.0
     last = None
     for p in past:
         if not start <= p.ts < t:
@@ -99,15 +119,11 @@ def transaction_features(
         n += 1
         total += p.amount
         last = p.ts if last is None or p.ts > last else last
-        if p.ts >= t - 7 * DAY:
-            n_7d += 1
-            sum_7d += p.amount
-            if p.ts >= t - DAY:
-                n_24h += 1
-                sum_24h += p.amount
-                if p.ts >= t - HOUR:
-                    n_1h += 1
-                    sum_1h += p.amount
+        age = t - p.ts
+        for i, span in enumerate(spans):
+            if age <= span:  # p.ts >= t - span: a window includes its start, as dbt's filter does
+                counts[i] += 1
+                sums[i] += p.amount
         # NULL never equals NULL in SQL: a missing device matches nothing.
         device_seen += p.device_id is not None and p.device_id == tx.device_id
         country_seen += p.country == tx.country
@@ -115,18 +131,18 @@ def transaction_features(
     avg = total / n if n else None
     labels, frauds = merchant
     weight = params.merchant_prior_weight
+    velocity = {}
+    for name, count, amount in zip(windows, counts, sums, strict=True):
+        velocity[f"card_tx_count_{name}"] = count
+        velocity[f"card_amount_sum_{name}"] = amount
     return {
         "amount": tx.amount,
-        "channel_code": CHANNEL_CODES[tx.channel],
+        # A channel without a code is null, as dbt's `case` gives (the contract admits none).
+        "channel_code": params.channel_codes.get(tx.channel),
         "merchant_category_code": int(tx.merchant_category),
         "hour_of_day": (t // HOUR) % 24,
         "day_of_week": (t // DAY + 3) % 7 + 1,  # ISO: Monday 1 .. Sunday 7; 1970-01-01 was a Thursday
-        "card_tx_count_1h": n_1h,
-        "card_amount_sum_1h": sum_1h,
-        "card_tx_count_24h": n_24h,
-        "card_amount_sum_24h": sum_24h,
-        "card_tx_count_7d": n_7d,
-        "card_amount_sum_7d": sum_7d,
+        **velocity,
         "card_amount_avg_lookback": avg,
         "amount_to_card_avg": tx.amount / avg if avg else None,
         "seconds_since_card_last_tx": (t - last) / US if last is not None else None,
@@ -138,9 +154,9 @@ def transaction_features(
     }
 
 
-def as_vector(features: dict[str, float | None]) -> list[float]:
-    """FEATURE_COLUMNS order, NaN for missing: the model's input row."""
-    return [math.nan if (v := features[c]) is None else float(v) for c in FEATURE_COLUMNS]
+def as_vector(features: dict[str, float | None], columns: list[str]) -> list[float]:
+    """A model's input row: its `columns` (the model's own list), in order, NaN for missing."""
+    return [math.nan if (v := features[c]) is None else float(v) for c in columns]
 
 
 def merchant_risk(
@@ -209,9 +225,16 @@ def batch_features(
     return out
 
 
-def matrix_of(features: list[dict[str, float | None]]) -> np.ndarray:
-    """The model's input rows (FEATURE_COLUMNS, NaN for missing)."""
-    out = np.empty((len(features), len(FEATURE_COLUMNS)))
+def matrix_of(features: list[dict[str, float | None]], columns: list[str]) -> np.ndarray:
+    """A model's input rows: its `columns` (the model's own list, in its order), NaN for missing.
+    A column the features lack raises KeyError: check `missing_online` before serving a model."""
+    out = np.empty((len(features), len(columns)))
     for i, values in enumerate(features):
-        out[i] = as_vector(values)
+        out[i] = as_vector(values, columns)
     return out
+
+
+def missing_online(columns: list[str], params: FeatureParams) -> list[str]:
+    """The model columns the online side can't compute with `params` (empty: it can serve it)."""
+    online = set(params.columns)
+    return [c for c in columns if c not in online]

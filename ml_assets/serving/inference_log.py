@@ -9,6 +9,11 @@ This module says what a row is.
 The store keeps one decision per transaction_id. A shadow arm's scores ride in that decision
 (`extra["shadow"]`: arm, alias, version, score) and become rows of their own here (`returned`
 false), so the table has one row per (transaction_id, arm): the key the drain dedupes by.
+
+Each row also carries the feature values computed for it, one Float64 column per feature, in
+the order the decisions carry them: every feature the online side computed, whichever subset the
+model that scored it takes. A feature added to the spec is a new column (the drain appends with
+schema merge, older rows read null in it); nothing in SCHEMA depends on the features.
 """
 
 from __future__ import annotations
@@ -16,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import polars as pl
-
-from ml_assets.lib.features import FEATURE_COLUMNS
 
 PARTITION_COLUMN = "scored_date"
 KEY = ("transaction_id", "arm")  # one row per transaction and arm
@@ -41,19 +44,18 @@ SCHEMA: dict[str, pl.DataType] = {
     "returned": pl.Boolean(),  # False for a shadow score: logged, never returned to the caller
     # Merchant risk came from an earlier day's table (the day's was not written yet).
     "stale_risk": pl.Boolean(),
-    **{c: pl.Float64() for c in FEATURE_COLUMNS},  # the model's input; null where it was missing
 }
-_ROW = [c for c in SCHEMA if c not in FEATURE_COLUMNS and c != PARTITION_COLUMN]
+_ROW = [c for c in SCHEMA if c != PARTITION_COLUMN]
 
 
 def rows_of(decisions: Iterable) -> pl.DataFrame:
     """Log rows of online-store decisions: one per decision and one per shadow score it carries.
 
-    The columns are SCHEMA's, then any feature a decision carries that FEATURE_COLUMNS does not
-    (a model with a new feature logs it as a new column: the table's schema grows, nothing breaks).
+    The columns are SCHEMA's, then the features the decisions carry (Float64; null where missing),
+    in the order they first appear: a new feature is a new column, and the table's schema grows.
     """
     columns: dict[str, list] = {c: [] for c in _ROW}
-    features: dict[str, list] = {c: [] for c in FEATURE_COLUMNS}
+    features: dict[str, list] = {}
     n = 0
     for d in decisions:
         x = d.extra

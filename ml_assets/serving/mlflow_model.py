@@ -83,8 +83,10 @@ def signature():
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def model_config(lake_uri: str | None) -> dict:
-    """What the model reads at load: the dbt vars its features follow, the lake of its history, and
+def model_config(lake_uri: str | None, columns: list[str]) -> dict:
+    """What the model reads at load: the dbt vars its features follow and its own feature list
+    (`columns`, the input contract: its input is built from them, whatever the spec is now), the
+    lake of its history, and
     (None when logged) the online store and the version its decisions are recorded under. MLflow
     lets a load override only keys logged here, so both are logged empty: a store's URL may carry
     credentials, and it is the serving platform's to give at load (`model_config=` or
@@ -93,6 +95,7 @@ def model_config(lake_uri: str | None) -> dict:
     return {
         "lake_uri": lake_uri,
         "feature_params": asdict(FeatureParams.from_dbt_project()),
+        "feature_columns": list(columns),
         "online_store": None,
         "model_version": None,
         "decision_threshold": None,
@@ -201,6 +204,7 @@ def score_landing_rows(
     frame,
     booster,
     params: FeatureParams,
+    columns: list[str],
     lake_uri: str | None,
     storage_options: dict | None = None,
     store=None,
@@ -209,8 +213,9 @@ def score_landing_rows(
 ):
     """Score landing-contract rows (a pandas frame); rows that break the contract get NaN and their
     reasons. Returns a pandas frame: transaction_id, score, problems, decision (by `threshold`,
-    None without one). `store`: an open online store to read history from and record decisions in
-    (None: bronze, nothing recorded; a retried transaction then gets its recorded decision)."""
+    None without one). `columns`: the model's own features, in order. `store`: an open online store
+    to read history from and record decisions in (None: bronze, nothing recorded; a retried
+    transaction then gets its recorded decision)."""
     import pandas as pd
 
     rows, problems = raw_rows(_items(frame))
@@ -225,10 +230,12 @@ def score_landing_rows(
         txs = transactions_of(typed[valid])
         if store is None:
             windows, risk = bronze_windows(txs, params, lake_uri, storage_options)
-            scores[valid] = booster.predict(matrix_of(batch_features(txs, windows, risk, params)))
+            scores[valid] = booster.predict(matrix_of(batch_features(txs, windows, risk, params), columns))
             made = decisions(scores[valid], threshold)
         else:
-            scores[valid], made = _score_through_store(store, txs, booster, params, model_version, threshold)
+            scores[valid], made = _score_through_store(
+                store, txs, booster, params, columns, model_version, threshold
+            )
         for i, decision in zip(valid, made, strict=True):
             decided[i] = decision
     return pd.DataFrame(
@@ -242,7 +249,13 @@ def score_landing_rows(
 
 
 def _score_through_store(
-    store, txs: list[Tx], booster, params: FeatureParams, model_version: str, threshold: float | None
+    store,
+    txs: list[Tx],
+    booster,
+    params: FeatureParams,
+    columns: list[str],
+    model_version: str,
+    threshold: float | None,
 ) -> tuple[list[float], list[str | None]]:
     """As the service does (ml_assets.serving.service): begin, features from the windows and the
     store's merchant risk, score and decide, record before returning; retried transactions get
@@ -255,7 +268,7 @@ def _score_through_store(
     if new:
         risk = {day: store.merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
         features = batch_features(new, begun.windows, lambda day: risk[day].table, params)
-        scores = booster.predict(matrix_of(features))
+        scores = booster.predict(matrix_of(features, columns))
         made = decisions(scores, threshold)
         request_id, at = uuid.uuid4().hex, int(datetime.now(UTC).timestamp() * 1_000_000)
         standing = store.record(

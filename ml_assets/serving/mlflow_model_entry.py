@@ -26,7 +26,10 @@ class LandingScorer(mlflow.pyfunc.PythonModel):
 
         self.booster = lgb.Booster(model_file=context.artifacts["booster"])
         config = context.model_config
+        # The dbt vars and the feature list it was trained with, logged beside it (with the code
+        # of its day: a model logged earlier loads its own copy of this file and the package).
         self.params = FeatureParams(**config["feature_params"])
+        self.columns = list(config["feature_columns"])
         self.lake_uri = config.get("lake_uri")
         self.model_version = str(config.get("model_version") or "unregistered")
         # The version's own threshold: given at load, or its registry tag (the model's directory
@@ -51,7 +54,7 @@ class LandingScorer(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params: dict | None = None):
         return score_landing_rows(
-            model_input, self.booster, self.params, self.lake_uri, paths.lake_storage_options(),
+            model_input, self.booster, self.params, self.columns, self.lake_uri, paths.lake_storage_options(),
             store=self.store, model_version=self.model_version, threshold=self.threshold,
         )  # fmt: skip
 

@@ -1,9 +1,11 @@
 """What the service deploys: the registry's aliases and strategy tags, resolved to loaded models.
 
 The service never loads a model a request names: only versions the registered model's aliases
-point at. A `Deployment` is immutable; the poller builds the next one beside the current one
-(loading any new version first) and the service swaps one reference, so a request is scored
-entirely by one deployment and none waits for a load.
+point at, and only those whose own features (the version's `feature_columns`) the online side
+computes: a version that needs one it can't is not deployed, and says why (a champion that can't
+be served leaves the current deployment serving). A `Deployment` is immutable; the poller builds
+the next one beside the current one (loading any new version first) and the service swaps one
+reference, so a request is scored entirely by one deployment and none waits for a load.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Arm:
     # The version's own decision threshold (its tag): score >= it is sent to review. None while the
     # version has none (its decisions are then null, and the deployment says so in `problems`).
     threshold: float | None = None
+    columns: tuple[str, ...] = ()  # the version's own features, in order: its input
 
     @property
     def role(self) -> str:
@@ -47,6 +50,7 @@ class Arm:
             "traffic_share": round(self.share, 6),
             "role": self.role,
             "decision_threshold": self.threshold,
+            "features": len(self.columns),
         }
 
 
@@ -105,23 +109,33 @@ def unit_hash(value: str, salt: str = "ml_assets.serving") -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-class Registry:
-    """Reads the registered model's aliases and tags, and loads the versions they name (once each)."""
+class Unservable(Exception):
+    """The champion needs a feature the online side can't compute: nothing changes."""
 
-    def __init__(self, tracking_uri: str, model_name: str):
+
+class Registry:
+    """Reads the registered model's aliases and tags, and loads the versions they name (once each).
+    `online_columns`: the features the service computes (ml_assets.serving.features)."""
+
+    def __init__(self, tracking_uri: str, model_name: str, online_columns: list[str]):
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.model_name = model_name
+        self.online = set(online_columns)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        self._loaded: dict[str, Any] = {}  # version -> booster
+        self._loaded: dict[str, tuple[Any, list[str]]] = {}  # version -> (booster, its columns)
         self.loads = 0  # how many times a version was loaded (a switch to a warm one loads none)
 
-    def _booster(self, version: str):
+    def load(self, version: str) -> tuple[Any, list[str]]:
+        """(the version's booster, its own feature list), loaded once: how serving loads a version."""
         if version not in self._loaded:
             from ml_assets.lib import tracking
+            from ml_assets.lib.registry import model_columns
 
-            self._loaded[version] = tracking.load_booster(self.tracking_uri, self.model_name, version)
+            booster = tracking.load_booster(self.tracking_uri, self.model_name, version)
+            tags = self.client.get_model_version(self.model_name, version).tags
+            self._loaded[version] = (booster, model_columns(tags, booster))
             self.loads += 1
             log.info("loaded %s version %s", self.model_name, version)
         return self._loaded[version]
@@ -145,6 +159,9 @@ class Registry:
             return None
         return value
 
+    def missing_online(self, columns: list[str]) -> list[str]:
+        return [c for c in columns if c not in self.online]
+
     def resolve(self, current: Deployment | None = None) -> Deployment | None:
         """The deployment the registry asks for now (None if there is no champion). Versions
         already loaded are reused; others are loaded before this returns."""
@@ -154,10 +171,20 @@ class Registry:
         specs = config.arms()
         if CHAMPION not in aliases:
             return None
-        present = [s for s in specs if s.alias in aliases]
+        present = []
         for s in specs:
             if s.alias not in aliases:
                 problems.append(f"alias {s.alias!r} is not set: arm {s.name!r} is not deployed")
+                continue
+            version = aliases[s.alias]
+            _, columns = self.load(version)
+            if missing := self.missing_online(columns):
+                why = f"v{version} needs features the online side does not compute: {', '.join(missing)}"
+                if s.alias == CHAMPION:
+                    raise Unservable(f"champion {why}; still serving the last deployment")
+                problems.append(f"arm {s.name!r} is not deployed: {why}")
+                continue
+            present.append(s)
         # A missing arm's share goes to the champion.
         returned_share = sum(s.share for s in present[1:] if s.returned)
         arms, thresholds = [], {}
@@ -166,7 +193,10 @@ class Registry:
             version = aliases[s.alias]
             if version not in thresholds:
                 thresholds[version] = self._threshold(version, problems)
-            arms.append(Arm(s, version, self._booster(version), share, thresholds[version]))
+            booster, columns = self.load(version)
+            arms.append(
+                Arm(s, version, booster, share, threshold=thresholds[version], columns=tuple(columns))
+            )
         deployment = Deployment(self.model_name, config, tuple(arms), tuple(problems))
         if current is not None and deployment.key == current.key:
             return current

@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 class Service:
     def __init__(self, settings: ServingSettings):
         self.settings = settings
-        self.registry = Registry(settings.tracking_uri, settings.model_name)
         self.params = FeatureParams.from_dbt_project()
+        # Only versions whose own features these params compute are deployed.
+        self.registry = Registry(settings.tracking_uri, settings.model_name, self.params.columns)
         self.store_url = settings.online_store
         # The store's lookback is the features' card lookback: a window holds exactly what
         # `transaction_features` can count.
@@ -156,7 +157,10 @@ class Service:
         if not txs:
             return []
         features = batch_features(txs, windows, lambda day: risk[day].table, self.params)
-        x = matrix_of(features)
+        # Each arm's input is its own version's feature list (a champion trained before a feature
+        # was added never sees it); the decision records every feature computed.
+        used = deployment.serving_arms + deployment.shadow_arms
+        inputs = {a.columns: matrix_of(features, list(a.columns)) for a in used}
         n = len(txs)
         split = deployment.split_key
         route = deployment.route([getattr(tx, split) for tx in txs] if split else [""] * n)
@@ -166,14 +170,16 @@ class Service:
         for k, arm in enumerate(serving):
             rows = np.flatnonzero(route == k)
             if rows.size:
-                scores[rows] = arm.booster.predict(x[rows], num_threads=self.settings.num_threads)
+                scores[rows] = arm.booster.predict(
+                    inputs[arm.columns][rows], num_threads=self.settings.num_threads
+                )
                 for row, decision in zip(rows, decisions(scores[rows], arm.threshold), strict=True):
                     decided[row] = decision
         # The store keeps one decision per transaction: a shadow arm's scores ride in the decision
         # (`extra["shadow"]`), and the inference log's drain makes them rows of their own.
         shadows = []
         for arm in deployment.shadow_arms:
-            p = arm.booster.predict(x, num_threads=self.settings.num_threads)
+            p = arm.booster.predict(inputs[arm.columns], num_threads=self.settings.num_threads)
             shadows.append((arm, p.tolist(), decisions(p, arm.threshold)))
         scored_at = int(datetime.now(UTC).timestamp() * 1_000_000)
         common = {"strategy": deployment.config.strategy.value, "model_name": deployment.model_name}

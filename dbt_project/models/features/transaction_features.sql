@@ -3,10 +3,14 @@
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='event_date',
-        on_schema_change='fail',
+        on_schema_change='sync_all_columns',
     )
 }}
 
+-- The table follows the model's columns (on_schema_change above): a column added to the spec
+-- (or here) joins it, and days built before read null in it until they are built again (a
+-- backfill, or features_job's full_refresh); a column removed leaves it. Dagster refuses a build
+-- that would remove one a deployed model version needs (defs/features/assets.py).
 -- One row of model features per transaction, built only from what was known before its event
 -- time: card history strictly before it, and merchant labels made on earlier days. Each run computes the days min_date..max_date and reads only the
 -- lookback their windows need, so a day costs the same at day 60 as at day 5 of history.
@@ -36,15 +40,13 @@ card_history as (
     -- days.)
     select
         c.transaction_id,
-        count(p.transaction_id) filter (where p.event_ts >= c.event_ts - interval 1 hour) as card_tx_count_1h,
-        coalesce(sum(p.amount_exact) filter (where p.event_ts >= c.event_ts - interval 1 hour), 0)::double
-            as card_amount_sum_1h,
-        count(p.transaction_id) filter (where p.event_ts >= c.event_ts - interval 24 hour) as card_tx_count_24h,
-        coalesce(sum(p.amount_exact) filter (where p.event_ts >= c.event_ts - interval 24 hour), 0)::double
-            as card_amount_sum_24h,
-        count(p.transaction_id) filter (where p.event_ts >= c.event_ts - interval 7 day) as card_tx_count_7d,
-        coalesce(sum(p.amount_exact) filter (where p.event_ts >= c.event_ts - interval 7 day), 0)::double
-            as card_amount_sum_7d,
+        -- One count and one sum per velocity window of the spec (dbt_project.yml).
+        {%- for name, hours in var('card_velocity_windows').items() %}
+        count(p.transaction_id) filter (where p.event_ts >= c.event_ts - interval {{ hours }} hour)
+            as card_tx_count_{{ name }},
+        coalesce(sum(p.amount_exact) filter (where p.event_ts >= c.event_ts - interval {{ hours }} hour), 0)::double
+            as card_amount_sum_{{ name }},
+        {%- endfor %}
         avg(p.amount_exact)::double as card_amount_avg_lookback,
         max(p.event_ts) as card_last_ts,
         count(p.transaction_id) filter (where p.device_id = c.device_id) as device_seen,
@@ -129,16 +131,16 @@ select
     c.country,
     c.merchant_category,
     c.amount,
-    case c.channel when 'pos' then 0 when 'ecom' then 1 when 'atm' then 2 end as channel_code,
+    case c.channel
+        {%- for channel, code in var('channel_codes').items() %} when '{{ channel }}' then {{ code }}{% endfor %}
+    end as channel_code,
     cast(c.merchant_category as integer) as merchant_category_code,
     hour(c.event_ts) as hour_of_day,
     isodow(c.event_ts) as day_of_week,
-    h.card_tx_count_1h,
-    h.card_amount_sum_1h,
-    h.card_tx_count_24h,
-    h.card_amount_sum_24h,
-    h.card_tx_count_7d,
-    h.card_amount_sum_7d,
+    {%- for name in var('card_velocity_windows') %}
+    h.card_tx_count_{{ name }},
+    h.card_amount_sum_{{ name }},
+    {%- endfor %}
     h.card_amount_avg_lookback,
     c.amount / nullif(h.card_amount_avg_lookback, 0) as amount_to_card_avg,
     epoch(c.event_ts) - epoch(h.card_last_ts) as seconds_since_card_last_tx,

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from pydantic import Field
 
 from ml_assets.defs.policies import daily_partitions, one_run_per_range, storage_retry
-from ml_assets.lib import paths
+from ml_assets.defs.resources import MlflowResource
+from ml_assets.lib import paths, registry
 from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
+from ml_assets.lib.features import feature_columns
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 # `dagster dev` / `dg` re-parse the project when they start (elsewhere `make setup` prepares the
@@ -43,6 +46,35 @@ class FeatureTranslator(DagsterDbtTranslator):
         return spec
 
 
+class FeaturesConfig(dg.Config):
+    full_refresh: bool = Field(
+        default=False,
+        description="Rebuild the dbt tables from scratch (dbt --full-refresh) instead of replacing "
+        "this run's days. Only for a run over every day from the first partition on: days outside "
+        "the run would be lost. A feature added to the spec needs no full refresh: its column joins "
+        "the table, and materializing the days again (a backfill) fills it in.",
+    )
+
+
+def refusal(mlflow: MlflowResource) -> str | None:
+    """Why the features must not be built now, or None: a version an alias points at (the
+    champion, the rollback target previous_champion, a candidate) needs a feature the spec no
+    longer computes. The table would lose that column (on_schema_change='sync_all_columns'), and
+    the version could be neither scored nor served."""
+    client = mlflow.client()
+    lost = registry.not_computable(
+        registry.deployed_columns(client, mlflow.registered_model_name, mlflow.tracking_uri),
+        feature_columns(),
+    )
+    if not lost:
+        return None
+    return (
+        f"refusing to build the features: {'; '.join(lost)}, which the feature spec no longer computes. "
+        "Keep the feature until no alias points at a version that needs it (train one without it, "
+        "fraud_model's exclude_features, promote it, then retire the previous champion), or put it back."
+    )
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
@@ -56,10 +88,24 @@ class FeatureTranslator(DagsterDbtTranslator):
     # waits for the pool instead.
     pool="warehouse",
 )
-def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+def feature_models(
+    context: dg.AssetExecutionContext, config: FeaturesConfig, dbt: DbtCliResource, mlflow: MlflowResource
+):
     """Run `dbt build` for the run's days: load them into the warehouse, compute their features
-    from the lookback they need, and run every dbt test (as Dagster asset checks)."""
+    from the lookback they need, and run every dbt test (as Dagster asset checks).
+
+    Refused, before dbt runs, when the feature spec no longer computes a feature that a deployed
+    version (an alias: the champion, previous_champion, a candidate) needs (`refusal`)."""
+    if reason := refusal(mlflow):
+        raise dg.Failure(reason, allow_retries=False)
     window = context.partition_time_window
+    if config.full_refresh and window.start > daily_partitions.start:
+        raise dg.Failure(
+            f"full_refresh rebuilds the tables from this run's days only, and the run starts at "
+            f"{window.start.date()}, after the first partition {daily_partitions.start.date()}: "
+            "launch it over every day, or materialize the days again without it",
+            allow_retries=False,
+        )
     days = {
         "min_date": window.start.date().isoformat(),
         "max_date": (window.end - timedelta(days=1)).date().isoformat(),
@@ -67,5 +113,7 @@ def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     context.log.info(f"dbt build for event days {days['min_date']}..{days['max_date']}")
     # dbt's run artifacts and log go under the data root, not into the project folder.
     target = paths.dbt_runs_dir() / context.run.run_id
-    args = ["build", "--vars", json.dumps(days | paths.dbt_vars())]
+    args = ["build", "--vars", json.dumps(days | paths.dbt_vars())] + (
+        ["--full-refresh"] if config.full_refresh else []
+    )
     yield from dbt.cli(args, context=context, target_path=target).stream()

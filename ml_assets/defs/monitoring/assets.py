@@ -11,7 +11,6 @@ from ml_assets.defs.metadata import frame_markdown, png_markdown
 from ml_assets.defs.policies import daily_partitions, one_run_per_range, storage_retry
 from ml_assets.defs.resources import LakeResource, MlflowResource, MonitoringResource, WarehouseResource
 from ml_assets.lib import registry, tables
-from ml_assets.lib.features import FEATURE_COLUMNS
 from ml_assets.lib.monitoring import (
     ARM_PERFORMANCE_SCHEMA,
     SCORE,
@@ -20,7 +19,7 @@ from ml_assets.lib.monitoring import (
     drift,
     feature_drift,
 )
-from ml_assets.lib.training import labels_as_of, matrix
+from ml_assets.lib.training import labels_as_of, matrix, warehouse_features
 
 PREDICTION_SCHEMA = {
     "transaction_id": pl.String(),
@@ -61,25 +60,26 @@ def batch_predictions(
 ) -> dg.MaterializeResult:
     """Every transaction of the day scored by the champion, and by the candidate too while one is
     deployed as canary or shadow, into `predictions/batch_predictions` (one row per transaction
-    and alias, with the model version)."""
+    and alias, with the model version). Each model scores its own feature list."""
     days = _days(context)
     deployed = _deployed(mlflow)
     # Each phase timed on its own: scoring itself runs at the booster's raw rate; reading the
     # features, loading the models and writing Delta are what the step adds around it.
     seconds, started = {}, time.perf_counter()
-    boosters = {v: mlflow.load_booster(v) for v in set(deployed.values())}
+    models = {v: mlflow.load_model(v) for v in set(deployed.values())}
     seconds["load"], started = time.perf_counter() - started, time.perf_counter()
+    needed = list(dict.fromkeys(c for _, columns in models.values() for c in columns))
     features = warehouse.query(
-        f"select transaction_id, event_date, {', '.join(FEATURE_COLUMNS)} from transaction_features "
+        f"select transaction_id, event_date, {', '.join(needed)} from transaction_features "
         f"where event_date between date '{days[0]}' and date '{days[-1]}' order by event_time, transaction_id"
     )
-    x = matrix(features)
+    x = {v: matrix(features, columns) for v, (_, columns) in models.items()}
     seconds["read"] = time.perf_counter() - started
     scored, rates = [], {}
     for alias, version in deployed.items():
         started = time.perf_counter()
-        scores = boosters[version].predict(x)
-        rates[alias] = round(x.shape[0] / max(time.perf_counter() - started, 1e-9))
+        scores = models[version][0].predict(x[version])
+        rates[alias] = round(features.height / max(time.perf_counter() - started, 1e-9))
         scored.append(
             features.select("transaction_id", "event_date").with_columns(
                 pl.lit(alias).alias("alias"), pl.lit(version).alias("model_version"), pl.Series(SCORE, scores)
@@ -114,7 +114,8 @@ def batch_predictions(
             "delta_version": version,
             "deployed": dg.MetadataValue.json(deployed),
             "rows_per_second": dg.MetadataValue.json(rates),
-            "rows_scored": x.shape[0],
+            "rows_scored": features.height,
+            "feature_columns": dg.MetadataValue.json({v: len(columns) for v, (_, columns) in models.items()}),
             "seconds_by_phase": dg.MetadataValue.json({k: round(v, 3) for k, v in seconds.items()}),
         }
     )
@@ -122,7 +123,7 @@ def batch_predictions(
 
 def _champion_reference(lake: LakeResource, mlflow: MlflowResource, version: str) -> pl.DataFrame:
     """What drift is measured against: the most recent days of the champion's training snapshot
-    (its validation and holdout windows), features and the champion's own scores. Not the train
+    (its validation and holdout windows), the champion's own features and its scores. Not the train
     window: its first days precede a full lookback, so their history features are still warming up.
     """
     tags = mlflow.client().get_model_version(mlflow.registered_model_name, version).tags
@@ -132,8 +133,9 @@ def _champion_reference(lake: LakeResource, mlflow: MlflowResource, version: str
         .filter(pl.col("split").is_in(["validation", "holdout"]))
         .collect()
     )
-    scores = mlflow.load_booster(version).predict(matrix(recent))
-    return recent.select(FEATURE_COLUMNS).with_columns(pl.Series(SCORE, scores))
+    booster, columns = mlflow.load_model(version)
+    scores = booster.predict(matrix(recent, columns))
+    return recent.select(columns).with_columns(pl.Series(SCORE, scores))
 
 
 @dg.asset(
@@ -153,7 +155,8 @@ def drift_report(
 ) -> dg.MaterializeResult:
     """Population stability (PSI) of every feature and of the champion's score for the day,
     against the champion's own training rows, into `monitoring/drift`. Large PSI means the world
-    the model learned no longer looks like the one it scores."""
+    the model learned no longer looks like the one it scores. Only the features both sides have
+    are compared: the champion's own, as the warehouse computes them now (`features_compared`)."""
     from ml_assets.lib.plots import drift_png
 
     days = _days(context)
@@ -161,8 +164,11 @@ def drift_report(
     if champion is None:
         raise dg.Failure("no champion yet: nothing to measure drift against", allow_retries=False)
     reference = _champion_reference(lake, mlflow, champion)
+    with warehouse.connect() as con:
+        computed = set(warehouse_features(con))
+    shared = [c for c in reference.columns if c in computed]
     features = warehouse.query(
-        f"select event_date, {', '.join(FEATURE_COLUMNS)} from transaction_features "
+        f"select event_date, {', '.join(shared)} from transaction_features "
         f"where event_date between date '{days[0]}' and date '{days[-1]}'"
     )
     scores = (
@@ -206,7 +212,17 @@ def drift_report(
     version = lake.write_partitions(
         tables.DRIFT, out.select(schema.keys()), partition_column="event_date", partitions=days, schema=schema
     )
-    return dg.MaterializeResult(metadata={"delta_version": version, "champion_version": champion})
+    return dg.MaterializeResult(
+        metadata={
+            "delta_version": version,
+            "champion_version": champion,
+            "features_compared": dg.MetadataValue.json(shared),
+            "champion_features_not_computed": ", ".join(
+                c for c in reference.columns if c not in computed and c != SCORE
+            )
+            or "none",
+        }
+    )
 
 
 def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:

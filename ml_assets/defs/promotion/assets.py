@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ml_assets.defs.metadata import markdown_table
 from ml_assets.defs.policies import storage_retry
+from ml_assets.defs.promotion.sensors import not_online
 from ml_assets.defs.resources import MlflowResource, ServingResource
 from ml_assets.lib import registry
 from ml_assets.lib.deployment import (
@@ -42,7 +43,7 @@ def _refuse(message: str) -> dg.Failure:
     return dg.Failure(message, allow_retries=False)  # a refusal, not a fault: retrying changes nothing
 
 
-def _deploy(client, name: str, config: DeploymentConfig, strategy: Strategy) -> Move:
+def _deploy(client, name: str, config: DeploymentConfig, strategy: Strategy, mlflow: MlflowResource) -> Move:
     if config.action == "rollback":
         return rollback(client, name, f"{config.reason} (by {config.actor})")
     candidate_alias = CANDIDATE_ALIAS.get(strategy)
@@ -60,6 +61,11 @@ def _deploy(client, name: str, config: DeploymentConfig, strategy: Strategy) -> 
     verdict = client.get_model_version(name, config.version).tags.get(registry.TAG_VERDICT, "missing")
     if verdict != "passed":
         raise _refuse(f"refusing to promote {name} v{config.version}: its validation verdict is {verdict!r}")
+    if missing := not_online(mlflow, config.version):
+        raise _refuse(
+            f"refusing to promote {name} v{config.version}: the online side can't compute its features "
+            f"{', '.join(missing)}"
+        )
     if candidate_alias and registry.alias_version(client, name, registry.CHAMPION):
         return start_candidate(client, name, config.version, candidate_alias)
     return promote(client, name, config.version)  # the first model has no champion to sit beside
@@ -88,7 +94,7 @@ def deployed_model(
     for tag, value in strategy.to_tags().items():  # the service reads its strategy from these
         client.set_registered_model_tag(name, tag, value)
     try:
-        move = _deploy(client, name, config, strategy.strategy)
+        move = _deploy(client, name, config, strategy.strategy, mlflow)
     except NothingToRollBack as e:
         raise _refuse(str(e)) from e
     if move.action == "promote":

@@ -5,6 +5,10 @@ report whose gates are still running, or a registry that can't be reached, stops
 the cursor moves past it, so the decision is retried on the next tick, never lost. A promotion's
 runs carry the version (defs/decisions.py): one that failed is asked for again, a few times, then
 alerted on; one that succeeded or is under way is never asked for twice.
+
+A challenger is promoted only if the online side computes every feature it takes (its
+`feature_columns`, checked against the feature spec at the decision, not only when it was
+registered): one that needs another is skipped, and the skip reason says which.
 """
 
 import dagster as dg
@@ -40,6 +44,15 @@ def _gate_results(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
         elif out[data.check_name] == "MISSING":
             out[data.check_name] = "PLANNED"
     return out
+
+
+def not_online(mlflow: MlflowResource, version: str) -> list[str]:
+    """The features of `version` the online side can't compute (empty: it can be served)."""
+    from ml_assets.serving.features import FeatureParams, missing_online
+
+    client = mlflow.client()
+    columns = registry.version_columns(client, mlflow.registered_model_name, version, mlflow.tracking_uri)
+    return missing_online(columns, FeatureParams.from_dbt_project())
 
 
 def _promotion(version: str, reason: str) -> dict:
@@ -81,6 +94,8 @@ def model_promotion_sensor(
         failed = [g for g, status in gates.items() if status != "SUCCEEDED"]
         if failed:
             notes.append(f"v{version} not promoted: failed {', '.join(failed)}")
+        elif missing := not_online(mlflow, version):  # the registry is asked: an outage keeps the cursor
+            notes.append(f"v{version} not promoted: the online side can't compute {', '.join(missing)}")
         else:
             if candidate:
                 notes.append(f"v{candidate[0]} superseded by v{version}, a newer challenger that passed")

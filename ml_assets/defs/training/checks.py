@@ -7,8 +7,8 @@ from ml_assets.defs.metadata import markdown_table
 from ml_assets.defs.resources import LakeResource
 from ml_assets.defs.training.assets import run_snapshot
 from ml_assets.lib import tables
-from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
-from ml_assets.lib.training import SPLITS
+from ml_assets.lib.features import LABEL
+from ml_assets.lib.training import SPLITS, training_features
 
 
 def _snapshot(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> pl.DataFrame:
@@ -42,10 +42,9 @@ def no_feature_entirely_null(
     context: dg.AssetCheckExecutionContext, lake: LakeResource
 ) -> dg.AssetCheckResult:
     frame = _snapshot(context, lake)
-    nulls = frame.group_by("split").agg(pl.col(FEATURE_COLUMNS).is_null().mean())
-    empty = [
-        f"{row['split']}.{c}" for row in nulls.iter_rows(named=True) for c in FEATURE_COLUMNS if row[c] == 1.0
-    ]
+    columns = training_features(frame)  # what the model will train on
+    nulls = frame.group_by("split").agg(pl.col(columns).is_null().mean())
+    empty = [f"{row['split']}.{c}" for row in nulls.iter_rows(named=True) for c in columns if row[c] == 1.0]
     worst = nulls.unpivot(index="split").sort("value", descending=True).head(8)
     return dg.AssetCheckResult(
         passed=not empty,

@@ -17,7 +17,7 @@ from ml_assets.defs.resources import LakeResource, MlflowResource
 from ml_assets.defs.training.assets import run_snapshot
 from ml_assets.lib import oracle, registry, tables, tracking
 from ml_assets.lib.evaluation import score_metrics
-from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
+from ml_assets.lib.features import LABEL, input_contract, project_vars
 from ml_assets.lib.training import (
     SPLITS,
     base_params,
@@ -25,8 +25,10 @@ from ml_assets.lib.training import (
     dataset,
     matrix,
     train_booster,
+    training_features,
     tune,
 )
+from ml_assets.serving.features import FeatureParams, missing_online
 
 
 class TrainingConfig(dg.Config):
@@ -46,9 +48,16 @@ class TrainingConfig(dg.Config):
         default=False,
         description="Train on shuffled labels: a worthless challenger, to watch the gates block it.",
     )
+    exclude_features: list[str] = Field(
+        default=[],
+        description="Features of the snapshot to train without: the first step of removing one that "
+        "the champion still takes (README: Adding a feature).",
+    )
 
 
-def _splits(frame: pl.DataFrame, shuffle_labels: bool, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _splits(
+    frame: pl.DataFrame, columns: list[str], shuffle_labels: bool, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     rng = np.random.default_rng(seed)
     for name in SPLITS:
@@ -56,7 +65,7 @@ def _splits(frame: pl.DataFrame, shuffle_labels: bool, seed: int) -> dict[str, t
         y = part[LABEL].to_numpy().astype(np.float64)
         if shuffle_labels and name != "holdout":
             y = rng.permutation(y)
-        out[name] = (matrix(part), y)
+        out[name] = (matrix(part, columns), y)
     return out
 
 
@@ -73,6 +82,11 @@ def fraud_model(
     the training snapshot this run wrote, tracked in MLflow and registered as a new version of
     `fraud_detector` with the alias `challenger`. The validation report then judges it against
     the champion before anything serves it.
+
+    It trains on every feature the snapshot has (what transaction_features computes now) and
+    records them as its input contract: the tag `feature_columns` (in order), the dbt feature
+    model's hash, and input_contract.json with their types. A feature the online side can't
+    compute is said here (`features_not_online`), and the `servable` gate blocks the version.
     """
     import mlflow as mlflow_api
 
@@ -80,7 +94,13 @@ def fraud_model(
 
     snapshot, bronze = run_snapshot(context.instance, context.run, context.log)
     frame = lake.scan(tables.TRAINING_SET, version=snapshot).collect()
-    data = _splits(frame, config.shuffle_labels, config.seed)
+    columns = [c for c in training_features(frame) if c not in config.exclude_features]
+    dbt_vars = project_vars()
+    contract = input_contract(columns, {c: str(frame.schema[c]) for c in columns}, dbt_vars)
+    not_online = missing_online(columns, FeatureParams.from_dbt_project())
+    if not_online:
+        context.log.warning(f"the online features can't compute {not_online}: this version can't be served")
+    data = _splits(frame, columns, config.shuffle_labels, config.seed)
     windows = {}
     for split in SPLITS:
         days = frame.filter(pl.col("split") == split)["event_date"]
@@ -109,10 +129,10 @@ def fraud_model(
 
                 cluster = stack.enter_context(Client(config.dask_scheduler))
                 context.log.info(f"training on the Dask cluster at {config.dask_scheduler}")
-                fit = dask_trainer(cluster, data["train"], data["validation"], rounds, patience)
+                fit = dask_trainer(cluster, data["train"], data["validation"], rounds, patience, columns)
             else:
-                train = dataset(*data["train"])
-                valid = dataset(*data["validation"], reference=train)
+                train = dataset(*data["train"], columns)
+                valid = dataset(*data["validation"], columns, reference=train)
                 fit = partial(train_booster, train=train, valid=valid, num_boost_round=rounds,
                               early_stopping_rounds=patience)  # fmt: skip
 
@@ -121,11 +141,12 @@ def fraud_model(
         train_seconds = time.perf_counter() - started
         tracking.log_iteration_metrics(client, run_id, best.history)
         gains = best.booster.feature_importance(importance_type="gain").tolist()
-        importance = feature_importance_png(FEATURE_COLUMNS, gains)
+        importance = feature_importance_png(columns, gains)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "feature_importance.png").write_bytes(importance)
             mlflow_api.log_artifact(str(Path(tmp) / "feature_importance.png"))
-        model_uri = tracking.log_model(best.booster, lake.root)
+        mlflow_api.log_dict(contract, registry.CONTRACT_FILE)
+        model_uri = tracking.log_model(best.booster, lake.root, columns)
 
         x_hold, y_hold = data["holdout"]
         p_hold = best.booster.predict(x_hold)
@@ -138,7 +159,9 @@ def fraud_model(
             client, mlflow.registered_model_name, model_uri, run_id,
             tracking.model_tags(
                 context.run.run_id, snapshot, bronze, windows, best.params, best.best_iteration
-            ) | {k: context.run.tags[k] for k in registry.RETRAIN_TAGS if k in context.run.tags},
+            ) | {k: context.run.tags[k] for k in registry.RETRAIN_TAGS if k in context.run.tags}
+            | {registry.TAG_FEATURE_COLUMNS: ",".join(columns),
+               registry.TAG_FEATURES_DBT_HASH: contract["features_dbt_hash"]},
         )  # fmt: skip
         client.set_registered_model_alias(mlflow.registered_model_name, registry.CHALLENGER, version)
     context.log.info(f"registered {mlflow.registered_model_name} v{version} as {registry.CHALLENGER}")
@@ -171,6 +194,9 @@ def fraud_model(
             "train_seconds": round(train_seconds, 2),
             "feature_importance": dg.MetadataValue.md(png_markdown(importance, "feature importance (gain)")),
             "shuffled_labels": config.shuffle_labels,
+            "feature_columns": dg.MetadataValue.json(columns),
+            "features_dbt_hash": contract["features_dbt_hash"],
+            "features_not_online": ", ".join(not_online) or "none",
         }
         | ({"roc_auc_over_oracle": float(comparison[0][1] / comparison[1][1])} if truth is not None else {})
     )

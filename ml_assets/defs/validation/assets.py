@@ -17,7 +17,8 @@ from ml_assets.defs.policies import storage_retry
 from ml_assets.defs.resources import LakeResource, MlflowResource, QualityGatesResource
 from ml_assets.defs.run_events import run_materialization
 from ml_assets.lib import gates, registry, tables
-from ml_assets.lib.features import FEATURE_COLUMNS, LABEL
+from ml_assets.lib.features import LABEL
+from ml_assets.lib.servable import Check as ServableCheck
 from ml_assets.lib.training import matrix
 
 REPORT_KEY = "model_validation_report"
@@ -81,6 +82,30 @@ def _challenger(context: dg.AssetExecutionContext, client, name: str) -> str:
     return challenger
 
 
+def _features_section(client, name: str, challenger: str, champion: str | None, models: dict) -> dict:
+    """The two versions' feature lists and dbt feature-model hashes, side by side: a reviewer sees
+    when the features changed meaning between them (a different hash), and which were added or
+    removed."""
+    hashes = {
+        role: client.get_model_version(name, v).tags.get(registry.TAG_FEATURES_DBT_HASH, "not recorded")
+        for role, v in (("challenger", challenger), ("champion", champion))
+        if v is not None
+    }
+    ours = models[challenger][1]
+    if champion is None:
+        return {"hashes": hashes, "text": f"{len(ours)} features, dbt feature model {hashes['challenger']}"}
+    theirs = models[champion][1]
+    added = [c for c in ours if c not in theirs]
+    removed = [c for c in theirs if c not in ours]
+    same = "the same" if hashes["challenger"] == hashes["champion"] else "CHANGED"
+    text = (
+        f"dbt feature model: challenger {hashes['challenger']}, champion {hashes['champion']} ({same}); "
+        f"{len(ours)} features vs {len(theirs)}; added: {', '.join(added) or 'none'}; "
+        f"removed: {', '.join(removed) or 'none'}"
+    )
+    return {"hashes": hashes, "text": text}
+
+
 @dg.asset(
     deps=["fraud_model"],
     kinds={"mlflow", "matplotlib"},
@@ -104,7 +129,9 @@ def model_validation_report(
     metrics by slice (worst regression first) and plots. Each quality gate is a blocking check; the
     verdict and its reasons are written as tags on the challenger version, with its decision
     threshold (the champion's too when it has none), and the whole report as one HTML page on its
-    MLflow run.
+    MLflow run. The `servable` gate loads the version as the service and as the plain pyfunc in a
+    fresh process and checks they score a sample of the holdout as the report did. Each model
+    scores its own features; the report shows both versions' dbt feature-model hashes side by side.
     """
     from ml_assets.lib.report import build_report
     from ml_assets.lib.report_html import render_report
@@ -117,15 +144,30 @@ def model_validation_report(
     version = client.get_model_version(name, challenger)
     snapshot = int(version.tags[registry.TAG_TRAINING_SET_VERSION])
     holdout = lake.scan(tables.TRAINING_SET, version=snapshot).filter(pl.col("split") == "holdout").collect()
-    x, y = matrix(holdout), holdout[LABEL].to_numpy()
-    boosters = {v: mlflow.load_booster(v) for v in {challenger, champion} if v is not None}
-    p_challenger = boosters[challenger].predict(x)
-    p_champion = boosters[champion].predict(x) if champion is not None else None
-    gains = boosters[challenger].feature_importance(importance_type="gain").tolist()
-    report = build_report(
-        holdout, y, p_challenger, p_champion, FEATURE_COLUMNS, gains, quality_gates.alert_budget
-    )
+    y = holdout[LABEL].to_numpy()
+    # Each model scores its own columns of the same rows: a champion trained before a feature was
+    # added never sees it.
+    models = {v: mlflow.load_model(v) for v in {challenger, champion} if v is not None}
+    if champion is not None and (lacking := [c for c in models[champion][1] if c not in holdout.columns]):
+        raise dg.Failure(
+            f"champion v{champion} needs {lacking}, which the challenger's snapshot v{snapshot} lacks: "
+            "a feature the champion needs was removed (the features build should have refused it)",
+            allow_retries=False,
+        )
+    p = {v: booster.predict(matrix(holdout, columns)) for v, (booster, columns) in models.items()}
+    p_challenger, p_champion = p[challenger], p.get(champion)
+    booster, columns = models[challenger]
+    gains = booster.feature_importance(importance_type="gain").tolist()
+    # The servable gate's fresh pyfunc process loads while the report is built.
+    bronze = lake.scan(tables.BRONZE["transactions"])
+    with ServableCheck(mlflow.tracking_uri, name, challenger, lake.root, bronze, holdout) as gate:
+        report = build_report(
+            holdout, y, p_challenger, p_champion, columns, gains, quality_gates.alert_budget
+        )
+        servable = gate.judge(p_challenger)
+    features = _features_section(client, name, challenger, champion, models)
     verdicts = gates.evaluate(report, quality_gates)
+    verdicts.append(gates.Verdict(gates.SERVABLE, servable.passed, servable.reason, servable.metadata))
     verdict, reasons = gates.summary(verdicts)
     # Whatever the verdict: the threshold is what this holdout says of the version, and the report
     # shows it either way (a failed version is never promoted, so never serves with it).
@@ -141,6 +183,7 @@ def model_validation_report(
                    f"{y.size:,} holdout rows ({int(y.sum())} frauds), training snapshot v{snapshot}"),
         ("Decision thresholds", f"alert budget {quality_gates.alert_budget:.2%} of transactions; "
                                 + ", ".join(f"v{v} serves with {t}" for v, (t, _) in thresholds.items())),
+        ("Features", features["text"]),
     ]  # fmt: skip
     html = render_report(
         f"{name} v{challenger}: validation report",
@@ -206,6 +249,8 @@ def model_validation_report(
             "worst_slices": dg.MetadataValue.md(frame_markdown(slices, 15)),
             "plots": dg.MetadataValue.md(plots_md),
             "html_report": dg.MetadataValue.url(mlflow.run_url(version.run_id)),
+            "features_dbt_hash": dg.MetadataValue.json(features["hashes"]),
+            "features": dg.MetadataValue.md(features["text"]),
             "seconds": round(time.perf_counter() - started, 2),
         },
         check_results=[
