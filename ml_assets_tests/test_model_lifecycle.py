@@ -143,24 +143,23 @@ def _assert_the_threshold_meets_the_budget(mlflow: MlflowResource, version: str,
     import math
 
     from ml_assets.defs.resources import WarehouseResource
-    from ml_assets.lib.features import FEATURE_COLUMNS
     from ml_assets.lib.gates import Thresholds
     from ml_assets.lib.training import matrix
 
     threshold, budget = float(tags[registry.TAG_DECISION_THRESHOLD]), float(tags[registry.TAG_ALERT_BUDGET])
     assert budget == Thresholds.alert_budget
-    booster = mlflow.load_booster(version)
+    booster, columns = mlflow.load_model(version)  # the version's own features
     snapshot = LakeResource.from_env().scan(
         tables.TRAINING_SET, version=int(tags[registry.TAG_TRAINING_SET_VERSION])
     )
-    holdout = booster.predict(matrix(snapshot.filter(pl.col("split") == "holdout").collect()))
+    holdout = booster.predict(matrix(snapshot.filter(pl.col("split") == "holdout").collect(), columns))
     n, rate = len(holdout), float((holdout >= threshold).mean())
     assert abs(rate - budget) <= math.sqrt(budget * (1 - budget) / n), (rate, n)
     after = json.loads(tags[registry.TAG_WINDOWS])["holdout_end"]
     later = booster.predict(
         matrix(WarehouseResource(path=paths.warehouse_uri()).query(
-            f"select {', '.join(FEATURE_COLUMNS)} from transaction_features where event_date > date '{after}'"
-        ))
+            f"select {', '.join(columns)} from transaction_features where event_date > date '{after}'"
+        ), columns)
     )  # fmt: skip
     m, later_rate = len(later), float((later >= threshold).mean())
     band = 3 * math.sqrt(budget * (1 - budget) * (1 / n + 1 / m))

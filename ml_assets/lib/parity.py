@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from ml_assets.lib.features import FEATURE_COLUMNS
+from ml_assets.lib.features import feature_columns
 
 # dbt computes seconds_since_card_last_tx from epoch() as a double and sums amounts as decimals;
 # the service works in integer microseconds and floats. Beyond these, a value differs.
@@ -14,11 +14,13 @@ RTOL, ATOL = 1e-9, 1e-6
 
 
 def compare(
-    online: pl.DataFrame, dbt: pl.DataFrame, columns: list[str] = FEATURE_COLUMNS
+    online: pl.DataFrame, dbt: pl.DataFrame, columns: list[str] | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(the rows of both, joined on transaction_id, the online columns suffixed `_online`; every
     differing value as a row: transaction_id, feature, dbt, online). A null equals only a null
-    (SQL's missing value and the service's both arrive as NaN here)."""
+    (SQL's missing value and the service's both arrive as NaN here). `columns`: by default every
+    feature the spec defines."""
+    columns = feature_columns() if columns is None else columns
     both = dbt.select("transaction_id", *columns).join(
         online.select("transaction_id", *columns), on="transaction_id", suffix="_online"
     )

@@ -14,7 +14,7 @@ from ml_assets.defs.metadata import frame_markdown
 from ml_assets.defs.policies import daily_partitions, storage_retry
 from ml_assets.defs.resources import LakeResource, WarehouseResource
 from ml_assets.lib import tables
-from ml_assets.lib.features import FEATURE_COLUMNS
+from ml_assets.lib.features import feature_columns
 
 PARITY_CHECK = dg.AssetCheckKey(dg.AssetKey("transaction_features"), "online_features_match_dbt")
 EXAMPLES = 10
@@ -34,7 +34,7 @@ def _logged(lake: LakeResource, days: list[date]) -> pl.DataFrame:
     if not lake.exists(tables.INFERENCE_LOG):
         return pl.DataFrame()
     scan = lake.scan(tables.INFERENCE_LOG)
-    columns = [c for c in FEATURE_COLUMNS if c in scan.collect_schema()]
+    columns = [c for c in feature_columns() if c in scan.collect_schema()]
     # Bounds on event_time itself (not its date) so the scan can skip files by their statistics.
     window = pl.lit(False)
     for day in days:
@@ -84,7 +84,7 @@ def online_features_match_dbt(
         )
         counts["not_in_bronze"] = fresh.height - seen.height  # yet to land, or quarantined
         if seen.height:
-            columns = [c for c in FEATURE_COLUMNS if c in seen.columns]
+            columns = [c for c in feature_columns() if c in seen.columns]
             listed = ", ".join(f"date '{d}'" for d in days)
             dbt = warehouse.query(
                 f"select transaction_id, {', '.join(columns)} from transaction_features "  # noqa: S608
