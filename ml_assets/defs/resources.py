@@ -356,6 +356,33 @@ class MonitoringResource(dg.ConfigurableResource):
     canary_max_pr_auc_drop: float = Field(
         default=0.05, description="Candidate is rolled back if its live PR-AUC trails the champion's by more."
     )
+    # The canary's step guards (ml_assets.lib.rollout): proxies judged on each step's own traffic.
+    canary_step_min_scores: int = Field(
+        default=200,
+        description="Canary scores (and champion scores) a rollout step needs before it is judged.",
+    )
+    canary_max_score_psi: float = Field(
+        default=0.25,
+        description="A step fails when the PSI of the canary's scores against the champion's exceeds this.",
+    )
+    canary_alert_threshold: float = Field(
+        default=0.5, description="A score at or above this is an alert (the alert rate guard)."
+    )
+    canary_max_alert_rate_gap: float = Field(
+        default=0.05,
+        description="A step fails when the canary's alert rate differs from the champion's by more "
+        "(absolute).",
+    )
+
+    def rollout_guards(self):
+        from ml_assets.lib.rollout import Guards
+
+        return Guards(
+            self.canary_step_min_scores,
+            self.canary_max_score_psi,
+            self.canary_alert_threshold,
+            self.canary_max_alert_rate_gap,
+        )
 
 
 class ServingResource(dg.ConfigurableResource):
@@ -367,13 +394,23 @@ class ServingResource(dg.ConfigurableResource):
         description="single, blue_green, canary, shadow or ab. Under canary and shadow a validated "
         "version first serves beside the champion and is promoted only if it holds up live.",
     )
-    canary_share: float = Field(default=0.1, description="Share of transactions the canary scores.")
+    canary_steps: str = Field(
+        default=SETTINGS["ML_ASSETS_CANARY_STEPS"].default,
+        description="A canary's rollout: the shares of transactions it scores, step by step "
+        "(comma-separated, increasing, the last usually 1.0). Each step holds until its guards pass; "
+        "the last then promotes it.",
+    )
     ab_share: float = Field(default=0.5, description="Share of cards on arm B (the challenger) under ab.")
+
+    def steps(self) -> tuple[float, ...]:
+        from ml_assets.lib.rollout import parse_steps
+
+        return parse_steps(self.canary_steps)
 
     def config(self):
         from ml_assets.lib.serving_config import ServingConfig, Strategy
 
-        return ServingConfig(Strategy(self.strategy), self.canary_share, self.ab_share)
+        return ServingConfig(Strategy(self.strategy), self.steps()[0], self.ab_share)
 
 
 class AlertsResource(dg.ConfigurableResource):
@@ -439,7 +476,9 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "quality_gates": QualityGatesResource(),
         "monitoring": MonitoringResource(),
-        "serving": ServingResource(strategy=value("ML_ASSETS_SERVING_STRATEGY")),
+        "serving": ServingResource(
+            strategy=value("ML_ASSETS_SERVING_STRATEGY"), canary_steps=value("ML_ASSETS_CANARY_STEPS")
+        ),
         # A secret: the resource holds the variable's name, resolved only when a run uses it, so the
         # UI's resource config never shows the URL.
         "alerts": AlertsResource(

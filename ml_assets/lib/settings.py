@@ -64,6 +64,12 @@ SETTINGS: dict[str, Setting] = {
             "How a validated version reaches traffic: single, blue_green, canary, shadow or ab.",
         ),
         Setting(
+            "ML_ASSETS_CANARY_STEPS",
+            "0.05,0.25,0.5,1.0",
+            "A canary's traffic shares, step by step: each holds until its guards pass, then the last "
+            "promotes it.",
+        ),
+        Setting(
             "ML_ASSETS_ALERT_WEBHOOK", None, "Webhook that failed runs are posted to (JSON).", secret=True
         ),
         Setting("ML_ASSETS_SERVING_POLL_SECONDS", "5.0", "How often the service reads the registry."),
