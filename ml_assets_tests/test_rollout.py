@@ -8,7 +8,8 @@ by name (not to previous_champion, v2); v4, never champion, refused; on a new DA
 rollback to v2, from the ledger. Then, under the canary strategy, v4 ramps 5% -> 25% -> 50% ->
 100% as each step's guards pass on that step's traffic, and v3, which flags every purchase from a
 few hundred up, passes step 1 on small purchases and is rolled back at step 2, when larger ones
-reach it.
+reach it. Each step's guards hold the canary's live scores to those it gave its validation and
+holdout rows offline, which are small purchases.
 
 The models are small LightGBM boosters that read only the amount: "steady" (v1, v2, v4) alerts
 from 5000 up, "jumpy" (v3) from about 200 up. Below 200 both score alike to their last bits (the
@@ -39,6 +40,7 @@ NAME = "fraud_detector"
 STEADY, JUMPY = 5000.0, 200.0  # the amounts from which each model alerts
 STEPS = (0.05, 0.25, 0.5, 1.0)  # the default rollout (ML_ASSETS_CANARY_STEPS)
 CANARY_SCORES = 260  # per step: past the guards' 200, with room for the hash split's spread
+SMALL, LARGE = (10.0, 90.0), (300.0, 3000.0)  # purchases both models score alike; ones jumpy alerts on
 
 
 def _booster(alert_from: float):
@@ -55,16 +57,29 @@ def _booster(alert_from: float):
     return lgb.train(params, lgb.Dataset(x, y), num_boost_round=20)
 
 
+def _snapshot() -> int:
+    """A training snapshot whose validation and holdout rows are small purchases (what the
+    versions were validated on, and what their rollout steps hold live scores to); its Delta
+    version."""
+    from ml_assets.defs.resources import LakeResource
+
+    rng = np.random.default_rng(0)
+    rows = {c: np.zeros(600) for c in FEATURE_COLUMNS} | {"amount": rng.uniform(*SMALL, 600)}
+    frame = pl.DataFrame(rows).with_columns(split=pl.Series(["validation", "holdout"] * 300))
+    return LakeResource.from_env().replace_table(tables.TRAINING_SET, frame)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A data root whose registry holds v1..v4 of fraud_detector (steady, steady, jumpy, steady),
-    each validated; its Dagster instance; nothing deployed yet."""
+    each validated on one training snapshot; its Dagster instance; nothing deployed yet."""
     import mlflow
 
     from ml_assets.lib import tracking
 
     root = new_root(tmp_path_factory.mktemp("rollout") / "data")
     with scoped_environ(**root_environ(root)):
+        tags = {registry.TAG_VERDICT: "passed", registry.TAG_TRAINING_SET_VERSION: str(_snapshot())}
         uri = paths.mlflow_tracking_uri()
         tracking.use_store(uri)
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -74,7 +89,7 @@ def world(tmp_path_factory):
                 logged[kind] = (tracking.log_model(_booster(alert_from), lake_uri=None), run.info.run_id)
         for kind in ("steady", "steady", "jumpy", "steady"):
             model_uri, run_id = logged[kind]
-            tracking.register(client, NAME, model_uri, run_id, {registry.TAG_VERDICT: "passed"})
+            tracking.register(client, NAME, model_uri, run_id, tags)
         instance = dg.DagsterInstance.get()
         yield root, instance
         instance.dispose()
@@ -245,9 +260,6 @@ def _decide(daemon: SensorDaemon, instance) -> tuple[str | None, dict]:
     return run.run_config["ops"]["deployed_model"]["config"]["action"], meta
 
 
-SMALL, LARGE = (10.0, 90.0), (300.0, 3000.0)  # purchases both models score alike; ones jumpy alerts on
-
-
 def test_a_canary_ramps_step_by_step_while_its_guards_pass(world):
     root, instance = world
     with scoped_environ(**root_environ(root), ML_ASSETS_SERVING_STRATEGY="canary"):
@@ -256,7 +268,7 @@ def test_a_canary_ramps_step_by_step_while_its_guards_pass(world):
         with Traffic(root) as traffic, SensorDaemon(instance) as daemon:
             traffic.serving("4", STEPS[0])
             action, held = _decide(daemon, instance)  # no traffic at this step yet: it holds
-            assert action is None and "holding: 0 canary and" in held["skip"], held
+            assert action is None and "holding: 0 canary scores at this step" in held["skip"], held
             for step, share in enumerate(STEPS, 1):
                 traffic.serving("4", share)
                 traffic.send(CANARY_SCORES, share, SMALL)
@@ -304,7 +316,8 @@ def test_a_failing_guard_at_step_2_rolls_the_canary_back(world):
             assert action == "abort_candidate", meta
             evidence = meta["evidence"]
             assert evidence["step"] == 2 and evidence["guards"]["alert_rate"] == "failed"
-            assert evidence["canary_alert_rate"] == 1.0 and evidence["champion_alert_rate"] == 0.0
+            assert evidence["canary_alert_rate"] == 1.0 and evidence["offline_alert_rate"] == 0.0
+            assert evidence["vs_champion"]["champion_alert_rate"] == 0.0  # the champion arm, same time
             assert (meta["action"], meta["champion"], meta["replaced"]) == ("abort_canary", "2", "3")
             traffic.serving(None, 1.0)  # the champion serves everything again
         assert _aliases()["canary"] is None and _aliases()["champion"] == "2"
@@ -314,7 +327,7 @@ def test_a_failing_guard_at_step_2_rolls_the_canary_back(world):
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         assert CANARY_STEP_TAG not in client.get_registered_model(NAME).tags  # the rollout is over
         assert (
-            "alert rate 100.00% vs champion 0.00%"
+            "alert rate 100.00% vs 0.00% offline"
             in client.get_model_version(NAME, "3").tags["rolled_back_because"]
         )
         last = _ledger().row(-1, named=True)

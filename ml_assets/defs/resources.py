@@ -363,15 +363,16 @@ class MonitoringResource(dg.ConfigurableResource):
     )
     canary_max_score_psi: float = Field(
         default=0.25,
-        description="A step fails when the PSI of the canary's scores against the champion's exceeds this.",
+        description="A step fails when the PSI of the canary's live scores against its own offline "
+        "scores (validation and holdout) exceeds this.",
     )
     canary_alert_threshold: float = Field(
         default=0.5, description="A score at or above this is an alert (the alert rate guard)."
     )
     canary_max_alert_rate_gap: float = Field(
         default=0.05,
-        description="A step fails when the canary's alert rate differs from the champion's by more "
-        "(absolute).",
+        description="A step fails when the canary's live alert rate differs from its offline one by "
+        "more (absolute).",
     )
 
     def rollout_guards(self):

@@ -13,11 +13,14 @@ import json
 from datetime import date, timedelta
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from ml_assets.defs.decisions import DECIDED_BY_TAG, first_request, follow_up, last_run
+from ml_assets.defs.monitoring.assets import version_reference
 from ml_assets.defs.resources import AlertsResource, LakeResource, MlflowResource, MonitoringResource
 from ml_assets.lib import registry, rollout, tables
+from ml_assets.lib.monitoring import SCORE
 
 CHAMPION_ARM = f"batch:{registry.CHAMPION}"
 RETRAINING_SENSOR, CANARY_SENSOR = "retraining_sensor", "canary_sensor"
@@ -151,6 +154,15 @@ def candidate_verdict(
     return "promote_candidate", f"{summary}: holds up"
 
 
+def offline_scores(lake: LakeResource, mlflow: MlflowResource, version: str) -> np.ndarray:
+    """The scores `version` gave its own training snapshot's validation and holdout rows (empty
+    when it records no snapshot): what its rollout steps hold its live scores to."""
+    tags = mlflow.client().get_model_version(mlflow.registered_model_name, version).tags
+    if registry.TAG_TRAINING_SET_VERSION not in tags:
+        return np.array([])
+    return version_reference(lake, mlflow, version)[SCORE].to_numpy()
+
+
 def candidate_decision(
     lake: LakeResource,
     monitoring: MonitoringResource,
@@ -159,11 +171,13 @@ def candidate_decision(
     champion: str,
     state: rollout.RolloutState | None,
     verdict: tuple[str, str] | None,
+    offline: np.ndarray,
 ) -> tuple[str | None, str, dict]:
     """(action or None to wait, why, evidence) for a deployed candidate.
 
-    `verdict` is the labelled outcomes' (`candidate_verdict`). A canary with a rollout is held at
-    each step until the step's proxies pass on the step's own traffic (ml_assets.lib.rollout), then
+    `verdict` is the labelled outcomes' (`candidate_verdict`), `offline` the version's own offline
+    scores (`offline_scores`). A canary with a rollout is held at each step until the step's
+    proxies pass on the step's own traffic (ml_assets.lib.rollout), then
     ramped to the next; a failing guard at any step, proxy or labelled, aborts it; the last step
     promotes it once labelled outcomes hold up too. A shadow (or a canary without a rollout) is
     judged on labelled outcomes alone.
@@ -173,8 +187,8 @@ def candidate_decision(
         if verdict is None:
             return None, f"{alias} v{version}: {labelled}", {"labelled": labelled}
         return verdict[0], verdict[1], {"labelled": labelled}
-    source, canary, reference = rollout.step_scores(lake, state, version, champion)
-    judged = rollout.judge(canary, reference, monitoring.rollout_guards())
+    source, canary, live_champion = rollout.step_scores(lake, state, version, champion)
+    judged = rollout.judge(canary, offline, live_champion, monitoring.rollout_guards())
     evidence = {"step": state.step, "share": state.share, "steps": list(state.steps), "source": source}
     evidence |= judged | {"labelled": labelled}
     where = f"{alias} v{version} at {state.describe()}"
@@ -227,7 +241,10 @@ def canary_sensor(
         if alias == registry.CANARY
         else None
     )
-    action, reason, evidence = candidate_decision(lake, monitoring, alias, version, champion, state, verdict)
+    offline = offline_scores(lake, mlflow, version) if state is not None else np.array([])
+    action, reason, evidence = candidate_decision(
+        lake, monitoring, alias, version, champion, state, verdict, offline
+    )
     if action is None:
         return dg.SensorResult(skip_reason=f"{reason} (labels as of {day})")
     step = state.step + 1 if action == "ramp_candidate" else None
