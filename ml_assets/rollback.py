@@ -4,7 +4,8 @@ in the promotion ledger with who and why.
     python -m ml_assets.rollback --reason "alert 4711: precision collapsed"   (or: make rollback)
     python -m ml_assets.rollback --version 3 --reason "..."                   (make rollback VERSION=3)
 
-Runs the location's `rollback_job` (the same job the UI launches) on the local instance, so the
+Runs the location's `rollback_job` (the same job the UI launches, with only the asset it
+materializes loaded) on the local instance, so the
 rollback appears as a `deployed_model` materialization and a ledger row. `--version` must name a
 version the promotion ledger (lake/serving/promotion_ledger) records as champion once. Refuses in
 one line, exit status 1, when there is nothing to roll back to.
@@ -53,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from ml_assets.definitions import defs
+    from ml_assets.defs.promotion.assets import deployed_model
+    from ml_assets.defs.promotion.jobs import rollback_job
+    from ml_assets.defs.resources import build_resources
+
+    # The location's rollback_job and deployed_model with its resources, not the whole location:
+    # loading every definition (the dbt project's manifest, dagster-dbt) cost more than the rollback.
+    resources = build_resources(deployed_model.required_resource_keys)
+    definitions = dg.Definitions(assets=[deployed_model], jobs=[rollback_job], resources=resources)
 
     config = {
         "ops": {
@@ -68,10 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "loggers": {"console": {"config": {"log_level": "INFO"}}},
     }
-    result = (
-        defs()
-        .resolve_job_def("rollback_job")
-        .execute_in_process(instance=dg.DagsterInstance.get(), run_config=config, raise_on_error=False)
+    result = definitions.resolve_job_def("rollback_job").execute_in_process(
+        instance=dg.DagsterInstance.get(), run_config=config, raise_on_error=False
     )
     if result.success:
         meta = result.asset_materializations_for_node("deployed_model")[0].metadata

@@ -5,6 +5,7 @@ by default, object storage and servers when the environment says so (see deploy/
 """
 
 import sys
+from collections.abc import Collection
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -456,12 +457,14 @@ def _dbt_resource(**config) -> dg.ConfigurableResource:
     return DbtResource(**config)
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:
-    """Every resource, configured from the environment (read now, when the location loads)."""
+def build_resources(keys: Collection[str] | None = None) -> dict[str, dg.ConfigurableResource]:
+    """Every resource (or those named in `keys`), configured from the environment (read now, when
+    the location loads). dbt's is built only when asked for: building it imports dagster-dbt
+    (~1.5 CPU-s), which `make rollback` does not use."""
     from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 
     store = value("ML_ASSETS_ONLINE_STORE")
-    return {
+    built = {
         "lake": LakeResource.from_env(),
         "landing": LandingResource(root=str(paths.landing_dir())),
         "warehouse": WarehouseResource(path=paths.warehouse_uri()),
@@ -485,15 +488,17 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "alerts": AlertsResource(
             webhook_url=dg.EnvVar("ML_ASSETS_ALERT_WEBHOOK") if value("ML_ASSETS_ALERT_WEBHOOK") else None
         ),
-        "dbt": _dbt_resource(
+    }
+    if keys is None or "dbt" in keys:
+        built["dbt"] = _dbt_resource(
             project_dir=str(DBT_PROJECT_DIR),
             profiles_dir=str(DBT_PROJECT_DIR),
             # The environment's own dbt, whether or not the venv is on PATH.
             dbt_executable=str(Path(sys.executable).parent / "dbt"),
             # An output of dbt_project/profiles.yml: `local` DuckDB, or `prod` (deploy/).
             target=paths.dbt_target(),
-        ),
-    }
+        )
+    return {k: v for k, v in built.items() if keys is None or k in keys}
 
 
 @dg.definitions
