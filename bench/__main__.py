@@ -11,6 +11,7 @@ BENCHES = {
     "features": "bench.features",
     "training": "bench.training",
     "serving": "bench.serving",
+    "serving_auth": "bench.serving_auth",
     "online_store": "bench.online_store",
     "make_run": "bench.make_run",
     "rollback": "bench.rollback",

@@ -1,9 +1,9 @@
 """The baseline for `make run`: the same compute in one plain Python process, without Dagster.
 
-It calls the same library functions the assets call (ingestion, dbt, training set, Optuna +
-LightGBM, MLflow logging and registration, the validation report, promotion, scoring, drift and
-live performance) on the same data, in order, with no orchestration, no events and no checks.
-Run by bench/make_run.py in a fresh process against a fresh data root.
+It calls the same library functions the assets call (ingestion, the online store's feed, dbt,
+training set, Optuna + LightGBM, MLflow logging and registration, the validation report,
+promotion, scoring, drift and live performance) on the same data, in order, with no
+orchestration, no events and no checks. Run by bench/make_run.py in a fresh process against a fresh data root.
 """
 
 from __future__ import annotations
@@ -74,6 +74,20 @@ def main() -> dict:
             schema=q_schema,
         )
     lap("ingestion")
+
+    # What online_store_feed does: each day's transactions into the store's card histories, and
+    # the merchant risk the next day needs.
+    from ml_assets.serving.features import FeatureParams, merchant_risk, transactions_of
+
+    params = FeatureParams.from_dbt_project()
+    transactions, labels = lake.scan(tables.BRONZE["transactions"]), lake.scan(tables.BRONZE["labels"])
+    with r["online_store"].open() as store:
+        for d in days:
+            day = date.fromisoformat(d)
+            store.upsert_history(transactions_of(transactions.filter(pl.col("event_date") == day).collect()))
+            next_day = day + timedelta(days=1)
+            store.put_merchant_risk(next_day, merchant_risk(labels, transactions, next_day, params))
+    lap("online_store_feed")
 
     dbt = str(Path(sys.executable).parent / "dbt")
     subprocess.run(

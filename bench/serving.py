@@ -113,8 +113,9 @@ def _free_port() -> int:
     return free_port()
 
 
-def _load(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict:
-    """Send every body once over `concurrency` keep-alive connections; the latency of each.
+def _load(port: int, path: str, bodies: list[bytes], concurrency: int, extra_headers: str = "") -> dict:
+    """Send every body once over `concurrency` keep-alive connections, with `extra_headers` (lines
+    ending in CRLF) besides the usual; the latency of each.
 
     One asyncio loop in this process drives every connection: no client threads contending for
     the GIL, whose hand-offs would show up as latency that belongs to neither server.
@@ -130,7 +131,7 @@ def _load(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict:
         for body in todo:
             head = (
                 f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
+                f"Content-Length: {len(body)}\r\n{extra_headers}\r\n"
             )
             t0 = time.perf_counter()
             writer.write(head.encode() + body)

@@ -1,13 +1,16 @@
 """Render the KServe InferenceService that serves the registry's champion (`make kserve`).
 
     python -m ml_assets.kserve [--output deploy/kserve/fraud-detector.yaml] [--namespace NS]
+        [--online-store redis://user:password@host:6379/0] [--online-store-secret NAME]
 
 Reads the registered model's aliases and strategy tags (the same ones ml_assets.serving follows) and
 writes one manifest: the MLflow model format on KServe's MLServer runtime (Open Inference Protocol,
 v2), `storageUri` the served version's artifacts in the MLflow artifact store. Under the canary
 strategy it is KServe's canary rollout (see `manifest`). Run it after every promotion move and apply
 the result (`kubectl apply -f`, or commit it for a GitOps controller): the registry stays the one
-place that decides what serves.
+place that decides what serves. Given the online store (`--online-store`, by default the setting
+ML_ASSETS_ONLINE_STORE), the predictor scores with the live card histories the service keeps: the
+manifest carries the store's address, and its credentials come from a Kubernetes Secret.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import yaml
 
@@ -34,6 +37,10 @@ RUNTIME = "kserve-mlserver"
 # What KServe's storage initializer can download. A local path or `mlflow-artifacts:` (the tracking
 # server's proxy) is not among them: production keeps artifacts on S3 (ML_ASSETS_MLFLOW_ARTIFACTS).
 FETCHABLE_SCHEMES = {"s3", "gs", "https", "http", "hdfs", "webhdfs", "pvc", "oci"}
+# The Secret holding the online store's credentials (deploy/secrets.env.example: the code
+# location's Secret), and its keys: the user name and password of the store's URL, as written there.
+STORE_SECRET = "ml-assets-secrets"
+STORE_CREDENTIALS = {"username": "ONLINE_STORE_USERNAME", "password": "ONLINE_STORE_PASSWORD"}
 
 
 class NoChampion(LookupError):
@@ -81,12 +88,47 @@ def read_rollout(client, model_name: str) -> tuple[Rollout, list[str]]:
     return rollout, problems
 
 
+def store_env(url: str | None, secret: str = STORE_SECRET) -> tuple[list[dict], list[str]]:
+    """The predictor's environment for the online store at `url`, and what keeps it from one.
+
+    The registered model reads ML_ASSETS_ONLINE_STORE (ml_assets.serving.mlflow_model). Its value
+    here is the store's address with `$(NAME)` in place of the user name and password: Kubernetes
+    expands a reference to a variable defined before it in the same list, and those come from the
+    Secret (`valueFrom.secretKeyRef`). So the manifest, which is reviewed and may be committed,
+    never holds a credential. Only Redis is shared by pods: an SQLite store is one host's file.
+    """
+    from ml_assets.serving.online_store import redacted
+
+    if not url:
+        return [], ["no online store given: the predictor reads card history from bronze and records nothing"]
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return [], [
+            f"the online store {redacted(url)} is one host's, not the pods': the predictor reads bronze"
+        ]
+    env, userinfo = [], ""
+    for field, key in STORE_CREDENTIALS.items():
+        if getattr(parts, field):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+            userinfo += f"{':' if field == 'password' else ''}$({key})"
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    address = host + (f":{parts.port}" if parts.port else "")
+    netloc = f"{userinfo}@{address}" if userinfo else address
+    value = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return [*env, {"name": "ML_ASSETS_ONLINE_STORE", "value": value}], []
+
+
 def k8s_name(model_name: str) -> str:
     """A DNS-1123 name (Kubernetes object names allow no underscores)."""
     return model_name.lower().replace("_", "-")
 
 
-def manifest(rollout: Rollout, namespace: str | None = None, service_account: str | None = None) -> dict:
+def manifest(
+    rollout: Rollout,
+    namespace: str | None = None,
+    service_account: str | None = None,
+    env: list[dict] | None = None,
+) -> dict:
     """The InferenceService. Under a canary, KServe's rollout semantics shape it:
 
     KServe keeps the last revision that was rolled out at 100% (the champion, from the manifest this
@@ -113,6 +155,8 @@ def manifest(rollout: Rollout, namespace: str | None = None, service_account: st
         "protocolVersion": "v2",
         "storageUri": served,
     }
+    if env:  # the online store (store_env): its address, credentials from the Secret
+        predictor["model"]["env"] = env
     # Which registry versions this spec serves, for `kubectl describe` and review.
     annotations = {
         "serving.kserve.io/deploymentMode": "Serverless",
@@ -131,10 +175,13 @@ def manifest(rollout: Rollout, namespace: str | None = None, service_account: st
 
 
 def render(client, model_name: str, output: Path | None, namespace: str | None = None,
-           service_account: str | None = None) -> tuple[dict, list[str]]:  # fmt: skip
+           service_account: str | None = None, online_store: str | None = None,
+           store_secret: str = STORE_SECRET) -> tuple[dict, list[str]]:  # fmt: skip
     """Read the registry, build the manifest, write it to `output` (None: stdout)."""
     rollout, problems = read_rollout(client, model_name)
-    doc = manifest(rollout, namespace, service_account)
+    env, store_problems = store_env(online_store, store_secret)
+    problems += store_problems
+    doc = manifest(rollout, namespace, service_account, env)
     who = f"champion v{rollout.champion}"
     if rollout.canary is not None:
         who += f" (previous revision), canary v{rollout.canary} at {rollout.canary_percent}%"
@@ -156,6 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", help="file to write, '-' for stdout (default: deploy/kserve/<name>.yaml)")
     ap.add_argument("--namespace", help="metadata.namespace (default: kubectl's current namespace)")
     ap.add_argument("--service-account", help="service account whose credentials read the artifact store")
+    ap.add_argument(
+        "--online-store",
+        default=value("ML_ASSETS_ONLINE_STORE"),
+        help="the Redis the predictor shares with the service (default: ML_ASSETS_ONLINE_STORE); only "
+        "its address is written, its user name and password are read from --online-store-secret",
+    )
+    ap.add_argument(
+        "--online-store-secret",
+        default=STORE_SECRET,
+        help=f"the Secret with {' and '.join(STORE_CREDENTIALS.values())} (default {STORE_SECRET})",
+    )
     args = ap.parse_args(argv)
     if args.output == "-":
         output = None
@@ -166,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     uri = paths.mlflow_tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        _, problems = render(client, args.model_name, output, args.namespace, args.service_account)
+        _, problems = render(
+            client, args.model_name, output, args.namespace, args.service_account,
+            args.online_store, args.online_store_secret,
+        )  # fmt: skip
     except NoChampion as e:
         print(e, file=sys.stderr)
         return 1

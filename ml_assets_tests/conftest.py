@@ -16,6 +16,14 @@ import pytest
 
 from ml_assets.lib.settings import SETTINGS
 
+# A step's storage retries wait about 2, 6 and 14 s. The tests keep that policy (three retries,
+# exponential backoff, jitter) on a shorter clock: it is read once, when the policies module is
+# imported, which is here, before any test clears the settings.
+os.environ["ML_ASSETS_STEP_RETRY_SECONDS"] = "0.2"
+import ml_assets.defs.policies  # noqa: E402, F401
+
+del os.environ["ML_ASSETS_STEP_RETRY_SECONDS"]
+
 # Test instances don't send telemetry (nor log every step's telemetry event).
 DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 

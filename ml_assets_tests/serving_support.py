@@ -112,9 +112,13 @@ class Server:
     def __init__(self, app):
         import uvicorn
 
+        from ml_assets.serving.surface import UVICORN
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **UVICORN
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -204,3 +208,49 @@ def materialization(result, key: str) -> dict:
         -1:
     ]
     return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def serve(settings, rows: list[dict]) -> list[dict]:
+    """`rows` (request JSON) through a Service with `settings`, 100 a request, in order; returns
+    the predictions."""
+    from fastapi.testclient import TestClient
+
+    from ml_assets.serving.app import create_app
+    from ml_assets.serving.service import Service
+
+    predictions = []
+    with TestClient(create_app(Service(settings))) as client:
+        for start in range(0, len(rows), 100):
+            response = client.post("/predict", json={"transactions": rows[start : start + 100]})
+            assert response.status_code == 200, response.text
+            predictions += response.json()["predictions"]
+    return predictions
+
+
+def parity(lake: str, instance, day, max_share: float | None = None):
+    """Evaluate the serving parity check `online_features_match_dbt` for `day` in a real Dagster
+    run of the check alone (as the UI's "execute" of a check does), recorded on `instance`, against
+    `lake` and the current data root's warehouse; returns the evaluation."""
+    import dagster as dg
+
+    from ml_assets.defs.policies import daily_partitions
+    from ml_assets.defs.resources import LakeResource, WarehouseResource
+    from ml_assets.defs.serving_state.checks import PARITY_CHECK, online_features_match_dbt
+    from ml_assets.lib import paths
+
+    config = {"max_mismatch_share": max_share} if max_share is not None else {}
+    result = dg.materialize(
+        [dg.AssetSpec(PARITY_CHECK.asset_key, partitions_def=daily_partitions), online_features_match_dbt],
+        selection=dg.AssetSelection.checks(PARITY_CHECK),
+        resources={
+            "lake": LakeResource(root=lake),
+            "warehouse": WarehouseResource(path=paths.warehouse_uri()),
+        },
+        run_config={"ops": {"transaction_features_online_features_match_dbt": {"config": config}}},
+        # A check-only run takes its day as the tag (Dagster validates partition_key against assets).
+        tags={"dagster/partition": day.isoformat()},
+        instance=instance,
+    )
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.severity.value == "ERROR" and evaluation.partition == day.isoformat()
+    return evaluation

@@ -47,6 +47,7 @@ EXPECTED_CHECKS = {
     "transaction_features:not_null_transaction_features_transaction_id",
     "transaction_features:transaction_features_use_only_the_past",
     "transaction_features:unique_transaction_features_transaction_id",
+    "transaction_features:online_features_match_dbt",
     "training_set:both_classes_present",
     "training_set:no_feature_entirely_null",
     "training_set:splits_in_time_order",

@@ -104,3 +104,74 @@ def test_the_command_reads_the_environments_registry(registry, tmp_path, monkeyp
     unserved = registry.register(aliases={})
     assert kserve.main(["--model-name", unserved, "--output", "-"]) == 1
     assert "no 'champion' alias" in capsys.readouterr().err
+
+
+def _expanded(env: list[dict], secret: dict[str, str]) -> dict[str, str]:
+    """The container's environment as Kubernetes builds it: each secretKeyRef read from `secret`,
+    then each `$(NAME)` in a value replaced by a variable defined earlier in the list."""
+    import re
+
+    out: dict[str, str] = {}
+    for var in env:
+        if "valueFrom" in var:
+            out[var["name"]] = secret[var["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            out[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: out.get(m[1], m[0]), var["value"])
+    return out
+
+
+def test_the_predictor_gets_the_online_stores_address_and_its_credentials_from_the_secret(
+    registry, tmp_path, monkeypatch
+):
+    """The store's URL holds a user name and a password: the manifest names the store's host,
+    port and database, and refers to the Secret for the rest (the code location's, whose keys
+    deploy/ documents); expanded as Kubernetes does, the pod's ML_ASSETS_ONLINE_STORE is the URL."""
+    from ml_assets_tests.test_deploy_config import PRODUCTION, SECRETS
+
+    name = registry.register(aliases={"champion": 2})
+    url = "redis://scorer-acl:pa55-w0rd@redis.ml-platform.svc.cluster.local:6380/2"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
+    monkeypatch.setenv("ML_ASSETS_ONLINE_STORE", url)  # as production's code location has it
+    out = tmp_path / "isvc.yaml"
+    assert kserve.main(["--model-name", name, "--output", str(out)]) == 0
+
+    text = out.read_text()
+    assert "pa55-w0rd" not in text and "scorer-acl" not in text
+    env = yaml.safe_load(text)["spec"]["predictor"]["model"]["env"]
+    refs = [v["valueFrom"]["secretKeyRef"] for v in env if "valueFrom" in v]
+    assert {r["name"] for r in refs} == {PRODUCTION["ML_ASSETS_ENV_SECRET"]}
+    assert {r["key"] for r in refs} == {"ONLINE_STORE_USERNAME", "ONLINE_STORE_PASSWORD"} <= SECRETS.keys()
+    [store] = [v for v in env if v["name"] == "ML_ASSETS_ONLINE_STORE"]
+    assert store["value"].endswith("@redis.ml-platform.svc.cluster.local:6380/2")
+    pod = _expanded(env, {"ONLINE_STORE_USERNAME": "scorer-acl", "ONLINE_STORE_PASSWORD": "pa55-w0rd"})
+    assert pod["ML_ASSETS_ONLINE_STORE"] == url
+
+    # A password alone (Redis AUTH without ACL users), and another Secret.
+    doc, problems = kserve.render(
+        registry.client(),
+        name,
+        None,
+        online_store="redis://:only-pw@10.0.0.7:6379/0",
+        store_secret="redis-auth",
+    )
+    env = doc["spec"]["predictor"]["model"]["env"]
+    assert [v["name"] for v in env] == ["ONLINE_STORE_PASSWORD", "ML_ASSETS_ONLINE_STORE"]
+    assert env[0]["valueFrom"]["secretKeyRef"]["name"] == "redis-auth"
+    assert _expanded(env, {"ONLINE_STORE_PASSWORD": "only-pw"})["ML_ASSETS_ONLINE_STORE"] == (
+        "redis://:only-pw@10.0.0.7:6379/0"
+    )
+    assert not any("online store" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("store", "problem"),
+    [(None, "no online store given"), ("sqlite:////var/lib/online.db", "is one host's, not the pods'")],
+)
+def test_without_a_shared_store_the_predictor_reads_bronze_and_the_manifest_says_so(
+    registry, tmp_path, store, problem
+):
+    name = registry.register(aliases={"champion": 1})
+    doc, problems = kserve.render(registry.client(), name, tmp_path / "isvc.yaml", online_store=store)
+    assert "env" not in doc["spec"]["predictor"]["model"]
+    assert any(problem in p for p in problems), problems
+    assert f"# note: {next(p for p in problems if problem in p)}" in (tmp_path / "isvc.yaml").read_text()

@@ -2,7 +2,8 @@
 
 The tests share one small world and build on each other in file order: v1 (first model, becomes
 champion), v2 (shuffled labels: blocked), v3 (good: promoted, v1 kept as previous_champion),
-rollback to v1, then v4 promoted through a registry outage, then v5 trained on a Dask cluster.
+rollback to v1, then v4 promoted through a registry outage, then v5 trained on a Dask cluster. v3's
+promotion first waits while the serving parity check fails on skewed live traffic.
 """
 
 from __future__ import annotations
@@ -168,9 +169,48 @@ def test_a_worse_challenger_is_blocked(small_world, state):
     state["cursor"] = tick.cursor
 
 
-def test_a_second_good_model_is_promoted(small_world, state):
+def _skewed_traffic(instance, folder) -> dg.AssetCheckEvaluation:
+    """The champion served the world's last day from a store fed only the day before (as a store
+    replaced and backfilled one day would be: each card's older history missing), the decisions
+    drained into the world's log, and the serving parity check judging the day: it fails."""
+    from datetime import date, timedelta
+
+    from ml_assets.serving.settings import ServingSettings
+    from ml_assets_tests.conftest import WORLD_DAYS
+    from ml_assets_tests.serving_support import drain, feed, parity, request_rows, serve
+
+    day = date.fromisoformat(WORLD_DAYS[1])
+    store = f"sqlite:///{folder / 'online.db'}"
+    feed(paths.lake_uri(), store, str(day - timedelta(days=1)), str(day - timedelta(days=1)))
+    bronze = LakeResource.from_env().scan(tables.BRONZE["transactions"])
+    rows = bronze.filter(pl.col("event_date") == day).sort("event_time").head(30).collect()
+    served = serve(ServingSettings(paths.mlflow_tracking_uri(), store), request_rows(rows))
+    assert [p["transaction_id"] for p in served] == rows["transaction_id"].to_list()
+    drain(paths.lake_uri(), store)
+    evaluation = parity(paths.lake_uri(), instance, day)
+    assert not evaluation.passed and evaluation.metadata["mismatched"].value > 0
+    return evaluation
+
+
+def test_a_second_good_model_waits_while_serving_parity_fails_then_is_promoted(small_world, state, tmp_path):
+    """v3 passes every gate, but live traffic was served features that differ from dbt's: the
+    promotion sensor holds it (no request, its cursor where it was) and says why. The next day's
+    evaluation passes (nothing served that day to differ), and the same sensor promotes v3."""
+    from datetime import date, timedelta
+
+    from ml_assets_tests.conftest import WORLD_DAYS
+    from ml_assets_tests.serving_support import parity
+
     _, definitions, instance = small_world
     assert _retrain(definitions, instance, seed=11).success
+    failed = _skewed_traffic(instance, tmp_path)
+    held = _tick(definitions, instance, cursor=state["cursor"])
+    assert held.run_requests == [] and held.cursor == state["cursor"]
+    assert held.skip_reason.skip_message.startswith("held: serving parity (online_features_match_dbt) failed")
+    assert held.skip_reason.skip_message.endswith(failed.description)
+
+    next_day = date.fromisoformat(WORLD_DAYS[1]) + timedelta(days=1)
+    assert parity(paths.lake_uri(), instance, next_day).passed
     tick = _tick(definitions, instance, cursor=state["cursor"])
     _promote(definitions, instance, tick)
     aliases = _aliases(definitions)

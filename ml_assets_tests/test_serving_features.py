@@ -166,27 +166,80 @@ def _store_copy(fed_store: Path, tmp_path: Path) -> str:
 
 
 def _compare_with_dbt(logged: pl.DataFrame, dbt: pl.DataFrame) -> pl.DataFrame:
-    both = dbt.join(logged, on="transaction_id", suffix="_online")
+    """Every logged row is dbt's row, feature by feature (the comparison the parity check makes)."""
+    from ml_assets.lib.parity import compare
+
+    both, differ = compare(logged, dbt)
     assert both.height == dbt.height == logged.height
-    for column in FEATURE_COLUMNS:
-        batch = both[column].cast(pl.Float64).to_numpy()
-        online = both[f"{column}_online"].to_numpy()
-        same = np.isclose(batch, online, rtol=1e-9, atol=1e-6, equal_nan=True)  # epoch() is a double
-        differ = both.filter(~pl.Series(same)).select("transaction_id", column, f"{column}_online")
-        assert same.all(), (column, differ)
+    assert differ.is_empty(), differ.head(20)
     return both
 
 
-@pytest.mark.parametrize("replicas", ["one", "two_alternating", "restart_halfway"])
+def _lake_with_bronze(tmp_path: Path) -> str:
+    """A lake of the test's own holding the world's bronze transactions (what has landed), for the
+    service's log to be drained into beside them."""
+    import shutil
+
+    from ml_assets.lib import paths, tables
+
+    lake = tmp_path / "lake"
+    shutil.copytree(
+        Path(paths.lake_uri()) / tables.BRONZE["transactions"], lake / tables.BRONZE["transactions"]
+    )
+    return str(lake)
+
+
+# The registered model as a serving platform runs it: plain MLflow in a process of its own, the
+# online store given at load, one transaction per predict call (as real-time traffic arrives).
+PYFUNC_REPLAY = """
+import sys
+
+import mlflow.pyfunc
+import pandas as pd
+
+tracking_uri, model_uri, store, rows = sys.argv[1:]
+mlflow.set_tracking_uri(tracking_uri)
+model = mlflow.pyfunc.load_model(model_uri, model_config={"online_store": store, "model_version": "1"})
+landing = pd.read_csv(rows, dtype=str, keep_default_na=False)
+for i in range(len(landing)):
+    out = model.predict(landing.iloc[[i]])
+    assert out["problems"].iloc[0] == "" and 0 < out["score"].iloc[0] < 1, out.to_dict()
+"""
+
+
+def _pyfunc_replay(
+    tracking_uri: str, model_name: str, store: str, replay: pl.DataFrame, folder: Path
+) -> None:
+    """The day through `mlflow.pyfunc.load_model("models:/<name>@champion")` in a fresh Python
+    process on the store, one transaction per call: the feed's text, as a landing CSV carries it."""
+    import os
+
+    from ml_assets.lib.contract import TRANSACTIONS
+
+    rows = folder / "replay.csv"
+    replay.select(list(TRANSACTIONS.columns)).with_columns(
+        pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ"), pl.col("amount").cast(pl.String)
+    ).write_csv(rows)
+    args = [tracking_uri, f"models:/{model_name}@champion", store, str(rows)]
+    # LightGBM on one thread, as the service runs it (ML_ASSETS_SERVING_THREADS): OpenMP's default
+    # of every core made each one-row predict ~10 ms slower on this shared 2-core box.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", PYFUNC_REPLAY, *args], check=True, env=env)
+
+
+@pytest.mark.parametrize("replicas", ["one", "two_alternating", "restart_halfway", "pyfunc_one_per_call"])
 def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, fed_store, tmp_path, replicas):
     """The small simulated world (24 days, ingested and featurized by the pipeline; the store fed
     from its bronze by `online_store_feed` up to the day before the last): the last day replayed
-    through the service, in event-time order, gives dbt's features row by row. Served by one
-    replica; by two Services on the same store, requests alternating between them; and by one
-    that is replaced by a new Service on the same store halfway through."""
+    in event-time order gives dbt's features row by row. Served by one replica; by two Services on
+    the same store, requests alternating between them; by one that is replaced by a new Service on
+    the same store halfway through; and by the registered model loaded with plain MLflow in a
+    fresh process on the same store, one transaction per call (its decisions, features included,
+    are recorded in the store as the service's are). With one replica, the parity check then
+    judges the logged day and passes."""
     from fastapi.testclient import TestClient
 
-    from ml_assets.lib import paths, tables
+    from ml_assets.lib import tables
     from ml_assets.serving.app import create_app
     from ml_assets.serving.service import Service
     from ml_assets.serving.settings import ServingSettings
@@ -199,8 +252,9 @@ def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, f
         online_store=store,
         model_name=registry.register(aliases={"champion": 1}),
     )
-    bronze = pl.scan_delta(f"{paths.lake_uri()}/{tables.BRONZE['transactions']}")
-    replay = bronze.filter(pl.col("event_date") == LAST_DAY).sort("event_time").collect()
+    # One call per transaction costs the pyfunc ~13 ms: it replays every transaction of
+    # the day's 80 busiest cards (~270, most cards with several that day), not the whole day.
+    replay = _last_day(busiest_cards=80 if replicas == "pyfunc_one_per_call" else None)
     rows = request_rows(replay)
     batches = [rows[start : start + 100] for start in range(0, len(rows), 100)]  # in event-time order
 
@@ -209,7 +263,9 @@ def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, f
         assert response.status_code == 200, response.text
         assert not any(p["stale_risk"] for p in response.json()["predictions"])  # the feed wrote the day's
 
-    if replicas == "two_alternating":
+    if replicas == "pyfunc_one_per_call":
+        _pyfunc_replay(registry.tracking_uri, settings.model_name, store, replay, tmp_path)
+    elif replicas == "two_alternating":
         with TestClient(create_app(Service(settings))) as a, TestClient(create_app(Service(settings))) as b:
             for i, batch in enumerate(batches):
                 post((a, b)[i % 2], batch)
@@ -221,17 +277,179 @@ def test_service_features_equal_dbt_features_on_a_simulated_world(small_world, f
                     for batch in part:
                         post(client, batch)
 
-    lake = str(tmp_path / "lake")  # the service's log, apart from the world's lake
+    lake = _lake_with_bronze(tmp_path)  # the service's log, apart from the world's lake
     drain(lake, store)
     logged = pl.read_delta(f"{lake}/{tables.INFERENCE_LOG}")
+    assert set(logged["arm"]) == ({"pyfunc"} if replicas == "pyfunc_one_per_call" else {"champion"})
+    assert not logged["stale_risk"].any()  # the feed wrote the day's merchant risk
     dbt = _warehouse_features(LAST_DAY, tmp_path / "dbt_features.parquet")
-    assert replay.height > 1000
-    both = _compare_with_dbt(logged, dbt)
-    # The day exercises what the features are about, or the equality above would say little.
-    assert (both["card_tx_count_24h"] > 0).sum() > 100
-    assert both["seconds_since_card_last_tx"].null_count() > 0
-    assert (both["merchant_labels_window"] > 0).sum() > 100
-    assert both["is_new_card_device"].null_count() > 0
+    both = _compare_with_dbt(
+        logged, dbt.filter(pl.col("transaction_id").is_in(replay["transaction_id"].implode()))
+    )
+    if replicas == "pyfunc_one_per_call":
+        # Most rows follow an earlier call on their card that day: history only that call put in
+        # the store (the feed stopped the day before), so the equality above says each call saw it.
+        assert replay.height > 250 and replay.height - replay["card_id"].n_unique() > 150
+        assert (both["card_tx_count_1h"] > 0).sum() > 20
+    else:
+        assert replay.height > 1000
+        # The day exercises what the features are about, or the equality above would say little.
+        assert (both["card_tx_count_24h"] > 0).sum() > 100
+        assert both["seconds_since_card_last_tx"].null_count() > 0
+        assert (both["merchant_labels_window"] > 0).sum() > 100
+        assert both["is_new_card_device"].null_count() > 0
+    if replicas == "one":  # the live check agrees with the replay (one way is enough: same log)
+        evaluation = _parity(lake, small_world[2])
+        assert evaluation.passed, evaluation.description
+        meta = _values(evaluation)
+        assert (meta["compared"], meta["mismatched"], meta["logged"]) == (replay.height, 0, replay.height)
+        assert (
+            evaluation.description
+            == f"all {replay.height} compared transactions on {LAST_DAY} were served dbt's features"
+        )
+
+
+# -- the parity check on live traffic ------------------------------------------------------------
+
+
+def _parity(lake: str, instance, day: date = LAST_DAY, max_share: float | None = None):
+    from ml_assets_tests.serving_support import parity
+
+    return parity(lake, instance, day, max_share)
+
+
+def _values(evaluation) -> dict:
+    return {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def _ticks(instance):
+    """(the promotion sensor's, the canary sensor's) skip reasons on `instance` now."""
+    import dagster as dg
+
+    from ml_assets.defs.monitoring.sensors import canary_sensor
+    from ml_assets.defs.promotion.sensors import model_promotion_sensor
+    from ml_assets.defs.resources import AlertsResource, LakeResource, MlflowResource, MonitoringResource
+    from ml_assets.lib import paths
+    from ml_assets_tests.serving_support import shared_registry
+
+    mlflow = MlflowResource(
+        tracking_uri=shared_registry().tracking_uri, artifact_location=paths.mlflow_artifact_root()
+    )
+    resources = {"mlflow": mlflow, "alerts": AlertsResource(), "lake": LakeResource.from_env(),
+                 "monitoring": MonitoringResource()}  # fmt: skip
+    reasons = []
+    for sensor in (model_promotion_sensor, canary_sensor):
+        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert not result.run_requests
+        reasons.append(result.skip_reason.skip_message)
+    return tuple(reasons)
+
+
+def _serve(store: str, rows: list[dict]) -> list[dict]:
+    """`rows` through a Service on `store` serving a shared-registry model."""
+    from ml_assets.serving.settings import ServingSettings
+    from ml_assets_tests.serving_support import serve, shared_registry
+
+    registry = shared_registry()
+    name = registry.register(aliases={"champion": 1})
+    return serve(ServingSettings(registry.tracking_uri, store, model_name=name), rows)
+
+
+def _last_day(busiest_cards: int | None = None) -> pl.DataFrame:
+    """The last day's bronze transactions in event-time order (all those of its `busiest_cards`
+    cards with the most transactions that day, if given)."""
+    from ml_assets.lib import paths, tables
+
+    bronze = pl.scan_delta(f"{paths.lake_uri()}/{tables.BRONZE['transactions']}")
+    day = bronze.filter(pl.col("event_date") == LAST_DAY).sort("event_time").collect()
+    if busiest_cards is None:
+        return day
+    counts = (
+        day.group_by("card_id", maintain_order=True).len().sort("len", descending=True, maintain_order=True)
+    )
+    return day.filter(pl.col("card_id").is_in(counts["card_id"].head(busiest_cards).implode()))
+
+
+def test_parity_fails_on_an_altered_store_row_and_the_deciding_sensors_hold(small_world, fed_store, tmp_path):
+    """One card's stored history altered (an amount changed in the SQLite store, as a bad feed or a
+    stray write would): its transactions of the day are served features that differ from dbt's,
+    and no other card's are. The check fails (ERROR) with the count and examples, and the promotion
+    and canary sensors hold, saying why; re-judged under a mismatch share above this one it passes,
+    and they no longer hold. A logged transaction that never landed in bronze, and the day's
+    transactions the service never saw, are not compared."""
+    import sqlite3
+
+    from ml_assets_tests.serving_support import drain, request_rows
+
+    instance = small_world[2]
+    store = _store_copy(fed_store, tmp_path)
+    replay = _last_day(busiest_cards=25)
+    day_start = int(datetime.combine(LAST_DAY, datetime.min.time(), UTC).timestamp() * US)
+    with sqlite3.connect(store.removeprefix("sqlite:///")) as con:
+        card, tx_id = next(
+            found
+            for card in replay["card_id"].unique(maintain_order=True)
+            if (found := con.execute(
+                "select card_id, transaction_id from history where card_id = ? and ts < ?"
+                " order by ts desc limit 1", (card, day_start),
+            ).fetchone())
+        )  # fmt: skip
+        con.execute("update history set amount = amount + 100 where transaction_id = ?", (tx_id,))
+    con.close()
+    never_landed = _request("never-landed", day_start + 12 * 3600 * US)
+    predictions = _serve(store, [*request_rows(replay), never_landed])
+    assert not any(p["stale_risk"] for p in predictions)
+    lake = _lake_with_bronze(tmp_path)
+    drain(lake, store)
+
+    failed = _parity(lake, instance)
+    meta = _values(failed)
+    altered = set(replay.filter(pl.col("card_id") == card)["transaction_id"])
+    assert not failed.passed
+    assert (meta["logged"], meta["not_in_bronze"], meta["compared"]) == (replay.height + 1, 1, replay.height)
+    assert meta["mismatched"] == len(altered) and meta["mismatch_share"] == len(altered) / replay.height
+    assert "card_amount_avg_lookback" in meta["mismatches_by_feature"]
+    assert failed.description.startswith(f"{len(altered)} of {replay.height} transactions on {LAST_DAY}")
+    examples = meta["examples"]
+    assert all(t in examples for t in sorted(altered)[:3]), examples
+    promotion, canary = _ticks(instance)
+    assert promotion == canary
+    assert promotion.startswith("held: serving parity (online_features_match_dbt) failed in run ")
+    assert promotion.endswith(f": {failed.description}")
+
+    # The same traffic under a limit above its share: passes, and the sensors go on as usual.
+    tolerated = _parity(lake, instance, max_share=0.5)
+    assert tolerated.passed and _values(tolerated)["mismatched"] == len(altered)
+    promotion, canary = _ticks(instance)
+    assert promotion == "no new validation report" and canary == "no canary or shadow candidate deployed"
+
+
+def test_parity_with_nothing_to_compare_passes_and_says_so(small_world, fed_store, tmp_path):
+    """Transactions scored while the day's merchant risk was not written yet (stale_risk) are not
+    compared, nor are days without logged traffic: such a day passes, and the check says why."""
+    import sqlite3
+
+    from ml_assets_tests.serving_support import drain, request_rows
+
+    store = _store_copy(fed_store, tmp_path)
+    with sqlite3.connect(store.removeprefix("sqlite:///")) as con:  # the feed of the day before not run
+        for table in ("risk_days", "merchant_risk"):
+            con.execute(f"delete from {table} where day = ?", (LAST_DAY.isoformat(),))  # noqa: S608
+    con.close()
+    replay = _last_day().head(20)
+    assert all(p["stale_risk"] for p in _serve(store, request_rows(replay)))
+    lake = _lake_with_bronze(tmp_path)
+    drain(lake, store)
+
+    stale = _parity(lake, small_world[2])
+    meta = _values(stale)
+    assert stale.passed and (meta["logged"], meta["stale_risk_skipped"], meta["compared"]) == (20, 20, 0)
+    assert stale.description.startswith(f"nothing to compare on {LAST_DAY}: 20 logged transactions")
+    quiet_day = LAST_DAY - timedelta(days=3)
+    quiet = _parity(lake, small_world[2], day=quiet_day)
+    assert quiet.passed and _values(quiet)["logged"] == 0
+    assert quiet.description.startswith(f"nothing to compare on {quiet_day}: 0 logged transactions")
+    assert not _ticks(small_world[2])[0].startswith("held")
 
 
 # -- adversarial edges, through the service and the store ------------------------------------------

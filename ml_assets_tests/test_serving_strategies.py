@@ -174,7 +174,7 @@ def test_a_strategy_whose_alias_is_missing_serves_the_champion_and_says_so(data_
     name = registry.register(aliases={"champion": 1}, tags={STRATEGY_TAG: "canary", CANARY_SHARE_TAG: "0.5"})
     _, server = service_and_server(registry, name, paths.online_store_url())
     with server, httpx.Client(base_url=server.url) as client:
-        health = client.get("/health").json()
+        health = client.get("/health/details").json()
         assert [(a["arm"], a["traffic_share"]) for a in health["arms"]] == [("champion", 1.0)]
         assert any("'canary' is not set" in p for p in health["problems"])
         body = {"transactions": [tx(i) for i in range(40)]}

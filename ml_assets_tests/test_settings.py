@@ -85,7 +85,7 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
     }.get(
         name,
         str(tmp_path / "x")
-        if name.endswith(("_DIR", "_URI", "HOME", "WAREHOUSE", "ARTIFACTS", "_STORE"))
+        if name.endswith(("_DIR", "_URI", "HOME", "WAREHOUSE", "ARTIFACTS", "_STORE", "_FILE"))
         else "7",
     )
     monkeypatch.setenv(name, given)
@@ -111,6 +111,16 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
     }
     if name in readers:
         assert readers[name]() == given
+    elif "_TOKEN" in name:  # the service's bearer tokens (ml_assets.serving.auth): given or in a file
+        from ml_assets.serving.settings import ServingSettings
+
+        token = "token-of-a-test-0123456789"
+        if name.endswith("_FILE"):
+            (tmp_path / "x").write_text(f"{token}\n")
+        else:
+            monkeypatch.setenv(name, token)
+        scope = "scoring" if "SCORING" in name else "operations"
+        assert getattr(ServingSettings.from_env(), f"{scope}_tokens") == (token,)
     elif name.startswith("ML_ASSETS_SERVING_") and name != "ML_ASSETS_SERVING_STRATEGY":
         from ml_assets.serving.settings import ENV, ServingSettings
 
@@ -135,11 +145,16 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
         from ml_assets_tests.conftest import load_defs
 
         assert load_defs().get_repository_def().get_job("ingestion_job").executor_def.name == "multiprocess"
-    elif name == "ML_ASSETS_START_DATE":
+    elif name in ("ML_ASSETS_START_DATE", "ML_ASSETS_STEP_RETRY_SECONDS"):
         import subprocess
         import sys
 
-        code = "from ml_assets.defs.policies import daily_partitions as d; print(d.start.date())"
+        # Read when the policies module is imported: a fresh process reads it.
+        code = {
+            "ML_ASSETS_START_DATE": "print(p.daily_partitions.start.date())",
+            "ML_ASSETS_STEP_RETRY_SECONDS": "print(int(p.storage_retry.delay))",
+        }[name]
+        code = f"import ml_assets.defs.policies as p; {code}"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == given
     elif name == "ML_ASSETS_STACK_PORT_BASE":
@@ -161,6 +176,12 @@ def test_every_setting_is_cleared_for_the_tests(data_dir):
 
 
 def test_a_secret_is_never_in_the_resource_config():
-    assert [s.name for s in SETTINGS.values() if s.secret] == ["ML_ASSETS_ALERT_WEBHOOK"]
+    secrets = [s.name for s in SETTINGS.values() if s.secret]
+    assert secrets == [
+        "ML_ASSETS_ALERT_WEBHOOK", "ML_ASSETS_SERVING_SCORING_TOKEN", "ML_ASSETS_SERVING_OPERATIONS_TOKEN",
+    ]  # fmt: skip
     source = (PACKAGE / "defs" / "resources.py").read_text()
     assert 'dg.EnvVar("ML_ASSETS_ALERT_WEBHOOK")' in source
+    # The tokens are the scoring service's alone: no resource, no Dagster config ever holds them.
+    naming = {p for p in PACKAGE.rglob("*.py") if "_TOKEN" in p.read_text()}
+    assert naming == {PACKAGE / "lib" / "settings.py", PACKAGE / "serving" / "auth.py"}, naming

@@ -15,7 +15,10 @@ daily_partitions = dg.DailyPartitionsDefinition(start_date=value("ML_ASSETS_STAR
 one_run_per_range = dg.BackfillPolicy.single_run()
 
 # Steps that talk to storage or the registry retry transient faults with backoff, then fail
-# with the error they saw.
+# with the error they saw. Read when the code location loads, as the partitions are.
 storage_retry = dg.RetryPolicy(
-    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    max_retries=3,
+    delay=float(value("ML_ASSETS_STEP_RETRY_SECONDS")),
+    backoff=dg.Backoff.EXPONENTIAL,
+    jitter=dg.Jitter.PLUS_MINUS,
 )

@@ -8,6 +8,8 @@ the good rows of the same partition go on.
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -40,6 +42,9 @@ class IngestResult:
     unknown_columns: dict[str, list[str]] = field(default_factory=dict)  # column -> files
     rows_in: int = 0
     duplicates_dropped: int = 0
+    # Where the time went: reading and structure checks, validation (parsing included), typing and
+    # deduplication. The writes are the caller's.
+    seconds_by_phase: Counter = field(default_factory=Counter)
 
     @property
     def quarantined_rows(self) -> int:
@@ -170,7 +175,9 @@ def ingest_partition(
             result.files_ignored[name] = entry.ignored_because
             continue
         result.files_read.append(name)
+        started = time.perf_counter()
         raw = read_file(entry.path)
+        result.seconds_by_phase["read"] += time.perf_counter() - started
         if isinstance(raw, FileProblem):
             quarantine.append(_file_record(name, raw))
             result.rows_in += max(1, (raw.lines or 1) - 1)
@@ -187,11 +194,14 @@ def ingest_partition(
             *[pl.lit(None, pl.String).alias(c) for c in contract_columns if c not in raw.header],
             pl.lit(name).alias(SOURCE),
         )
+        started = time.perf_counter()
         good, records = _validate(feed, partition, name, frame, raw.header)
+        result.seconds_by_phase["validate"] += time.perf_counter() - started
         if records is not None:
             quarantine.append(records)
         if good.height:
             goods.append(good.select(*contract_columns, *[TYPED + c for c in contract_columns], SOURCE, LINE))
+    started = time.perf_counter()
     if goods:
         raw_good = pl.concat(goods)
         typed = _typed(feed, partition, raw_good)
@@ -205,6 +215,7 @@ def ingest_partition(
             )
         result.bronze = typed  # already in (file, line) order
     result.quarantine = _quarantine(feed, partition, quarantine)
+    result.seconds_by_phase["deduplicate"] += time.perf_counter() - started
     return result
 
 

@@ -57,6 +57,12 @@ SETTINGS: dict[str, Setting] = {
             "or k8s (a pod per step).",
         ),
         Setting("ML_ASSETS_START_DATE", "2026-01-01", "The first daily partition."),
+        Setting(
+            "ML_ASSETS_STEP_RETRY_SECONDS",
+            "2",
+            "Wait before the first of 3 retries of a step that talks to storage or the registry; the "
+            "next wait 3x and 7x as long (exponential backoff, give or take one wait of jitter).",
+        ),
         Setting("ML_ASSETS_MODEL_NAME", "fraud_detector", "The registered model that is trained and served."),
         Setting(
             "ML_ASSETS_SERVING_STRATEGY",
@@ -78,6 +84,38 @@ SETTINGS: dict[str, Setting] = {
         Setting("ML_ASSETS_SERVING_THREADS", "1", "LightGBM threads per prediction call."),
         Setting("ML_ASSETS_SERVING_MAX_BODY_BYTES", "1000000", "Larger request bodies get 413."),
         Setting("ML_ASSETS_SERVING_MAX_BATCH", "1000", "More transactions in one request get 413."),
+        Setting(
+            "ML_ASSETS_SERVING_BODY_TIMEOUT_SECONDS",
+            "10.0",
+            "A request body not received whole within this many seconds gets 408 (slow clients).",
+        ),
+        Setting(
+            "ML_ASSETS_SERVING_MAX_IN_FLIGHT",
+            "64",
+            "Requests one service process handles at once; past it, 429 with Retry-After.",
+        ),
+        Setting(
+            "ML_ASSETS_SERVING_SCORING_TOKEN",
+            None,
+            "Bearer token(s) for POST /predict (whitespace-separated: several while rotating).",
+            secret=True,
+        ),
+        Setting(
+            "ML_ASSETS_SERVING_SCORING_TOKEN_FILE",
+            None,
+            "A file holding the scoring token(s) instead (a mounted secret).",
+        ),
+        Setting(
+            "ML_ASSETS_SERVING_OPERATIONS_TOKEN",
+            None,
+            "Bearer token(s) for /model, /health/details and the API docs; they do not score.",
+            secret=True,
+        ),
+        Setting(
+            "ML_ASSETS_SERVING_OPERATIONS_TOKEN_FILE",
+            None,
+            "A file holding the operations token(s) instead (a mounted secret).",
+        ),
         Setting(
             "ML_ASSETS_STACK_PORT_BASE",
             None,

@@ -1,21 +1,24 @@
-"""Start the scoring service: `python -m ml_assets.serving [--host H] [--port P] [--workers N]`
-(`make serve WORKERS=N`).
+"""Start the scoring service: `python -m ml_assets.serving [--host H] [--port P] [--workers N]
+[--insecure]` (`make serve WORKERS=N`).
 
 Everything else comes from the environment (ml_assets.serving.settings): the data root, the
-registry, the online store, the model name and the service's knobs. With `--workers N`, uvicorn
-runs N processes accepting on the one port; they share card histories and decisions through the
-online store (SQLite serializes their writes; Redis is shared by replicas on other hosts too).
+registry, the online store, the model name, the tokens and the service's knobs. With `--workers N`,
+uvicorn runs N processes accepting on the one port; they share card histories and decisions
+through the online store (SQLite serializes their writes; Redis is shared by replicas on other
+hosts too).
+
+Bound to loopback (the default), no token is needed. Bound anywhere else, it refuses to start
+without tokens (ml_assets.serving.auth) unless `--insecure` is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
     ap = argparse.ArgumentParser(prog="python -m ml_assets.serving", description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
@@ -23,8 +26,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--access-log", action="store_true", help="log every request (off: the inference log has them)"
     )
+    ap.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve off loopback without tokens (anyone who reaches the port may score and operate)",
+    )
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Checked before anything heavy is imported: a wrong setup fails in a fraction of a second.
+    from ml_assets.serving import auth
+
+    try:
+        tokens = auth.read_tokens()
+    except auth.AuthConfigError as e:
+        ap.exit(2, f"{ap.prog}: {e}\n")
+    if refused := auth.refusal(args.host, tokens, args.insecure):
+        ap.exit(2, f"{ap.prog}: {refused}\n")
+
+    import uvicorn
+
+    from ml_assets.serving.surface import LOG_CONFIG, UVICORN
+
+    logging.config.dictConfig(LOG_CONFIG)
+    if not any(tokens.values()) and not auth.is_loopback(args.host):
+        logging.getLogger(__name__).warning("serving on %s without authentication (--insecure)", args.host)
     # An import string and a factory: with several workers, uvicorn starts each process fresh and
     # each builds its own app (a Service, its registry poller and its store connection).
     uvicorn.run(
@@ -35,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         access_log=args.access_log,
         log_level="info",
+        log_config=LOG_CONFIG,  # every worker's, too
+        **UVICORN,
     )
 
 

@@ -1,13 +1,17 @@
-"""The HTTP face of the service (FastAPI): POST /predict, GET /health, GET /model.
+"""The HTTP face of the service (FastAPI): POST /predict, GET /health (readiness), GET
+/health/details, GET /model.
 
-Thin on purpose: the body is read here (with a size limit), judged by `validation`, scored by
-`Service`. Card history and decisions live in the online store, so any number of processes may
-serve (`python -m ml_assets.serving --workers N` runs N of them on one port: `app_from_env` is
-what each builds).
+Thin on purpose: the body is read here (with a size limit and a time limit), judged by
+`validation`, scored by `Service`. Who may call which path, HEAD, trailing slashes and the cap on
+requests in flight are `surface.Surface`, in front of the routes. Every answer the application
+gives is JSON, errors as `ErrorResponse`. Card history and decisions live in the online store, so
+any number of processes may serve (`python -m ml_assets.serving --workers N` runs N of them on one
+port: `app_from_env` is what each builds).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -15,8 +19,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
+from ml_assets.serving.auth import OPERATIONS, SCORING, Guard
+from ml_assets.serving.online_store import address, redacted, scrubbed
 from ml_assets.serving.service import Service
+from ml_assets.serving.surface import Surface, error_body
 from ml_assets.serving.validation import RequestError, request_body_schema, validate
 
 log = logging.getLogger(__name__)
@@ -51,34 +60,67 @@ class ErrorResponse(BaseModel):
     problems: list[Problem]
 
 
+# Who may call (auth.Guard, surface.Surface): when tokens are configured.
+DOOR = {
+    401: "no bearer token, or not a valid one (when tokens are configured)",
+    403: "a token of the other scope",
+}
 ERRORS = {
     400: "the body is not JSON",
+    **DOOR,
+    408: "the body did not arrive whole within the body-read timeout",
     413: "the body or the batch is too large",
     422: "wrong shape, wrong types, or values that break the landing contract (row and field named)",
+    429: "too many requests in flight: retry after the Retry-After header's seconds",
     503: "no model to serve yet, or the online store is unavailable (the error says which); retry",
 }
+OPERATIONS_ERRORS = {status: {"model": ErrorResponse, "description": what} for status, what in DOOR.items()}
 
 
 def _json(status: int, body: dict, headers: dict | None = None) -> Response:
     return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+class ClientGone(Exception):
+    """The client disconnected before its body arrived whole: nobody to answer."""
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length", "")
     # isascii: str.isdigit() is also True for "²" and other digits int() may refuse.
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"body is larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # a body without (or with a false) Content-Length
-            raise RequestError(413, f"body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        # The whole body, not each chunk: a client dripping a byte at a time is cut off too.
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:  # a body without (or with a false) Content-Length
+                    raise RequestError(413, f"body is larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {timeout:g} s ({size} bytes came)") from None
+    except ClientDisconnect:
+        raise ClientGone(f"{size} of {declared} body bytes" if declared else f"{size} body bytes") from None
     return b"".join(chunks)
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "a client"
 
 
 def create_app(service: Service) -> FastAPI:
     settings = service.settings
+    guard = Guard({SCORING: settings.scoring_tokens, OPERATIONS: settings.operations_tokens})
+    # What an error may say about where the service reads and writes: the store by scheme and host.
+    uris = (settings.tracking_uri, settings.online_store)
+    places = {form: address(uri) for uri in uris for form in (uri, redacted(uri))}
+
+    def public(reason: str) -> str:
+        for place, shown in places.items():
+            reason = reason.replace(place, shown)
+        return scrubbed(reason)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -91,14 +133,39 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(
         title="ml_assets fraud scoring",
         description="Scores card transactions (landing-contract fields) with the registered model's "
-        "deployment: strategy and aliases from the MLflow registry.",
+        "deployment: strategy and aliases from the MLflow registry. When tokens are configured, "
+        "/predict takes the scoring token and /model, /health/details and these docs the operations "
+        "token, as `Authorization: Bearer <token>`; /health never needs one.",
         lifespan=lifespan,
+        # surface.Surface drops a trailing slash: no 307 to the other spelling.
+        redirect_slashes=False,
     )
     app.state.service = service
+    app.add_middleware(Surface, guard=guard, max_in_flight=settings.max_in_flight)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError) -> Response:
-        return _json(e.status, e.body())
+        body = e.body() | {"error": public(e.reason)}
+        if e.status == 408:
+            log.info("%s %s from %s: %s", request.method, request.url.path, _client(request), e.reason)
+            # The client still owes bytes of that body: close rather than wait for them.
+            return _json(e.status, body, headers={"Connection": "close"})
+        return _json(e.status, body)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, e: ClientGone) -> Response:
+        log.info("%s %s: %s disconnected after %s", request.method, request.url.path, _client(request), e)
+        return Response(status_code=400)  # uvicorn sends nothing to a closed connection
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> Response:  # 404, 405
+        body = error_body(str(e.detail))
+        return Response(body, e.status_code, headers=e.headers, media_type="application/json")
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception) -> Response:
+        # Starlette still raises it on after this answer: the log gets the traceback, not the caller.
+        return Response(error_body("internal error"), 500, media_type="application/json")
 
     @app.post(
         "/predict",
@@ -115,18 +182,27 @@ def create_app(service: Service) -> FastAPI:
         """Score one transaction, or a batch as {"transactions": [...]}: a fraud score per
         transaction, with the model version, alias and arm that produced it. A 200 means every
         decision is durably recorded; a transaction sent again gets its recorded decision back."""
-        body = await _read_body(request, settings.max_body_bytes)
+        body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
         result = service.predict(validate(body, settings.max_batch))
         return _json(200, result, headers={"X-Request-ID": result["request_id"]})
 
-    @app.get("/health", responses={503: {"description": "no model to serve yet"}})
+    @app.get("/health", responses={503: {"description": "not ready: no model to serve yet"}})
     async def health() -> Response:
+        """Readiness, for a load balancer: 200 when the service can score, 503 until it can. No
+        token, no details (those are /health/details)."""
+        ready = service.deployment is not None
+        return _json(200 if ready else 503, {"status": "ok" if ready else "not_ready"})
+
+    @app.get(
+        "/health/details", responses={503: {"description": "no model to serve yet"}, **OPERATIONS_ERRORS}
+    )
+    async def health_details() -> Response:
         """Whether the service can score, which versions serve which traffic share, and the state
         of the registry poller and of the online store."""
         status, body = service.health()
         return _json(status, body)
 
-    @app.get("/model")
+    @app.get("/model", responses=OPERATIONS_ERRORS)
     async def model() -> JSONResponse:
         """The deployment: strategy, its configuration tags, and each arm's alias, version,
         traffic share and role (serving, shadow or standby)."""

@@ -32,7 +32,15 @@ from datetime import UTC, date, datetime
 import numpy as np
 
 from ml_assets.serving.features import FeatureParams, Tx, batch_features, event_day, matrix_of
-from ml_assets.serving.online_store import Decision, RiskTable, StoreUnavailable, open_store, redacted
+from ml_assets.serving.online_store import (
+    Decision,
+    RiskTable,
+    StoreUnavailable,
+    address,
+    open_store,
+    redacted,
+    scrubbed,
+)
 from ml_assets.serving.registry import Deployment, Registry
 from ml_assets.serving.settings import ServingSettings
 from ml_assets.serving.validation import RequestError
@@ -91,7 +99,7 @@ class Service:
                 self.deployment = deployment  # one reference: a request sees the old or the new
             self.last_poll = {"at": time.time(), "error": None}
         except Exception as e:  # a registry fault must not stop serving what is loaded
-            error = f"{type(e).__name__}: {e}"
+            error = scrubbed(f"{type(e).__name__}: {e}")  # a store's URI in it loses its credentials
             if error != self.last_poll["error"]:  # once, not every poll
                 log.warning("registry poll failed: %s", error)
             self.last_poll = {"at": time.time(), "error": error}
@@ -208,7 +216,7 @@ class Service:
             "serving": d is not None,
             **(d.describe() if d else {}),
             "registry": {
-                "tracking_uri": self.settings.tracking_uri,
+                "tracking_store": address(self.settings.tracking_uri),  # scheme and host only
                 "versions_loaded": self.registry.loads,
                 **self.last_poll,
             },

@@ -47,6 +47,7 @@ def _ingest(context: dg.AssetExecutionContext, feed: Feed, lake: LakeResource, l
     days = [date.fromisoformat(k) for k in context.partition_keys]
     known = _keys_outside(feed, lake, days)
     totals: Counter = Counter()
+    phases: Counter = Counter()
     batch: list[tuple[IngestResult, float, str]] = []
     for day in days:
         started = time.perf_counter()
@@ -57,16 +58,20 @@ def _ingest(context: dg.AssetExecutionContext, feed: Feed, lake: LakeResource, l
             known = pl.concat([known, result.bronze.select(known.columns)])
         stats = result.stats()
         totals.update(stats)
+        phases.update(result.seconds_by_phase)
         context.log.info(f"{feed.name} {day}: {stats}")
         batch.append((result, time.perf_counter() - started, delivery))
         if sum(r.bronze.height for r, _, _ in batch) >= BATCH_ROWS or day == days[-1]:
+            started = time.perf_counter()
             _write_batch(context, feed, lake, batch)
+            phases["write"] += time.perf_counter() - started
             batch = []
     return dg.MaterializeResult(
         metadata={
             "days": len(days),
             **{f"total_{k}": v for k, v in totals.items()},
             "delta_version": lake.version(tables.BRONZE[feed.name]),
+            "seconds_by_phase": dg.MetadataValue.json({k: round(v, 3) for k, v in phases.items()}),
         }
     )
 

@@ -19,6 +19,7 @@ import polars as pl
 from ml_assets.defs.decisions import DECIDED_BY_TAG, first_request, follow_up, last_run
 from ml_assets.defs.monitoring.assets import version_reference
 from ml_assets.defs.resources import AlertsResource, LakeResource, MlflowResource, MonitoringResource
+from ml_assets.defs.serving_state.checks import parity_hold
 from ml_assets.lib import registry, rollout, tables
 from ml_assets.lib.monitoring import SCORE
 
@@ -213,10 +214,11 @@ def candidate_decision(
     job_name="promotion_job",
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Ramps a canary through its rollout's steps while each step's guards pass (score "
-    "distribution and alert rate against the champion's), and promotes it (or a shadow) once it "
-    "has enough labelled outcomes and holds up; rolls it back automatically when a guard fails. "
-    "Asks again when that run fails (at most 3 runs, then alerts).",
+    description="Ramps a canary through its rollout's steps while each step's guards pass (its live "
+    "score distribution and alert rate against its own offline ones), and promotes it (or a shadow) "
+    "once it has enough labelled outcomes and holds up; rolls it back automatically when a guard "
+    "fails. Asks again when that run fails (at most 3 runs, then alerts). Holds while the serving "
+    "parity check fails.",
 )
 def canary_sensor(
     context: dg.SensorEvaluationContext,
@@ -225,6 +227,9 @@ def canary_sensor(
     monitoring: MonitoringResource,
     alerts: AlertsResource,
 ) -> dg.SensorResult:
+    # Neither promotes nor aborts on live results while served features differ from dbt's.
+    if held := parity_hold(context.instance):
+        return dg.SensorResult(skip_reason=held)
     client = mlflow.client()
     name = mlflow.registered_model_name
     deployed = {a: registry.alias_version(client, name, a) for a in (registry.CANARY, registry.SHADOW)}

@@ -11,6 +11,7 @@ import dagster as dg
 
 from ml_assets.defs.decisions import DECIDED_BY_TAG, DECISION_TAG, first_request, follow_up, last_run
 from ml_assets.defs.resources import AlertsResource, MlflowResource
+from ml_assets.defs.serving_state.checks import parity_hold
 from ml_assets.lib import registry
 from ml_assets.lib.gates import GATES
 
@@ -51,11 +52,17 @@ def _promotion(version: str, reason: str) -> dict:
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Promotes the challenger to champion when its validation report passed every gate; "
-    "asks again when the promotion's run fails (at most 3 runs, then alerts).",
+    "asks again when the promotion's run fails (at most 3 runs, then alerts). Holds while the "
+    "serving parity check fails.",
 )
 def model_promotion_sensor(
     context: dg.SensorEvaluationContext, mlflow: MlflowResource, alerts: AlertsResource
 ) -> dg.SensorResult:
+    # While served features differ from dbt's, a promoted model would score inputs unlike those it
+    # was validated on: no move until parity holds again. The cursor stays, so the reports that
+    # arrive meanwhile are decided then.
+    if held := parity_hold(context.instance):
+        return dg.SensorResult(skip_reason=held, cursor=context.cursor)
     after = int(context.cursor) if context.cursor else None
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=REPORT, after_storage_id=after), limit=20, ascending=True

@@ -19,6 +19,7 @@ math) and scores; `record(decisions)` makes the decisions durable. Engines: an e
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -164,16 +165,50 @@ def open_store(url: str | None = None, *, lookback_days: int, **options) -> Onli
     raise ValueError(f"online store URL must start with sqlite:// or redis://, not {scheme}://")
 
 
-def redacted(url: str) -> str:
-    """`url` without its user name and password: what messages, metadata and /health may show."""
-    from urllib.parse import urlsplit, urlunsplit
+# Query parameters that carry a credential (redis-py takes `?password=`, presigned URLs a signature).
+_SECRET_QUERY = ("pass", "secret", "token", "key", "auth", "credential", "sig")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
-    parts = urlsplit(url)
-    if not (parts.username or parts.password):
+
+def _host(hostname: str | None, port: int | None) -> str:
+    host = f"[{hostname}]" if hostname and ":" in hostname else hostname or ""  # IPv6 keeps its brackets
+    return f"{host}:{port}" if port else host
+
+
+def redacted(url: str) -> str:
+    """`url` without its user name, password and credential query parameters (as `***`): what
+    messages, metadata, logs and /health/details may show."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a malformed netloc (bad port, unclosed IPv6 bracket): show none of it
+        return f"{url.split(':', 1)[0]}://***"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    hidden = [(k, "***" if any(w in k.lower() for w in _SECRET_QUERY) else v) for k, v in pairs]
+    query = urlencode(hidden, safe="*") if hidden != pairs else parts.query
+    netloc = f"***@{_host(parts.hostname, port)}" if "@" in parts.netloc else parts.netloc
+    if netloc == parts.netloc and query == parts.query:
         return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}{f':{parts.port}' if parts.port else ''}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def address(url: str) -> str:
+    """Which store `url` names, by scheme and host only (no credentials, path or query): what an
+    answer may say about where the service reads and writes. A plain path is a `file://` store."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme or 'file'}://{_host(parts.hostname, parts.port)}"
+    except ValueError:
+        return f"{url.split(':', 1)[0]}://***"
+
+
+def scrubbed(text: str) -> str:
+    """`text` (an error message, a log line) with every URI in it `redacted`."""
+    return _URI.sub(lambda m: redacted(m.group(0)), text) if "://" in text else text
 
 
 def past_of(tx: Tx) -> tuple:
