@@ -71,6 +71,8 @@ import dagster as dg
 uri = paths.mlflow_tracking_uri()
 tracking.use_store(uri)
 client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+# Artifacts under the data root (a new store's Default experiment would put them in ./mlruns).
+mlflow.set_experiment(experiment_id=client.create_experiment("bench", paths.mlflow_artifact_root()))
 with mlflow.start_run() as run:
     model_uri = tracking.log_model(train_booster(seed=7, rounds=50)[0], lake_uri=None)
 for _ in range(2):
