@@ -5,16 +5,16 @@ the runs it asks for executed as launched runs are.
 
 The tests build on each other in file order: v1, v2, v3 promoted (blue-green); a rollback to v1
 by name (not to previous_champion, v2); v4, never champion, refused; on a new DAGSTER_HOME a
-rollback to v2, from the ledger. Then, under the canary strategy, v4 ramps 5% -> 25% -> 50% ->
-100% as each step's guards pass on that step's traffic, and v3, which flags every purchase from a
-few hundred up, passes step 1 on small purchases and is rolled back at step 2, when larger ones
-reach it. Each step's guards hold the canary's live scores to those it gave its validation and
-holdout rows offline, which are small purchases.
+rollback to v2, from the ledger; `make retrain`'s refusals. Then, under the canary strategy, v4
+ramps 5% -> 25% -> 50% -> 100% as each step's guards pass on that step's traffic, and v3, which
+flags every purchase from a few hundred up, passes step 1 on small purchases and is rolled back
+at step 2, when larger ones reach it. Each step's guards hold the canary's live scores to those
+it gave its validation and holdout rows offline, which are small purchases.
 
 The models are small LightGBM boosters that read only the amount: "steady" (v1, v2, v4) alerts
 from 5000 up, "jumpy" (v3) from about 200 up. Below 200 both score alike to their last bits (the
-same pure leaves, grown from the same start), so a step that sees only small purchases passes its guards
-and one that sees larger ones fails them: the guards, not the test, tell them apart.
+same pure leaves, grown from the same start), so a step that sees only small purchases passes
+its guards and one that sees larger ones fails them: the guards, not the test, tell them apart.
 """
 
 from __future__ import annotations
@@ -187,6 +187,24 @@ def test_the_ledger_outlives_the_dagster_instance_and_rollback_still_works(world
         with dg.DagsterInstance.get() as fresh:  # the new instance recorded it too
             (record,) = fresh.fetch_materializations(dg.AssetKey("deployed_model"), limit=5).records
         assert record.run_id == _ledger()["dagster_run_id"][-1]
+
+
+def test_make_retrain_refuses_in_one_line(world, capsys):
+    """No version, a version that does not exist, one that pins nothing to retrain from (these
+    record a snapshot but no parameters): one line each, exit status 1, no traceback."""
+    from ml_assets.retrain import main
+
+    root, _ = world
+    with scoped_environ(**root_environ(root)):
+        for args, said in (
+            ([], "not retrained: name a version (make retrain VERSION=N)"),
+            (["99"], "not retrained: fraud_detector has no version '99'"),
+            (["1"], "not retrained: fraud_detector v1 does not record lightgbm_params, best_iteration: "
+                    "nothing pinned to retrain from"),
+        ):  # fmt: skip
+            capsys.readouterr()
+            assert main(args) == 1
+            assert capsys.readouterr().out.splitlines() == [said]
 
 
 _ids = itertools.count()
