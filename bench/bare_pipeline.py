@@ -148,7 +148,10 @@ def main() -> dict:
     x, y = matrix(holdout), holdout[LABEL].to_numpy()
     booster = tracking_store.load_booster(version)
     p = booster.predict(x)
-    report = build_report(holdout, y, p, None, FEATURE_COLUMNS, booster.feature_importance("gain").tolist())
+    report = build_report(
+        holdout, y, p, None, FEATURE_COLUMNS, booster.feature_importance("gain").tolist(),
+        gates.Thresholds.alert_budget,
+    )  # fmt: skip
     verdict, reasons = gates.summary(gates.evaluate(report, gates.Thresholds()))
     client.set_model_version_tag(name, version, registry.TAG_VERDICT, verdict)
     html = render_report(name, [("Verdict", reasons)], report["images"], {"slices": report["slice_table"]})

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import line, save
-from bench.serving import CONCURRENCY, _free_port, _load, _model, _start
+from bench.serving import CONCURRENCY, _free_port, _load, _model, _start, _stop, _summary
 
 WARMUP, ROUNDS, PER_ROUND = 300, 4, 1500
 TOKENS = {"scoring": "bench-scoring-token-0123456789", "operations": "bench-operations-token-0123456789"}
@@ -87,19 +87,20 @@ def main() -> dict:
                     [sys.executable, "-m", "ml_assets.serving", "--port", str(ports[mode])],
                     env,
                     f"http://127.0.0.1:{ports[mode]}/health",
+                    root / f"server-{mode}.log",
                 )
             headers = {"off": "", "on": f"Authorization: Bearer {TOKENS['scoring']}\r\n"}
             for mode in servers:
-                _load(ports[mode], "/predict", bodies[:WARMUP], CONCURRENCY, headers[mode])
+                _load(ports[mode], "/predict", bodies[:WARMUP], CONCURRENCY, headers=headers[mode])
             rounds: dict[str, list[dict]] = {"off": [], "on": []}
             for r in range(ROUNDS):
                 chunk = bodies[WARMUP + r * PER_ROUND : WARMUP + (r + 1) * PER_ROUND]
                 for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
-                    rounds[mode].append(_load(ports[mode], "/predict", chunk, CONCURRENCY, headers[mode]))
+                    run = _load(ports[mode], "/predict", chunk, CONCURRENCY, headers=headers[mode])
+                    rounds[mode].append(_summary([run]))
         finally:
             for proc in servers.values():
-                proc.terminate()
-                proc.wait(60)
+                _stop(proc)
 
     def median(mode: str, key: str) -> float:
         return statistics.median(x[key] for x in rounds[mode])

@@ -27,6 +27,7 @@ changing anything a monitoring step, a sensor or a training run reads.
 
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
 
 import dagster as dg
@@ -56,6 +57,12 @@ COOLDOWN_DAYS = 2
 DETECTED_AFTER_DAYS = 3  # "the drift is caught three days after its onset"
 LIVE_PR_AUC = {"canary": 0.90, "old champion": 0.60}  # "(live PR-AUC 0.90 against ... 0.60)"
 PR_AUC_TOLERANCE = 0.03
+# A version's live alert rate (live_performance, over its window) must stay within this many
+# binomial standard errors of the rate its threshold gives on the holdout it was fitted on (the
+# budget, up to that holdout's tied scores): sqrt(r (1 - r) (1 / n_holdout + 1 / n_live)), the
+# error of the difference of two independent shares. Fraud comes in bursts, so the shares are not
+# quite independent draws; 3 errors leaves room for that (the rates seen are in the README).
+ALERT_RATE_ERRORS = 3
 pytestmark = pytest.mark.timeout(1200)
 # Small, fast models; windows short enough that drifted days reach the train split soon. A
 # holdout of two small days measures calibration loosely (ECE noise alone is ~0.01 there), and
@@ -159,6 +166,51 @@ class Loop:
             events.append(f"{action} v{request.tags['model_version']}")
         return events
 
+    def metadata(self, asset: str, partition: str | None = None) -> list[dict]:
+        """The metadata of every materialization of `asset` (of one partition), oldest first."""
+        records = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None
+            ),
+            limit=1000,
+            ascending=True,
+        ).records
+        return [{k: v.value for k, v in r.asset_materialization.metadata.items()} for r in records]
+
+    def alert_rates(self, day: str) -> dict[str, dict]:
+        """live_performance's alert rates of the day's window: "<arm> v<version>" -> figures."""
+        return self.metadata("live_performance", day)[-1]["alert_rates"]
+
+    def thresholds(self) -> dict[str, dict]:
+        """Per version (as "v<n>"), from its own validation report: the threshold fitted on its
+        holdout, the alert rate and recall there, and the holdout's size."""
+        return {
+            f"v{m['challenger_version']}": m["at_alert_budget"][f"v{m['challenger_version']}"]
+            | {"holdout_rows": m["holdout_rows"], "budget": m["alert_budget"]}
+            for m in self.metadata("model_validation_report")
+        }
+
+    def check_alert_rates(self, day: int, versions: set[str]) -> list[str]:
+        """Day i's live alert rate of each arm of `versions` (at least one must be in the day's
+        window) within its band (ALERT_RATE_ERRORS); returns the figures of every arm, checked or
+        not, to print."""
+        fitted, lines, checked = self.thresholds(), [], False
+        for arm, live in self.alert_rates(_day(day)).items():
+            version = f"v{live['model_version']}"
+            holdout = fitted[version]
+            r, n_fit, n_live = holdout["holdout_alert_rate"], holdout["holdout_rows"], live["decided"]
+            band = ALERT_RATE_ERRORS * math.sqrt(r * (1 - r) * (1 / n_fit + 1 / n_live))
+            recall = "n/a" if live["recall"] is None else f"{live['recall']:.3f}"
+            lines.append(
+                f"day {day} {arm}: alert rate {live['alert_rate']:.4f} of {n_live} (budget "
+                f"{live['alert_budget']}, holdout {r:.4f} of {n_fit}, band +-{band:.4f}), recall {recall}"
+            )
+            if live["model_version"] in versions:
+                assert abs(live["alert_rate"] - r) <= band, lines[-1]
+                checked = True
+        assert checked, (day, versions, lines)
+        return lines
+
     def live(self, day: str) -> pl.DataFrame:
         lake = self.resources["lake"]
         return (
@@ -246,8 +298,27 @@ def test_drift_is_caught_retrained_canaried_promoted_and_performance_recovers(lo
     assert old["pr_auc"] == pytest.approx(LIVE_PR_AUC["old champion"], abs=PR_AUC_TOLERANCE), live
     loop_state["promoted_champion"] = aliases[registry.CHAMPION]
 
+    # The figure: each model's threshold at the alert budget, and what it sent to review and caught,
+    # on its holdout and live. The promoted version's live alert rate stays in its band from the
+    # day it was deployed as the canary to the end (the window of the promotion day is its canary
+    # traffic); the next scenario checks the days after.
+    print_thresholds(loop)
+    champion = aliases[registry.CHAMPION]
+    for i in range(starts[0] + 1, LAST_DAY + 1):  # the deploy day's monitoring ran before it
+        print("\n".join(loop.check_alert_rates(i, {champion})))
+
 
 loop_state: dict = {}
+
+
+def print_thresholds(loop: Loop) -> None:
+    """Each version's threshold at the alert budget, and its holdout alert rate and recall there."""
+    for version, fitted in sorted(loop.thresholds().items(), key=lambda kv: int(kv[0][1:])):
+        print(
+            f"{version} holdout: threshold {fitted['holdout_threshold']:.4f}, alert rate "
+            f"{fitted['holdout_alert_rate']:.4f} of {fitted['holdout_rows']} (budget {fitted['budget']}), "
+            f"recall at the budget {fitted['holdout_recall']:.3f}"
+        )
 
 
 def test_a_bad_canary_is_rolled_back_automatically(loop):
@@ -264,8 +335,11 @@ def test_a_bad_canary_is_rolled_back_automatically(loop):
     events: list[str] = []
     for i in range(LAST_DAY + 1, LAST_DAY + 1 + EXTRA_DAYS):  # labels for the canary's scores mature
         events += loop.day(i)
+        # After the first scenario's promotion, its champion's alert rate stays in its band.
+        print("\n".join(loop.check_alert_rates(i, {champion})))
         if any(e.startswith("abort_candidate") for e in events):
             break
     assert any(e.startswith("abort_candidate") for e in events), events
     aliases = loop.aliases()
     assert aliases[registry.CHAMPION] == champion and aliases[registry.CANARY] is None
+    print_thresholds(loop)

@@ -52,6 +52,7 @@ EXPECTED_CHECKS = {
     "training_set:no_feature_entirely_null",
     "training_set:splits_in_time_order",
     "model_validation_report:not_worse_than_champion",
+    "model_validation_report:recall_at_alert_budget_not_worse",
     "model_validation_report:above_absolute_floors",
     "model_validation_report:no_slice_regression",
     "model_validation_report:calibrated",

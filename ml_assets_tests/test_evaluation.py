@@ -12,11 +12,16 @@ from sklearn.calibration import calibration_curve
 
 from ml_assets.lib.evaluation import (
     _RANKING_METRICS,
+    RECALL_AT_BUDGET,
     _counts,
+    _recall_at_budget,
     _segments,
+    alert_threshold,
     amount_band,
     bootstrap_difference,
+    budget_metrics,
     calibration_bins,
+    decisions,
     psi,
     score_metrics,
     slice_metrics,
@@ -165,6 +170,116 @@ def test_a_resampled_replicate_matches_sklearn_on_the_drawn_rows(metric):
         assert value == pytest.approx(reference(y[rows], p[rows]), abs=1e-12)
 
 
+def _recall_at(y, p, threshold) -> float:
+    """Recall when every score >= threshold is sent to review, written out plainly."""
+    return float((np.asarray(p) >= threshold)[np.asarray(y) == 1].mean())
+
+
+@pytest.mark.parametrize("decimals", [None, 2], ids=["continuous", "ties-2dp"])
+def test_a_resampled_replicate_gives_the_recall_at_the_replicates_own_threshold(decimals):
+    # Recall at the budget from the compressed segments, on drawn rows (duplicates, ties), is the
+    # recall at the threshold alert_threshold fits on those very rows.
+    y, p = _scores(3_000, seed=7, decimals=decimals)
+    codes, n_segments = _segments(y, p)
+    rng = np.random.default_rng(2)
+    for budget in (0.005, 0.02, 0.1):
+        for _ in range(3):
+            rows = rng.integers(0, len(y), len(y))
+            value = _recall_at_budget(*_counts(codes[rows], n_segments), budget)
+            assert value == _recall_at(y[rows], p[rows], alert_threshold(p[rows], budget))
+
+
+def test_the_alert_threshold_gives_the_budget_within_its_sampling_error():
+    """Fitted on n scores drawn from a known distribution (logistic of N(-3, 1)): on those rows it
+    sends exactly round(budget * n) of them to review (no ties), and on the distribution itself its
+    true alert rate is the budget within 3 binomial standard errors, sqrt(b (1 - b) / n): the count
+    of draws above the true budget quantile is Binomial(n, b), so this fails by chance ~0.3% of
+    the time for a random seed (never for this fixed one)."""
+    n, budget = 200_000, 0.005
+    z = np.random.default_rng(21).normal(-3.0, 1.0, n)
+    p = 1 / (1 + np.exp(-z))
+    t = alert_threshold(p, budget)
+    assert np.sum(p >= t) == int(budget * n)
+    true_rate = 0.5 * math.erfc((math.log(t / (1 - t)) + 3.0) / math.sqrt(2))  # P(score >= t)
+    standard_error = math.sqrt(budget * (1 - budget) / n)
+    assert abs(true_rate - budget) < 3 * standard_error, (true_rate, budget, standard_error)
+
+
+def test_the_alert_threshold_never_splits_ties_and_comes_closest_to_the_budget():
+    y, p = _scores(5_000, seed=22, decimals=2)
+    for budget in (0.005, 0.01, 0.05, 0.3):
+        t = alert_threshold(p, budget)
+        assert t in p
+        rate = np.mean(p >= t)
+        # Every other threshold between distinct scores lands at least as far from the budget.
+        others = [np.mean(p >= v) for v in np.unique(p)] + [0.0]
+        assert all(abs(rate - budget) <= abs(r - budget) for r in others), (budget, rate)
+        m = budget_metrics(y, p, budget)
+        assert (m["alert_threshold"], m["alert_rate"]) == (t, rate)
+        assert m[RECALL_AT_BUDGET] == _recall_at(y, p, t)
+    # A tie run across the budget: 1 row alone, then 7 tied rows, of 1,000 (coarse scores, as a
+    # model of few trees gives): at 0.5%, 8 rows (0.8%) are closer than 1 (0.1%); at 0.3%, not.
+    coarse = np.concatenate([[0.9], np.full(7, 0.8), np.linspace(0.1, 0.5, 992)])
+    assert alert_threshold(coarse, 0.005) == 0.8
+    assert alert_threshold(coarse, 0.003) == 0.9
+    # Sending nothing is closest (the top is one big tie): the threshold is above the top score.
+    t = alert_threshold(np.array([0.2, 0.9, 0.9, 0.9, 0.1]), 0.2)
+    assert t > 0.9 and decisions([0.2, 0.9], t) == ["approve", "approve"]
+    assert math.isnan(alert_threshold(np.array([]), 0.01))
+    with pytest.raises(ValueError, match="finite"):
+        alert_threshold(np.array([0.1, np.nan]), 0.01)
+    assert decisions([0.3, 0.5, 0.7], 0.5) == ["approve", "review", "review"]  # score >= threshold
+    assert decisions([0.3, 0.5], None) == [None, None]  # no threshold, no invented decision
+
+
+def _gate_report(y, challenger, champion, budget):
+    """What gates.evaluate reads, from real metrics of constructed scores (no plots or slices)."""
+    metrics = {name: score_metrics(y, p) | budget_metrics(y, p, budget) for name, p in
+               (("challenger", challenger), ("champion", champion))}  # fmt: skip
+    diffs = {
+        m: bootstrap_difference(y, challenger, champion, m, n_boot=200, alert_budget=budget)
+        for m in ("roc_auc", "pr_auc", RECALL_AT_BUDGET)
+    }
+    return metrics | {"differences": diffs, "slices": [], "expected": [], "present": {}}
+
+
+def test_the_recall_gate_passes_and_fails_where_it_should():
+    """Champion and challengers on one holdout of 20,000 rows at 1% fraud, a budget of 2% (about
+    200 frauds, 400 alerts): a challenger that ranks frauds as well passes, a better one passes,
+    one that ranks them clearly worse fails, naming the interval; the tolerance moves the line."""
+    from ml_assets.lib.gates import Thresholds, evaluate
+
+    budget = 0.02
+    y, champion = _scores(20_000, seed=23, fraud_rate=0.01, shift=3.0)
+    rng = np.random.default_rng(24)
+    noisy = champion + rng.normal(0, 0.002, len(y))  # the same ranking, up to noise
+    better = 1 / (1 + np.exp(-rng.normal(-3 + 4.0 * y, 1.0)))
+    worse = 1 / (1 + np.exp(-rng.normal(-3 + 1.5 * y, 1.0)))
+
+    def verdict(challenger, **thresholds):
+        t = Thresholds(alert_budget=budget, **thresholds)
+        report = _gate_report(y, challenger, champion, budget)
+        (v,) = [v for v in evaluate(report, t) if v.gate == "recall_at_alert_budget_not_worse"]
+        return v, report["differences"][RECALL_AT_BUDGET]
+
+    for challenger in (noisy, better):
+        v, d = verdict(challenger)
+        assert v.passed and d["high"] >= -Thresholds.max_recall_at_budget_drop, (v.reason, d)
+    v, d = verdict(worse)
+    assert d["estimate"] < -0.2 and d["high"] < -Thresholds.max_recall_at_budget_drop, d
+    assert not v.passed and "worse by at least" in v.reason and "95% CI" in v.reason, v.reason
+    assert v.metadata["recall_at_alert_budget_high"] == d["high"]
+    # A tolerance wider than the worst the interval allows lets it through.
+    assert verdict(worse, max_recall_at_budget_drop=-d["low"] + 0.01)[0].passed
+    # Without a champion there is nothing to compare; without any fraud there is no interval.
+    first = evaluate(_gate_report(y, better, champion, budget) | {"differences": None}, Thresholds())
+    assert next(v for v in first if v.gate == "recall_at_alert_budget_not_worse").passed
+    no_fraud = np.zeros_like(y)
+    report = _gate_report(no_fraud, better, champion, budget)
+    (v,) = [v for v in evaluate(report, Thresholds()) if v.gate == "recall_at_alert_budget_not_worse"]
+    assert not v.passed and "no interval" in v.reason
+
+
 def test_bootstrap_difference_interval():
     y, better = _scores(4_000, seed=8, shift=2.0)
     worse = better + np.random.default_rng(9).normal(0, 0.05, len(y))  # the same model, noisier
@@ -210,6 +325,8 @@ def test_bootstrap_degenerate_and_unsupported():
     assert math.isnan(empty["estimate"]) and empty["n_valid"] == 0
     with pytest.raises(ValueError, match="supports"):
         bootstrap_difference(y, p, p, "ece")
+    with pytest.raises(ValueError, match="with alert_budget"):
+        bootstrap_difference(y, p, p, RECALL_AT_BUDGET)  # a budget is needed
 
 
 def _slice_frame() -> pl.DataFrame:
@@ -292,3 +409,29 @@ def test_psi():
     half_missing = np.where(rng.random(20_000) < 0.5, np.nan, rng.normal(0, 1, 20_000))
     assert psi(base, half_missing) > 0.25
     assert math.isnan(psi(base, np.array([])))
+
+
+def test_live_alert_rates_per_arm_decide_batch_rows_by_the_versions_threshold():
+    """monitoring.arm_alerts: batch scores are decided by their version's threshold (score >= it),
+    live rows keep the decision the service made; a version without a threshold decides nothing."""
+    from ml_assets.lib.monitoring import arm_alerts
+
+    scored = pl.DataFrame(
+        {
+            "transaction_id": ["a", "b", "c", "d", "a", "b", "e"],
+            "arm": ["batch:champion"] * 3 + ["batch:canary"] + ["live:champion"] * 2 + ["batch:canary"],
+            "model_version": ["1", "1", "1", "2", "1", "1", "2"],
+            "score": [0.9, 0.5, 0.1, 0.7, 0.9, 0.5, 0.2],
+            "decision": [None, None, None, None, "approve", "review", None],
+        }
+    )
+    labels = pl.DataFrame({"transaction_id": ["a", "b", "c"], "is_fraud": [1, 1, 0]})
+    out = arm_alerts(scored, labels, {"1": (0.5, 0.005)})
+    rows = {(r["arm"], r["model_version"]): r for r in out.iter_rows(named=True)}
+    champion = rows["batch:champion", "1"]
+    assert (champion["decided"], champion["alerts"], champion["alert_rate"]) == (3, 2, 2 / 3)  # 0.5 >= 0.5
+    assert (champion["alert_budget"], champion["decision_threshold"], champion["recall"]) == (0.005, 0.5, 1.0)
+    live = rows["live:champion", "1"]
+    assert (live["alerts"], live["recall"]) == (1, 0.5)  # as the service decided, not re-decided
+    canary = rows["batch:canary", "2"]
+    assert (canary["rows"], canary["decided"], canary["alert_rate"], canary["recall"]) == (2, 0, None, None)

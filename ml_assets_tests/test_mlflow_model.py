@@ -108,3 +108,35 @@ def test_loaded_with_an_online_store_it_scores_with_the_live_history_and_records
     drain(str(data_dir / "lake"), url)
     log = pl.read_delta(str(data_dir / "lake" / "serving" / "inference_log"))
     assert sorted(log["transaction_id"]) == [f"tx-{i}" for i in range(4)]
+
+
+def test_it_decides_by_its_registered_versions_threshold(data_dir):
+    """decision is review exactly when the score is >= the version's decision_threshold tag, found
+    in the registry at load; none before the version has a tag; a threshold given at load wins.
+    A model logged for this test alone: the shared ones are registered under many names, whose
+    tags other tests set."""
+    import mlflow
+
+    from ml_assets.lib.registry import TAG_DECISION_THRESHOLD
+    from ml_assets_tests.serving_support import log_booster, train_booster
+
+    shared = shared_registry()
+    tracking.use_store(shared.tracking_uri)
+    mlflow.set_experiment("serving-tests")
+    name = f"thresholds_{data_dir.parent.name}"
+    version = mlflow.register_model(log_booster(train_booster(4)[0]), name).version
+    uri = f"models:/{name}/{version}"
+    rows = _rows(12).assign(amount=[f"{0.1 * (i + 1):.2f}" for i in range(12)])  # where its scores vary
+    rows.loc[3, "amount"] = "-1"  # refused: no score, no decision
+
+    untagged = mlflow.pyfunc.load_model(uri).predict(rows)
+    assert untagged["decision"].isna().all()
+    scores = untagged["score"].to_numpy()
+    threshold = float(np.nanmedian(scores))
+    shared.client().set_model_version_tag(name, version, TAG_DECISION_THRESHOLD, repr(threshold))
+    out = mlflow.pyfunc.load_model(uri).predict(rows)
+    np.testing.assert_array_equal(out["score"].to_numpy(), scores)
+    expected = [None if np.isnan(s) else "review" if s >= threshold else "approve" for s in scores]
+    assert out["decision"].tolist() == expected and {"review", "approve"} <= set(expected)
+    given = mlflow.pyfunc.load_model(uri, model_config={"decision_threshold": 0.0}).predict(rows)
+    assert given["decision"].tolist() == [None if np.isnan(s) else "review" for s in scores]

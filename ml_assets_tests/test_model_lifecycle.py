@@ -99,6 +99,7 @@ def test_first_model_is_registered_reported_and_promoted(small_world, state):
     )
     assert set(json.loads(tags[registry.TAG_BRONZE_VERSIONS])) == {"bronze_transactions", "bronze_labels"}
     assert json.loads(tags[registry.TAG_WINDOWS])["holdout_end"] <= "2026-01-24"
+    _assert_the_threshold_meets_the_budget(mlflow, version, tags)
 
     model_meta = result.asset_materializations_for_node("fraud_model")[0].metadata
     assert model_meta["model_version"].value == version
@@ -132,6 +133,42 @@ def test_first_model_is_registered_reported_and_promoted(small_world, state):
     assert deployed["actor"].value == "model_promotion_sensor"
     assert _aliases(definitions)[registry.CHAMPION] == version
     state.update(v1=version, cursor=tick.cursor, first_request=tick.run_requests[0])
+
+
+def _assert_the_threshold_meets_the_budget(mlflow: MlflowResource, version: str, tags: dict) -> None:
+    """The version's decision_threshold tag sends the alert budget's share of its holdout to review,
+    within one binomial standard error sqrt(b (1 - b) / n) (only tied scores keep it from
+    round(b * n) / n exactly); and of the days after the holdout, which no split holds, within three
+    errors of the difference of two independent shares, sqrt(b (1 - b) (1 / n + 1 / m))."""
+    import math
+
+    from ml_assets.defs.resources import WarehouseResource
+    from ml_assets.lib.features import FEATURE_COLUMNS
+    from ml_assets.lib.gates import Thresholds
+    from ml_assets.lib.training import matrix
+
+    threshold, budget = float(tags[registry.TAG_DECISION_THRESHOLD]), float(tags[registry.TAG_ALERT_BUDGET])
+    assert budget == Thresholds.alert_budget
+    booster = mlflow.load_booster(version)
+    snapshot = LakeResource.from_env().scan(
+        tables.TRAINING_SET, version=int(tags[registry.TAG_TRAINING_SET_VERSION])
+    )
+    holdout = booster.predict(matrix(snapshot.filter(pl.col("split") == "holdout").collect()))
+    n, rate = len(holdout), float((holdout >= threshold).mean())
+    assert abs(rate - budget) <= math.sqrt(budget * (1 - budget) / n), (rate, n)
+    after = json.loads(tags[registry.TAG_WINDOWS])["holdout_end"]
+    later = booster.predict(
+        matrix(WarehouseResource(path=paths.warehouse_uri()).query(
+            f"select {', '.join(FEATURE_COLUMNS)} from transaction_features where event_date > date '{after}'"
+        ))
+    )  # fmt: skip
+    m, later_rate = len(later), float((later >= threshold).mean())
+    band = 3 * math.sqrt(budget * (1 - budget) * (1 / n + 1 / m))
+    print(
+        f"v{version} threshold {threshold:.4f}: holdout alert rate {rate:.4f} of {n}, "
+        f"later days {later_rate:.4f} of {m}"
+    )
+    assert m > 1000 and abs(later_rate - budget) <= band, (later_rate, m, band)
 
 
 def test_the_sensor_never_promotes_twice(small_world, state):

@@ -58,7 +58,8 @@ INSTANCE_YAML = DAGSTER_YAML + textwrap.dedent("""\
       module: dagster._core.run_coordinator
       class: DefaultRunCoordinator
     """)
-PLOTS = {"roc", "pr", "calibration", "scores_challenger", "feature_importance"}  # lib/report.py
+# lib/report.py's PLOTS
+PLOTS = {"roc", "pr", "calibration", "alert_budget", "scores_challenger", "feature_importance"}
 GIVE_UP = 600  # seconds: only so that a hung server or run fails the test instead of stalling it
 
 # README.md's table "group | assets | what the UI shows", and what the browser test checks of each
@@ -90,6 +91,11 @@ UI_PROMISES = {
         ("bootstrap interval of the difference", "model_validation_report", ("difference_ci",)),
         ("worst slices", "model_validation_report", ("worst_slices",)),
         ("plots inline", "model_validation_report", ("plots",)),
+        (
+            "decision threshold and recall at the alert budget",
+            "model_validation_report",
+            ("alert_budget", "at_alert_budget"),
+        ),
     ],
     "promotion": [
         ("which version replaced which", "deployed_model", ("champion", "replaced")),
@@ -99,6 +105,11 @@ UI_PROMISES = {
         ("scores per model", "batch_predictions", ("by_model",)),
         ("PSI per feature and for the score (table and plot)", "drift_report", ("psi", "score_psi", "plot")),
         ("per arm", "live_performance", ("by_arm",)),
+        (
+            "the live alert rate against the budget per arm",
+            "live_performance",
+            ("alerts_by_arm", "alert_rate_plot"),
+        ),
     ],
     # make run feeds the store (serving_state_job); nothing is queued to drain there.
     "serving_state": [
@@ -536,7 +547,9 @@ def test_the_champion_scores_landing_files_with_plain_mlflow_in_a_fresh_venv(res
     assert {c["type"] for c in inputs} == {"string"}
     assert [c["name"] for c in inputs if not c["required"]] == ["device_id"]
     outputs = [(c["name"], c["type"]) for c in info.signature.outputs.to_dict()]
-    assert outputs == [("transaction_id", "string"), ("score", "double"), ("problems", "string")]
+    assert outputs == [
+        ("transaction_id", "string"), ("score", "double"), ("problems", "string"), ("decision", "string")
+    ]  # fmt: skip
     assert info.saved_input_example_info and info.saved_input_example_info["type"] == "dataframe"
     # ... and what it needs: exactly the pins the project logs, nothing inferred, nothing more.
     requirements = Path(download_artifacts(f"{version_uri}/requirements.txt", dst_path=str(tmp_path)))
@@ -593,7 +606,7 @@ def test_the_champion_scores_landing_files_with_plain_mlflow_in_a_fresh_venv(res
         assert row["transaction_id"] == example["transaction_id"] and row["problems"] == ""
         assert 0 < row["score"] < 1
     scored = pl.DataFrame(out["scores"], schema={"transaction_id": pl.String, "score": pl.Float64,
-                                                  "problems": pl.String})  # fmt: skip
+                                                  "problems": pl.String, "decision": pl.String})  # fmt: skip
     assert scored.height == out["rows"]
 
     # Every row ingestion took is scored, with the very score the pipeline's batch scoring gave it
@@ -619,13 +632,18 @@ def test_the_champion_scores_landing_files_with_plain_mlflow_in_a_fresh_venv(res
     both = batch.join(scored, on="transaction_id", how="left")
     assert both["problems"].to_list() == [""] * both.height
     np.testing.assert_allclose(both["score"].to_numpy(), both[SCORE].to_numpy(), rtol=1e-9, atol=1e-12)
+    # ... and decided by the version's own threshold, which it found in the registry at load.
+    tags = client.get_model_version(mlflow.registered_model_name, champion).tags
+    threshold = float(tags[registry.TAG_DECISION_THRESHOLD])
+    review = both["score"] >= threshold
+    assert both["decision"].to_list() == ["review" if r else "approve" for r in review]
     # ... and it ranks that day's frauds as the pipeline's model does.
     truth = labelled.join(scored, on="transaction_id")
     assert score_metrics(truth["is_fraud"].to_numpy(), truth["score"].to_numpy())["roc_auc"] > 0.8
 
     # A row the contract refuses gets no score and the contract's reasons; ingestion quarantined it.
     refused = scored.filter(pl.col("problems") != "")
-    assert refused["score"].is_nan().all()
+    assert refused["score"].is_nan().all() and refused["decision"].is_null().all()
     assert not refused["transaction_id"].is_in(bronze["transaction_id"].to_list()).any()
     quarantined = (
         resources["lake"]

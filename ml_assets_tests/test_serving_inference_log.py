@@ -140,20 +140,50 @@ def test_a_new_feature_column_joins_the_log_without_breaking_it(data_dir):
 
 @pytest.mark.parametrize("shadow", [False, True])
 def test_log_rows_of_decisions_carry_shadow_scores_as_rows(shadow):
-    """One decision per transaction in the store; its shadow scores become rows (returned false)."""
+    """One decision per transaction in the store; its shadow scores become rows (returned false),
+    each with the decision its own arm's threshold made."""
     from ml_assets.serving.inference_log import rows_of
     from ml_assets.serving.online_store import Decision
 
     extra = {
         "alias": "champion",
-        "shadow": [{"arm": "shadow", "alias": "shadow", "model_version": "2", "score": 0.9}],
+        "decision": "approve",
+        "shadow": [
+            {"arm": "shadow", "alias": "shadow", "model_version": "2", "score": 0.9, "decision": "review"}
+        ],
     }
     d = Decision("t", "r", 0.1, "1", "champion", dict.fromkeys(FEATURE_COLUMNS), 0, extra if shadow else {})
     rows = rows_of([d])
-    assert rows.select("arm", "model_version", "score", "returned").rows() == [
-        ("champion", "1", 0.1, True)
-    ] + ([("shadow", "2", 0.9, False)] if shadow else [])
+    assert rows.select("arm", "model_version", "score", "returned", "decision").rows() == [
+        ("champion", "1", 0.1, True, "approve" if shadow else None)
+    ] + ([("shadow", "2", 0.9, False, "review")] if shadow else [])
     assert dict(rows.schema) == SCHEMA
+
+
+def test_a_log_from_before_decisions_takes_the_decision_column(data_dir):
+    """A deployment's log written before decisions were logged has no `decision` column: the next
+    drain adds it (schema merge), its old rows read null, the new ones their decision."""
+    from ml_assets.defs.resources import LakeResource
+    from ml_assets.serving.inference_log import PARTITION_COLUMN, rows_of
+    from ml_assets.serving.online_store import Decision, open_store
+
+    def decision(i: int, decided: str | None) -> Decision:
+        extra = {"alias": "champion", "card_id": "c", "merchant_id": "m", "event_time": 0,
+                 "strategy": "single", "model_name": "x", "stale_risk": False}  # fmt: skip
+        extra |= {"decision": decided} if decided else {}
+        features = dict.fromkeys(FEATURE_COLUMNS, 1.0)
+        return Decision(f"tx-{i}", "r", 0.5, "1", "champion", features, 1_768_478_400_000_000, extra)
+
+    old = rows_of([decision(i, None) for i in range(2)]).drop("decision")  # the older writer's rows
+    LakeResource(root=paths.lake_uri()).append(tables.INFERENCE_LOG, old, partition_column=PARTITION_COLUMN)
+    assert "decision" not in _log().columns
+    store = paths.online_store_url()
+    with open_store(store, lookback_days=30) as s:
+        s.record([decision(2, "review"), decision(3, "approve")])
+    drain(paths.lake_uri(), store)
+    log = _log().sort("transaction_id")
+    assert dict(log.schema) == SCHEMA
+    assert log["decision"].to_list() == [None, None, "review", "approve"]
 
 
 def test_the_sensor_asks_for_a_drain_only_when_decisions_are_queued(data_dir):

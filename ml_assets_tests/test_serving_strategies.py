@@ -179,3 +179,51 @@ def test_a_strategy_whose_alias_is_missing_serves_the_champion_and_says_so(data_
         assert any("'canary' is not set" in p for p in health["problems"])
         body = {"transactions": [tx(i) for i in range(40)]}
         assert {p["arm"] for p in client.post("/predict", json=body).json()["predictions"]} == {"champion"}
+
+
+def test_each_arm_decides_by_its_own_versions_threshold_and_the_log_keeps_it(data_dir, registry):
+    """decision is review exactly when the score is >= the serving version's decision_threshold
+    tag, for the returned arm and for the shadow (in the log); a version without the tag decides
+    nothing and says so; a tag set later is followed, and a retry keeps its first decision."""
+    from ml_assets.lib.registry import TAG_DECISION_THRESHOLD
+
+    name = registry.register(aliases={"champion": 1, "shadow": 2}, tags={STRATEGY_TAG: "shadow"})
+    _, server = service_and_server(registry, name, paths.online_store_url())
+    log_uri = f"{paths.lake_uri()}/{tables.INFERENCE_LOG}"
+    with server, httpx.Client(base_url=server.url) as client:
+        # Amounts where these test models (trained on N(0, 1) features) vary their scores.
+        first = {"transactions": [tx(i, amount=f"{0.05 * (i + 1):.2f}") for i in range(40)]}
+        undecided = client.post("/predict", json=first).json()["predictions"]
+        assert {p["decision"] for p in undecided} == {None}
+        assert any(TAG_DECISION_THRESHOLD in p for p in client.get("/health/details").json()["problems"])
+        drain(paths.lake_uri(), paths.online_store_url())
+        # Thresholds inside each model's score range, so that both decisions occur.
+        scores = pl.read_delta(log_uri).group_by("arm").agg(pl.col("score").median())
+        thresholds = dict(scores.iter_rows())
+        for version, arm in (("1", "champion"), ("2", "shadow")):
+            registry.client().set_model_version_tag(
+                name, version, TAG_DECISION_THRESHOLD, repr(thresholds[arm])
+            )
+        _wait_for(lambda: all(a["decision_threshold"] for a in client.get("/model").json()["arms"]))
+        assert not client.get("/health/details").json()["problems"]
+        # The same transactions on new cards, so the same features and scores, under new ids.
+        second = {
+            "transactions": [
+                t | {"transaction_id": f"second-{i}", "card_id": f"second-{t['card_id']}"}
+                for i, t in enumerate(first["transactions"])
+            ]
+        }
+        decided = client.post("/predict", json=second).json()["predictions"]
+        again = client.post("/predict", json=first).json()["predictions"]
+    expected = ["review" if p["score"] >= thresholds["champion"] else "approve" for p in decided]
+    assert [p["decision"] for p in decided] == expected and set(expected) == {"review", "approve"}
+    assert [p["decision"] for p in again] == [None] * 40  # retried: the decision first recorded
+    drain(paths.lake_uri(), paths.online_store_url())
+    log = pl.read_delta(log_uri).filter(
+        pl.col("transaction_id").is_in([t["transaction_id"] for t in second["transactions"]])
+    )
+    assert log.height == 80
+    for arm, rows in log.group_by("arm"):
+        review = (rows["score"] >= thresholds[arm[0]]).to_list()
+        assert rows["decision"].to_list() == ["review" if r else "approve" for r in review], arm
+        assert set(rows["decision"]) == {"review", "approve"}, (arm, thresholds)

@@ -334,6 +334,18 @@ class QualityGatesResource(dg.ConfigurableResource):
         description="Largest ROC-AUC regression allowed in any slice (channel, country, MCC, amount band).",
     )
     max_ece: float = Field(default=Thresholds.max_ece, description="Largest expected calibration error.")
+    alert_budget: float = Field(
+        default=Thresholds.alert_budget,
+        gt=0,
+        le=1,
+        description="Share of transactions the fraud team can review: each version's decision threshold "
+        "(tag decision_threshold) sends this share of its holdout to review.",
+    )
+    max_recall_at_budget_drop: float = Field(
+        default=Thresholds.max_recall_at_budget_drop,
+        description="Fail when the challenger's recall at the alert budget is below the champion's by more "
+        "than this, even at the top of the 95% bootstrap interval (each at its own threshold).",
+    )
 
 
 class MonitoringResource(dg.ConfigurableResource):

@@ -8,11 +8,17 @@ lengths that differ) is a caller bug and raises ValueError.
 
 Ranking metrics come from one sort of the scores: the cumulative true and false positives at distinct
 thresholds (never splitting tied scores) give ROC AUC (trapezoids), average precision (sklearn's step
-sum) and recall at a fixed FPR. A bootstrap replicate counts its drawn rows into the same threshold
-segments, so it costs a gather and a bincount, not a sort.
+sum), recall at a fixed FPR and recall at an alert budget. A bootstrap replicate counts its drawn rows
+into the same threshold segments, so it costs a gather and a bincount, not a sort.
+
+Decision thresholds: a fraud team reviews what it can, a share of transactions (the alert budget).
+`alert_threshold` is the score above which that share falls; `decisions` applies a threshold. A
+threshold is only ever set between distinct scores, so tied transactions get the same decision.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import polars as pl
@@ -106,7 +112,78 @@ def _recall_at_fpr(tp: np.ndarray, fp: np.ndarray, max_fpr: float = MAX_FPR) -> 
     return float(tp[last] / pos)
 
 
+def _closest_to_budget(flagged: np.ndarray, budget: float) -> int:
+    """The index into `flagged` (rows sent to review at each candidate threshold, growing from 0 to
+    all rows) whose share of all rows is closest to `budget`; the lower one when two are as close."""
+    share = flagged / flagged[-1]
+    below = np.searchsorted(share, budget, side="right") - 1  # the last share <= budget
+    above = below + 1
+    if above < len(share) and share[above] - budget < budget - share[below]:
+        return int(above)
+    return int(below)
+
+
+def _recall_at_budget(tp: np.ndarray, fp: np.ndarray, budget: float) -> float:
+    """Recall when the rows scoring at or above the budget's threshold (fitted on these same rows, as
+    `alert_threshold` does) are sent to review. Between the segments `_segments` keeps only
+    negatives are flagged: the recall is constant there, so it is the full curve's, wherever in
+    such a stretch the closest share lies."""
+    pos = tp[-1]
+    if pos <= 0:
+        return NAN
+    return float(tp[_closest_to_budget(tp + fp, budget)] / pos)
+
+
 _RANKING_METRICS = {"roc_auc": _roc_auc, "pr_auc": _average_precision, "recall_at_1pct_fpr": _recall_at_fpr}
+RECALL_AT_BUDGET = "recall_at_alert_budget"  # a bootstrap_difference metric; needs alert_budget
+REVIEW, APPROVE = "review", "approve"
+
+
+def alert_threshold(p, budget: float) -> float:
+    """The score threshold whose share of rows sent to review (score >= threshold) is closest to
+    `budget`, the lower share when two are as close. Thresholds sit on distinct scores, so a run of
+    tied scores is sent whole or not at all: without ties the share is round(budget * n) / n; a
+    model with coarse scores (few trees) may land a tie run's size away. Closest rather than "at
+    most": a tie run just past the budget would otherwise leave a small fraction of it used. When
+    sending nothing is closest, the threshold is just above the top score. NaN on zero rows.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 1 or not np.isfinite(p).all():
+        raise ValueError("scores must be a 1-d array of finite values")
+    if len(p) == 0:
+        return NAN
+    s = np.sort(p)[::-1]
+    # Rows flagged with no threshold reached (0), then at each distinct score taken as the
+    # threshold: through the end of its tied run.
+    flagged = np.concatenate([[0], np.flatnonzero(s[1:] != s[:-1]) + 1, [len(s)]])
+    k = _closest_to_budget(flagged, budget)
+    return float(s[flagged[k] - 1]) if k else float(np.nextafter(s[0], np.inf))
+
+
+def sent_to_review(p, threshold: float) -> np.ndarray:
+    """The rule every decision follows: a score at or above the threshold goes to review."""
+    return np.asarray(p, dtype=np.float64) >= threshold
+
+
+def decisions(p, threshold: float | None) -> list[str | None]:
+    """review or approve per score (`sent_to_review`); None for every score without a threshold
+    (a version whose report has not fitted one): no decision is better than an invented one."""
+    if threshold is None:
+        return [None] * len(p)
+    return [REVIEW if sent else APPROVE for sent in sent_to_review(p, threshold).tolist()]
+
+
+def budget_metrics(y, p, budget: float) -> dict[str, float]:
+    """The model at an alert budget on these rows: the threshold fitted on them (`alert_threshold`),
+    the share of rows it sends to review (`alert_rate`, the budget up to ties) and the recall there."""
+    y, p = _check(y, p)
+    threshold = alert_threshold(p, budget)
+    recall = _recall_at_budget(*_counts(*_segments(y, p)), budget) if len(y) else NAN
+    return {
+        "alert_threshold": threshold,
+        "alert_rate": float(np.mean(sent_to_review(p, threshold))) if len(p) else NAN,
+        RECALL_AT_BUDGET: recall,
+    }
 
 
 def calibration_bins(y, p, n_bins: int = CALIBRATION_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,6 +254,16 @@ def pr_curve(y, p) -> tuple[np.ndarray, np.ndarray]:
     return np.append(0.0, tp[1:] / tp[-1]), np.append(1.0, tp[1:] / (tp[1:] + fp[1:]))
 
 
+def review_curve(y, p) -> tuple[np.ndarray, np.ndarray]:
+    """(share of rows sent to review, recall) at every distinct threshold, from (0, 0) to (1, 1):
+    what each alert budget buys. Empty when there is no positive."""
+    y, p = _check(y, p)
+    if len(y) == 0 or y.sum() == 0:
+        return np.array([]), np.array([])
+    tp, fp = _counts(*_segments(y, p, every_threshold=True))
+    return (tp + fp) / len(y), tp / tp[-1]
+
+
 def bootstrap_difference(
     y: np.ndarray,
     p_challenger: np.ndarray,
@@ -184,19 +271,26 @@ def bootstrap_difference(
     metric: str,
     n_boot: int = 200,
     seed: int = 0,
+    alert_budget: float | None = None,
 ) -> dict:
     """metric(challenger) - metric(champion), with a 95% paired-bootstrap percentile interval.
 
     Both models are scored on the same resampled rows in each replicate (paired), which cancels the
     holdout's own difficulty out of the difference and gives a much tighter interval than two separate
     bootstraps. Scores are sorted once; a replicate only counts the drawn rows per score segment.
-    metric is one of roc_auc, pr_auc, recall_at_1pct_fpr. A replicate where the metric is undefined
-    (it drew no positive) is skipped; n_valid says how many counted. Returns estimate, low, high,
-    n_boot, n_valid and metric.
+    metric is one of roc_auc, pr_auc, recall_at_1pct_fpr, or recall_at_alert_budget with
+    `alert_budget`: each model at its own threshold for the budget, refitted on every replicate's
+    rows, so the interval holds the thresholds' sampling error too. A replicate where the metric is
+    undefined (it drew no positive) is skipped; n_valid says how many counted. Returns estimate,
+    low, high, n_boot, n_valid and metric.
     """
-    if metric not in _RANKING_METRICS:
-        raise ValueError(f"bootstrap_difference supports {sorted(_RANKING_METRICS)}, not {metric!r}")
-    fn = _RANKING_METRICS[metric]
+    if metric == RECALL_AT_BUDGET and alert_budget is not None:
+        fn = functools.partial(_recall_at_budget, budget=alert_budget)
+    elif metric in _RANKING_METRICS:
+        fn = _RANKING_METRICS[metric]
+    else:
+        supported = [*sorted(_RANKING_METRICS), f"{RECALL_AT_BUDGET} (with alert_budget)"]
+        raise ValueError(f"bootstrap_difference supports {supported}, not {metric!r}")
     y, p_a = _check(y, p_challenger)
     _, p_b = _check(y, p_champion)
     result = {"metric": metric, "estimate": NAN, "low": NAN, "high": NAN, "n_boot": n_boot, "n_valid": 0}

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 GATES = {
     "not_worse_than_champion": "Challenger not worse than the champion beyond the tolerance (bootstrap CI).",
+    "recall_at_alert_budget_not_worse": "Recall at the alert budget (each model at its own threshold, "
+    "fitted on the same holdout) not worse than the champion's beyond the tolerance (bootstrap CI).",
     "above_absolute_floors": "ROC-AUC and PR-AUC above their absolute floors.",
     "no_slice_regression": "No slice's ROC-AUC regresses by more than the bound.",
     "calibrated": "Expected calibration error within the bound.",
@@ -23,6 +25,10 @@ class Thresholds:
     min_pr_auc: float = 0.25
     max_slice_roc_auc_drop: float = 0.05
     max_ece: float = 0.02
+    # The share of transactions the fraud team can review: each version's decision threshold sends
+    # this share of its holdout to review.
+    alert_budget: float = 0.005
+    max_recall_at_budget_drop: float = 0.05
 
 
 @dataclass
@@ -62,6 +68,8 @@ def evaluate(report: dict, t: Thresholds) -> list[Verdict]:
                 {f"{m}_{k}": diffs[m][k] for m in ("roc_auc", "pr_auc") for k in ("estimate", "low", "high")},
             )
         )
+
+    out.append(_recall_at_budget_gate(report, t))
 
     low = [
         f"{m} {ch[m]:.4f} < floor {floor}"
@@ -133,6 +141,37 @@ def evaluate(report: dict, t: Thresholds) -> list[Verdict]:
         )
     )
     return out
+
+
+def _recall_at_budget_gate(report: dict, t: Thresholds) -> Verdict:
+    """As not_worse_than_champion does for ROC-AUC and PR-AUC: failed only when the challenger is
+    worse beyond the tolerance even at the top of the interval, so a small holdout's noise alone
+    does not block a model."""
+    gate, metric = "recall_at_alert_budget_not_worse", "recall_at_alert_budget"
+    diffs = report.get("differences")
+    if diffs is None:
+        return Verdict(gate, True, "no champion yet: nothing to compare against")
+    d, tol, ch, cp = diffs[metric], t.max_recall_at_budget_drop, report["challenger"], report["champion"]
+    at = f"at an alert budget of {t.alert_budget:.2%}"
+    interval = f"95% CI {d['low']:+.4f}..{d['high']:+.4f}"
+    # An interval that can't be computed (no fraud drawn) is no evidence that it is not worse.
+    worse = not (_finite(d["high"]) and d["high"] >= -tol)
+    reason = (
+        f"recall {at} has no interval (no fraud in the holdout?): {interval}"
+        if not _finite(d["high"])
+        else f"recall {at} worse by at least {-d['high']:.4f} ({interval}), tolerance {tol}"
+        if worse
+        else f"recall {at}: challenger {ch[metric]:.4f} (threshold {ch['alert_threshold']:.4g}) vs "
+        f"champion {cp[metric]:.4f} (threshold {cp['alert_threshold']:.4g}), difference "
+        f"{d['estimate']:+.4f} ({interval}), tolerance {tol}"
+    )
+    return Verdict(
+        gate,
+        not worse,
+        reason,
+        {f"recall_at_alert_budget_{k}": d[k] for k in ("estimate", "low", "high")}
+        | {"alert_budget": t.alert_budget, "tolerance": tol},
+    )
 
 
 def summary(verdicts: list[Verdict]) -> tuple[str, str]:

@@ -61,3 +61,69 @@ def arm_performance(scored: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(rows, schema=ARM_PERFORMANCE_SCHEMA).sort("arm")
+
+
+ARM_ALERTS_SCHEMA = {
+    "arm": pl.String(),
+    "model_version": pl.String(),
+    "rows": pl.Int64(),
+    "decided": pl.Int64(),  # rows with a decision (a version without a threshold has none)
+    "alerts": pl.Int64(),  # decided review
+    "alert_rate": pl.Float64(),  # alerts / decided: what the fraud team was sent
+    "alert_budget": pl.Float64(),  # the share the version's threshold was sized for
+    "decision_threshold": pl.Float64(),
+    "labelled_frauds": pl.Int64(),
+    "recall": pl.Float64(),  # of the labelled frauds, the share sent to review
+}
+
+
+def arm_alerts(scored: pl.DataFrame, labels: pl.DataFrame, thresholds: dict[str, tuple[float, float]]):
+    """Alert rate and recall per (arm, model_version): the share of scored transactions sent to
+    review, against the budget its threshold was sized for, and the share of the labelled frauds
+    among them.
+
+    `scored`: transaction_id, arm, model_version, score, decision (the decision made, for live
+    rows; null for batch scores, which are decided here by the version's threshold, as the service
+    decides). `thresholds`: version -> (decision threshold, alert budget), for the versions that
+    have one. `labels`: transaction_id, is_fraud. Every scored row counts towards the alert rate,
+    labelled or not; the recall counts the labelled ones.
+    """
+    known = pl.DataFrame(
+        [(v, t, b) for v, (t, b) in thresholds.items()],
+        schema={
+            "model_version": pl.String(),
+            "decision_threshold": pl.Float64(),
+            "alert_budget": pl.Float64(),
+        },
+        orient="row",
+    )
+    decided = scored.join(known, on="model_version", how="left")
+    threshold = decided["decision_threshold"].fill_null(np.nan).to_numpy()
+    sent = evaluation.sent_to_review(decided[SCORE].to_numpy(), threshold)
+    by_threshold = np.where(np.isnan(threshold), None, np.where(sent, evaluation.REVIEW, evaluation.APPROVE))
+    decided = decided.with_columns(
+        pl.coalesce(pl.col("decision"), pl.Series(by_threshold.tolist(), dtype=pl.String())).alias("decision")
+    )
+    joined = decided.join(labels, on="transaction_id", how="left")
+    review = pl.col("decision") == evaluation.REVIEW
+    fraud = pl.col("is_fraud") == 1
+    return (
+        joined.group_by("arm", "model_version")
+        .agg(
+            pl.len().alias("rows"),
+            pl.col("decision").is_not_null().sum().alias("decided"),
+            review.sum().alias("alerts"),
+            pl.col("alert_budget").first(),
+            pl.col("decision_threshold").first(),
+            fraud.sum().alias("labelled_frauds"),
+            (review & fraud).sum().alias("_caught"),
+        )
+        .with_columns(
+            (pl.col("alerts") / pl.col("decided")).alias("alert_rate"),
+            (pl.col("_caught") / pl.col("labelled_frauds")).alias("recall"),
+        )
+        .with_columns(pl.col("alert_rate", "recall").fill_nan(None))
+        .select(list(ARM_ALERTS_SCHEMA))
+        .cast(ARM_ALERTS_SCHEMA)
+        .sort("arm", "model_version")
+    )

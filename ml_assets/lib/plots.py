@@ -17,7 +17,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ml_assets.lib.evaluation import calibration_bins, pr_curve, roc_curve, score_metrics
+from ml_assets.lib.evaluation import (
+    budget_metrics,
+    calibration_bins,
+    pr_curve,
+    review_curve,
+    roc_curve,
+    score_metrics,
+)
 
 WIDTH, HEIGHT, DPI = 5.0, 3.5, 90
 FONT_SIZE = 8
@@ -154,3 +161,36 @@ def drift_png(psi_by_feature: dict[str, float], threshold: float) -> bytes:
         ax.legend(loc="lower right")
 
     return _png(draw, height=_bar_height(len(ranked)))
+
+
+def alert_budget_png(y: np.ndarray, curves: dict[str, np.ndarray], budget: float) -> bytes:
+    """Recall against the share of transactions sent to review, one line per model, the alert budget
+    dashed; each model's recall at the budget (its own threshold) in the legend. The x axis shows up
+    to 10 budgets: what a larger review team would buy."""
+
+    def draw(ax):
+        for name, p in curves.items():
+            rate, recall = review_curve(y, p)
+            at = budget_metrics(y, p, budget)["recall_at_alert_budget"] if len(rate) else math.nan
+            ax.plot(rate, recall, linewidth=1.5, label=f"{name} (recall {_fmt(at)} at the budget)")
+        ax.axvline(budget, linestyle="--", color="black", linewidth=1, label=f"alert budget {budget:.2%}")
+        ax.set(xlim=(0, 10 * budget), ylim=(0, 1.01), xlabel="share of transactions sent to review",
+               ylabel="recall", title="Recall by alert budget")  # fmt: skip
+        ax.legend(loc="lower right")
+
+    return _png(draw)
+
+
+def alert_rates_png(rates: dict[str, float], budgets: dict[str, float]) -> bytes:
+    """Live alert rate per arm (horizontal bars), each with the budget its threshold was sized for
+    (a black tick). NaN (no decisions) draws no bar."""
+    names = list(rates)
+
+    def draw(ax):
+        ax.barh(names, [rates[n] for n in names], color="tab:blue")
+        ax.scatter([budgets[n] for n in names], names, marker="|", s=300, color="black", label="alert budget")
+        ax.set(xlabel="share of transactions sent to review", title="Live alert rate by arm")
+        if names:
+            ax.legend(loc="lower right")
+
+    return _png(draw, height=_bar_height(len(names)))

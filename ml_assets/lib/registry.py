@@ -24,6 +24,11 @@ TAG_PARAMS = "lightgbm_params"
 TAG_BEST_ITERATION = "best_iteration"
 TAG_VERDICT = "validation_verdict"  # pending, passed, failed
 TAG_VERDICT_REASONS = "validation_reasons"
+# The score at or above which a transaction goes to review (ml_assets.lib.evaluation), fitted by the
+# validation report on the version's holdout to meet the alert budget, and that budget (a share).
+# The service, the registered pyfunc and monitoring read them.
+TAG_DECISION_THRESHOLD = "decision_threshold"
+TAG_ALERT_BUDGET = "decision_alert_budget"
 # Tags of a retraining run that the retraining sensor asked for (as of the newest monitored day, and
 # why), copied onto the version it registers: the record of that request that outlives the Dagster
 # instance, and the sensor's cooldown counts from it.

@@ -12,7 +12,7 @@ import polars as pl
 from ml_assets.lib import evaluation, plots
 
 SLICES = ["channel", "country", "merchant_category", "amount_band"]
-PLOTS = ["roc", "pr", "calibration", "scores_challenger", "feature_importance"]
+PLOTS = ["roc", "pr", "calibration", "alert_budget", "scores_challenger", "feature_importance"]
 
 
 def build_report(
@@ -22,15 +22,25 @@ def build_report(
     p_champion: np.ndarray | None,
     feature_names: list[str],
     feature_gains: list[float],
+    alert_budget: float,
     n_boot: int = 200,
     seed: int = 0,
 ) -> dict:
-    challenger = evaluation.score_metrics(y, p_challenger)
-    champion = evaluation.score_metrics(y, p_champion) if p_champion is not None else None
+    """The report of both models on the holdout. Each model's metrics include its decision
+    threshold for `alert_budget` fitted on these rows, the share it sends to review and its recall
+    there (evaluation.budget_metrics): the tag the version carries, and what the recall gate reads."""
+
+    def metrics(p: np.ndarray) -> dict[str, float]:
+        return evaluation.score_metrics(y, p) | evaluation.budget_metrics(y, p, alert_budget)
+
+    challenger = metrics(p_challenger)
+    champion = metrics(p_champion) if p_champion is not None else None
     differences = (
         {
-            m: evaluation.bootstrap_difference(y, p_challenger, p_champion, m, n_boot, seed)
-            for m in ("roc_auc", "pr_auc")
+            m: evaluation.bootstrap_difference(
+                y, p_challenger, p_champion, m, n_boot, seed, alert_budget=alert_budget
+            )
+            for m in ("roc_auc", "pr_auc", evaluation.RECALL_AT_BUDGET)
         }
         if p_champion is not None
         else None
@@ -49,6 +59,7 @@ def build_report(
         "roc": plots.roc_curve_png(y, curves),
         "pr": plots.pr_curve_png(y, curves),
         "calibration": plots.calibration_png(y, curves),
+        "alert_budget": plots.alert_budget_png(y, curves, alert_budget),
         "scores_challenger": plots.score_distribution_png(y, p_challenger, "challenger scores by class"),
         "feature_importance": plots.feature_importance_png(feature_names, feature_gains),
     }
@@ -59,6 +70,7 @@ def build_report(
     if p_champion is not None:
         parts |= {"metrics:champion": bool(champion), "bootstrap": bool(differences)}
     return {
+        "alert_budget": alert_budget,
         "challenger": challenger,
         "champion": champion,
         "differences": differences,

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 class Prediction(BaseModel):
     transaction_id: str
     score: float
+    # score >= the version's decision_threshold tag; null while the version has no threshold.
+    decision: Literal["review", "approve"] | None
     model_version: str
     alias: str
     arm: str

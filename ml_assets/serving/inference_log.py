@@ -35,6 +35,9 @@ SCHEMA: dict[str, pl.DataType] = {
     "model_name": pl.String(),
     "model_version": pl.String(),
     "score": pl.Float64(),
+    # review or approve, by the arm's version's own threshold; null where it had none, and in rows
+    # drained before decisions were logged (the column joined the table by schema merge).
+    "decision": pl.String(),
     "returned": pl.Boolean(),  # False for a shadow score: logged, never returned to the caller
     # Merchant risk came from an earlier day's table (the day's was not written yet).
     "stale_risk": pl.Boolean(),
@@ -54,17 +57,19 @@ def rows_of(decisions: Iterable) -> pl.DataFrame:
     n = 0
     for d in decisions:
         x = d.extra
-        arms = [(d.arm, x.get("alias"), d.model_version, d.score, True)] + [
-            (s["arm"], s["alias"], s["model_version"], s["score"], False) for s in x.get("shadow", ())
+        arms = [(d.arm, x.get("alias"), d.model_version, d.score, x.get("decision"), True)] + [
+            (s["arm"], s["alias"], s["model_version"], s["score"], s.get("decision"), False)
+            for s in x.get("shadow", ())
         ]
-        for arm, alias, version, score, returned in arms:
+        for arm, alias, version, score, decision, returned in arms:
             for name, value in (
                 ("request_id", d.request_id), ("transaction_id", d.transaction_id),
                 ("card_id", x.get("card_id")), ("merchant_id", x.get("merchant_id")),
                 ("event_time", x.get("event_time")), ("scored_at", d.scored_at),
                 ("strategy", x.get("strategy")), ("arm", arm), ("alias", alias),
                 ("model_name", x.get("model_name")), ("model_version", version), ("score", score),
-                ("returned", returned), ("stale_risk", bool(x.get("stale_risk", False))),
+                ("decision", decision), ("returned", returned),
+                ("stale_risk", bool(x.get("stale_risk", False))),
             ):  # fmt: skip
                 columns[name].append(value)
             for name, value in d.features.items():

@@ -6,7 +6,8 @@ request to the service carries. Each row is judged by the contract as ingestion 
 judge it; the valid ones get dbt's features computed online exactly as the service computes them
 (ml_assets.serving.features: each card's history and the merchants' label counts come from the
 lake's bronze tables), and the LightGBM booster logged beside it scores them. A row that breaks the
-contract gets no score and its reasons; the others are scored.
+contract gets no score and its reasons; the others are scored, and decided: `review` when the
+score is at or above the version's decision threshold, `approve` below (see `registered_threshold`).
 
 Where the history comes from, in this order:
 
@@ -39,6 +40,7 @@ import numpy as np
 import polars as pl
 
 from ml_assets.lib.contract import TRANSACTIONS
+from ml_assets.lib.evaluation import decisions
 from ml_assets.serving.features import (
     FeatureParams,
     Past,
@@ -62,7 +64,8 @@ EXAMPLE = {
 
 def signature():
     """Landing-contract columns as text in (device_id may be absent); per row out: its
-    transaction_id, its score (NaN if rejected) and the contract's reasons (empty if scored)."""
+    transaction_id, its score (NaN if rejected), the contract's reasons (empty if scored) and its
+    decision (review or approve; null if rejected, or when the version has no threshold)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
@@ -70,7 +73,12 @@ def signature():
         [ColSpec("string", name, required=col.required) for name, col in TRANSACTIONS.columns.items()]
     )
     outputs = Schema(
-        [ColSpec("string", "transaction_id"), ColSpec("double", "score"), ColSpec("string", "problems")]
+        [
+            ColSpec("string", "transaction_id"),
+            ColSpec("double", "score"),
+            ColSpec("string", "problems"),
+            ColSpec("string", "decision", required=False),
+        ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -80,13 +88,53 @@ def model_config(lake_uri: str | None) -> dict:
     (None when logged) the online store and the version its decisions are recorded under. MLflow
     lets a load override only keys logged here, so both are logged empty: a store's URL may carry
     credentials, and it is the serving platform's to give at load (`model_config=` or
-    MLFLOW_PYFUNC_INFERENCE_CONFIG)."""
+    MLFLOW_PYFUNC_INFERENCE_CONFIG). `decision_threshold` too: the validation report fits it after
+    the model is logged, so a load finds it in the registry (`registered_threshold`), or is given it."""
     return {
         "lake_uri": lake_uri,
         "feature_params": asdict(FeatureParams.from_dbt_project()),
         "online_store": None,
         "model_version": None,
+        "decision_threshold": None,
     }
+
+
+def registered_threshold(model_dir: str) -> tuple[float | None, str]:
+    """(the decision threshold of the registered version this model is, how it was found).
+
+    The model's artifacts are immutable, and the threshold is fitted after they are logged, so it
+    lives in the registry: the `decision_threshold` tag of the versions registered from this logged
+    model (its MLmodel's model_id). Asked only when a tracking URI is set (a `models:/` load sets
+    one; nothing falls back to creating a default store), with a failure reported, not raised:
+    without a threshold the model still scores, and its decisions are null.
+    """
+    from mlflow import MlflowClient
+    from mlflow.models import Model
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
+    from ml_assets.lib.registry import TAG_DECISION_THRESHOLD
+
+    model_id = Model.load(model_dir).model_id
+    if not model_id or not is_tracking_uri_set():
+        return None, "no registry to ask (no tracking URI set) and no decision_threshold given at load"
+    try:
+        found = MlflowClient().search_model_versions(f"source_path = 'models:/{model_id}'")
+    except Exception as e:  # the store's exceptions vary by backend
+        return None, f"the registry could not be asked: {type(e).__name__}: {e}"
+    values = {mv.tags[TAG_DECISION_THRESHOLD] for mv in found if TAG_DECISION_THRESHOLD in (mv.tags or {})}
+    versions = ", ".join(f"{mv.name} v{mv.version}" for mv in found) or "none"
+    if len(values) != 1:
+        return (
+            None,
+            f"{len(values)} distinct {TAG_DECISION_THRESHOLD} tags on this model's versions ({versions})",
+        )
+    try:
+        threshold = float(values.pop())
+    except ValueError:
+        return None, f"{TAG_DECISION_THRESHOLD} of {versions} is not a number"
+    if not math.isfinite(threshold):
+        return None, f"{TAG_DECISION_THRESHOLD} of {versions} is not finite"
+    return threshold, f"the {TAG_DECISION_THRESHOLD} tag of {versions}"
 
 
 def _items(frame) -> list[dict]:
@@ -157,10 +205,12 @@ def score_landing_rows(
     storage_options: dict | None = None,
     store=None,
     model_version: str = "unregistered",
+    threshold: float | None = None,
 ):
     """Score landing-contract rows (a pandas frame); rows that break the contract get NaN and their
-    reasons. Returns a pandas frame: transaction_id, score, problems. `store`: an open online
-    store to read history from and record decisions in (None: bronze, nothing recorded)."""
+    reasons. Returns a pandas frame: transaction_id, score, problems, decision (by `threshold`,
+    None without one). `store`: an open online store to read history from and record decisions in
+    (None: bronze, nothing recorded; a retried transaction then gets its recorded decision)."""
     import pandas as pd
 
     rows, problems = raw_rows(_items(frame))
@@ -170,28 +220,33 @@ def score_landing_rows(
         reasons.setdefault(p["row"], []).append(p["reason"])
     valid = [i for i in range(len(rows)) if i not in reasons]
     scores = np.full(len(rows), np.nan)
+    decided: list[str | None] = [None] * len(rows)
     if valid:
         txs = transactions_of(typed[valid])
         if store is None:
             windows, risk = bronze_windows(txs, params, lake_uri, storage_options)
             scores[valid] = booster.predict(matrix_of(batch_features(txs, windows, risk, params)))
+            made = decisions(scores[valid], threshold)
         else:
-            scores[valid] = _score_through_store(store, txs, booster, params, model_version)
+            scores[valid], made = _score_through_store(store, txs, booster, params, model_version, threshold)
+        for i, decision in zip(valid, made, strict=True):
+            decided[i] = decision
     return pd.DataFrame(
         {
             "transaction_id": [row[0] for row in rows],
             "score": scores,
             "problems": ["; ".join(reasons.get(i, [])) for i in range(len(rows))],
+            "decision": decided,
         }
     )
 
 
 def _score_through_store(
-    store, txs: list[Tx], booster, params: FeatureParams, model_version: str
-) -> list[float]:
+    store, txs: list[Tx], booster, params: FeatureParams, model_version: str, threshold: float | None
+) -> tuple[list[float], list[str | None]]:
     """As the service does (ml_assets.serving.service): begin, features from the windows and the
-    store's merchant risk, score, record before returning; retried transactions get their
-    recorded scores."""
+    store's merchant risk, score and decide, record before returning; retried transactions get
+    their recorded scores and decisions."""
     from ml_assets.serving.online_store import Decision
 
     begun = store.begin(txs)
@@ -201,6 +256,7 @@ def _score_through_store(
         risk = {day: store.merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
         features = batch_features(new, begun.windows, lambda day: risk[day].table, params)
         scores = booster.predict(matrix_of(features))
+        made = decisions(scores, threshold)
         request_id, at = uuid.uuid4().hex, int(datetime.now(UTC).timestamp() * 1_000_000)
         standing = store.record(
             [
@@ -220,9 +276,11 @@ def _score_through_store(
                         "strategy": "pyfunc",
                         "model_name": "",
                         "stale_risk": risk[event_day(tx.ts)].stale_risk,
+                        "decision": decision,
                     },
                 )  # fmt: skip
-                for tx, score, values in zip(new, scores, features, strict=True)
+                for tx, score, values, decision in zip(new, scores, features, made, strict=True)
             ]
         )
-    return [(begun.recorded.get(tx.transaction_id) or standing[tx.transaction_id]).score for tx in txs]
+    decided = [begun.recorded.get(tx.transaction_id) or standing[tx.transaction_id] for tx in txs]
+    return [d.score for d in decided], [d.extra.get("decision") for d in decided]

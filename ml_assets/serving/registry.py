@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ml_assets.lib.registry import TAG_DECISION_THRESHOLD
 from ml_assets.lib.serving_config import CHAMPION, SPLIT_KEYS, ArmSpec, ServingConfig
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,9 @@ class Arm:
     version: str
     booster: Any  # lightgbm.Booster
     share: float  # of the transactions it scores, after arms with a missing alias are dropped
+    # The version's own decision threshold (its tag): score >= it is sent to review. None while the
+    # version has none (its decisions are then null, and the deployment says so in `problems`).
+    threshold: float | None = None
 
     @property
     def role(self) -> str:
@@ -41,6 +46,7 @@ class Arm:
             "version": self.version,
             "traffic_share": round(self.share, 6),
             "role": self.role,
+            "decision_threshold": self.threshold,
         }
 
 
@@ -57,7 +63,7 @@ class Deployment:
     @property
     def key(self) -> tuple:
         """What makes two deployments the same: config and which version each arm serves."""
-        return (self.config, tuple((a.spec, a.version, a.share) for a in self.arms))
+        return (self.config, tuple((a.spec, a.version, a.share, a.threshold) for a in self.arms))
 
     @property
     def serving_arms(self) -> list[Arm]:
@@ -120,6 +126,25 @@ class Registry:
             log.info("loaded %s version %s", self.model_name, version)
         return self._loaded[version]
 
+    def _threshold(self, version: str, problems: list[str]) -> float | None:
+        """The version's decision threshold tag, read on every poll: the validation report may set
+        it after the version was loaded (a champion from before thresholds). A missing or unreadable
+        one is a problem to report, never a reason to stop serving the scores."""
+        text = (self.client.get_model_version(self.model_name, version).tags or {}).get(
+            TAG_DECISION_THRESHOLD
+        )
+        try:
+            value = float(text) if text is not None else None
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value):
+            problems.append(
+                f"version {version} has no valid {TAG_DECISION_THRESHOLD!r} tag ({text!r}): its "
+                "decisions are null until its validation report sets one"
+            )
+            return None
+        return value
+
     def resolve(self, current: Deployment | None = None) -> Deployment | None:
         """The deployment the registry asks for now (None if there is no champion). Versions
         already loaded are reused; others are loaded before this returns."""
@@ -135,10 +160,13 @@ class Registry:
                 problems.append(f"alias {s.alias!r} is not set: arm {s.name!r} is not deployed")
         # A missing arm's share goes to the champion.
         returned_share = sum(s.share for s in present[1:] if s.returned)
-        arms = []
+        arms, thresholds = [], {}
         for i, s in enumerate(present):
             share = 1 - returned_share if i == 0 else s.share
-            arms.append(Arm(s, aliases[s.alias], self._booster(aliases[s.alias]), share))
+            version = aliases[s.alias]
+            if version not in thresholds:
+                thresholds[version] = self._threshold(version, problems)
+            arms.append(Arm(s, version, self._booster(version), share, thresholds[version]))
         deployment = Deployment(self.model_name, config, tuple(arms), tuple(problems))
         if current is not None and deployment.key == current.key:
             return current

@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime
 
 import numpy as np
 
+from ml_assets.lib.evaluation import decisions
 from ml_assets.serving.features import FeatureParams, Tx, batch_features, event_day, matrix_of
 from ml_assets.serving.online_store import (
     Decision,
@@ -136,6 +137,8 @@ class Service:
                 {
                     "transaction_id": d.transaction_id,
                     "score": d.score,
+                    # A decision recorded before decisions were (an older service's) has none.
+                    "decision": d.extra.get("decision"),
                     "model_version": d.model_version,
                     "alias": d.extra.get("alias", ""),
                     "arm": d.arm,
@@ -158,17 +161,20 @@ class Service:
         split = deployment.split_key
         route = deployment.route([getattr(tx, split) for tx in txs] if split else [""] * n)
         scores = np.empty(n)
+        decided: list[str | None] = [None] * n  # review / approve, by each arm's own threshold
         serving = deployment.serving_arms
         for k, arm in enumerate(serving):
             rows = np.flatnonzero(route == k)
             if rows.size:
                 scores[rows] = arm.booster.predict(x[rows], num_threads=self.settings.num_threads)
+                for row, decision in zip(rows, decisions(scores[rows], arm.threshold), strict=True):
+                    decided[row] = decision
         # The store keeps one decision per transaction: a shadow arm's scores ride in the decision
         # (`extra["shadow"]`), and the inference log's drain makes them rows of their own.
-        shadows = [
-            (arm, arm.booster.predict(x, num_threads=self.settings.num_threads).tolist())
-            for arm in deployment.shadow_arms
-        ]
+        shadows = []
+        for arm in deployment.shadow_arms:
+            p = arm.booster.predict(x, num_threads=self.settings.num_threads)
+            shadows.append((arm, p.tolist(), decisions(p, arm.threshold)))
         scored_at = int(datetime.now(UTC).timestamp() * 1_000_000)
         common = {"strategy": deployment.config.strategy.value, "model_name": deployment.model_name}
         out = []
@@ -181,9 +187,16 @@ class Service:
                 "merchant_id": tx.merchant_id,
                 "event_time": tx.ts,
                 "stale_risk": stale,
+                "decision": decided[i],
                 "shadow": [
-                    {"arm": a.spec.name, "alias": a.spec.alias, "model_version": a.version, "score": s[i]}
-                    for a, s in shadows
+                    {
+                        "arm": a.spec.name,
+                        "alias": a.spec.alias,
+                        "model_version": a.version,
+                        "score": s[i],
+                        "decision": shadow_decided[i],
+                    }
+                    for a, s, shadow_decided in shadows
                 ],
             }
             out.append(

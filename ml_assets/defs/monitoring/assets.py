@@ -12,7 +12,14 @@ from ml_assets.defs.policies import daily_partitions, one_run_per_range, storage
 from ml_assets.defs.resources import LakeResource, MlflowResource, MonitoringResource, WarehouseResource
 from ml_assets.lib import registry, tables
 from ml_assets.lib.features import FEATURE_COLUMNS
-from ml_assets.lib.monitoring import ARM_PERFORMANCE_SCHEMA, SCORE, arm_performance, drift, feature_drift
+from ml_assets.lib.monitoring import (
+    ARM_PERFORMANCE_SCHEMA,
+    SCORE,
+    arm_alerts,
+    arm_performance,
+    drift,
+    feature_drift,
+)
 from ml_assets.lib.training import labels_as_of, matrix
 
 PREDICTION_SCHEMA = {
@@ -205,27 +212,52 @@ def drift_report(
 
 def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:
     """Scores of the window: batch predictions (arm "batch:<alias>") and, when the service has
-    logged traffic, what it served (arm "live:<arm>")."""
+    logged traffic, what it served (arm "live:<arm>"), with the decision it made (null in batch
+    rows, and in log rows from before decisions were logged)."""
     batch = (
         lake.scan(tables.BATCH_PREDICTIONS)
         .filter(pl.col("event_date").is_in(days))
-        .select("transaction_id", (pl.lit("batch:") + pl.col("alias")).alias("arm"), "model_version", SCORE)
+        .select(
+            "transaction_id",
+            (pl.lit("batch:") + pl.col("alias")).alias("arm"),
+            "model_version",
+            SCORE,
+            pl.lit(None, dtype=pl.String()).alias("decision"),
+        )  # fmt: skip
         .collect()
     )
     if not lake.exists(tables.INFERENCE_LOG):
         return batch
+    log = lake.scan(tables.INFERENCE_LOG)
+    logged = "decision" in log.collect_schema().names()
     served = (
-        lake.scan(tables.INFERENCE_LOG)
-        .filter(pl.col("scored_date").is_in(days))
+        log.filter(pl.col("scored_date").is_in(days))
         .select(
             "transaction_id",
             (pl.lit("live:") + pl.col("arm")).alias("arm"),
             pl.col("model_version").cast(pl.String),
             SCORE,
+            pl.col("decision") if logged else pl.lit(None, dtype=pl.String()).alias("decision"),
         )  # fmt: skip
         .collect()
     )
     return pl.concat([batch, served])
+
+
+def _thresholds(mlflow: MlflowResource, versions: list[str]) -> dict[str, tuple[float, float]]:
+    """Version -> (decision threshold, alert budget) from the registry's tags, for the versions
+    that have both (a version from before thresholds has none: its batch rows stay undecided)."""
+    client, out = mlflow.client(), {}
+    for version in versions:
+        tags = client.get_model_version(mlflow.registered_model_name, version).tags
+        try:
+            out[version] = (
+                float(tags[registry.TAG_DECISION_THRESHOLD]),
+                float(tags[registry.TAG_ALERT_BUDGET]),
+            )
+        except (KeyError, ValueError):
+            continue
+    return out
 
 
 @dg.asset(
@@ -233,16 +265,24 @@ def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:
     backfill_policy=one_run_per_range,
     # inference_log: what the service served (live arms), drained from the online store.
     deps=["batch_predictions", "raw_labels", "inference_log"],
-    kinds={"delta"},
+    kinds={"delta", "matplotlib"},
     retry_policy=storage_retry,
     owners=["team:ml-platform"],
 )
 def live_performance(
-    context: dg.AssetExecutionContext, lake: LakeResource, monitoring: MonitoringResource
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+    monitoring: MonitoringResource,
 ) -> dg.MaterializeResult:
     """How the deployed models actually did: ROC-AUC, PR-AUC and recall at 1% FPR per arm, over
     the last `window_days` of scored transactions whose labels had matured by the day, into
-    `monitoring/live_performance`. Labels arrive days late, so the newest days count later."""
+    `monitoring/live_performance`. Labels arrive days late, so the newest days count later.
+    Beside them, per arm, in each day's metadata: the alert rate (the share of the window's scored
+    transactions sent to review, by each version's own decision threshold, or as the service
+    decided) against the alert budget that threshold was sized for, and the recall there."""
+    from ml_assets.lib.plots import alert_rates_png
+
     days = _days(context)
     labels = (
         lake.scan(tables.BRONZE["labels"])
@@ -252,16 +292,33 @@ def live_performance(
     rows = []
     for day in days:
         window = [day - timedelta(days=i) for i in range(monitoring.window_days)]
-        perf = arm_performance(
-            _scored(lake, window), labels_as_of(labels, day).select("transaction_id", "is_fraud")
-        )
+        scored, known = _scored(lake, window), labels_as_of(labels, day).select("transaction_id", "is_fraud")
+        perf = arm_performance(scored, known)
         rows.append(perf.with_columns(pl.lit(day).alias("as_of_date")))
         champion = perf.filter(pl.col("arm") == f"batch:{registry.CHAMPION}")
+        versions = sorted(set(scored["model_version"].drop_nulls()))
+        alerts = arm_alerts(scored, known, _thresholds(mlflow, versions))
+        decided = alerts.filter(pl.col("decided") > 0)
+        names = [f"{r['arm']} v{r['model_version']}" for r in decided.iter_rows(named=True)]
         context.add_asset_metadata(
             {
                 "champion_roc_auc": float(champion["roc_auc"][0]) if champion.height else float("nan"),
                 "champion_labelled_positives": int(champion["positives"][0]) if champion.height else 0,
                 "by_arm": dg.MetadataValue.md(frame_markdown(perf)),
+                "alerts_by_arm": dg.MetadataValue.md(frame_markdown(alerts)),
+                # The same, to read back: "<arm> v<version>" -> alert_rate, alert_budget, recall, ...
+                "alert_rates": dg.MetadataValue.json(
+                    {n: r for n, r in zip(names, decided.to_dicts(), strict=True)}
+                ),
+                "alert_rate_plot": dg.MetadataValue.md(
+                    png_markdown(
+                        alert_rates_png(
+                            dict(zip(names, decided["alert_rate"], strict=True)),
+                            dict(zip(names, decided["alert_budget"], strict=True)),
+                        ),
+                        "live alert rate by arm",
+                    )
+                ),
             },
             partition_key=day.isoformat(),
         )

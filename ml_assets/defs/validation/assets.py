@@ -22,11 +22,13 @@ from ml_assets.lib.training import matrix
 
 REPORT_KEY = "model_validation_report"
 METRICS = ["roc_auc", "pr_auc", "recall_at_1pct_fpr", "log_loss", "brier", "ece"]
+# Each model at the alert budget, at its own threshold fitted on the holdout (evaluation.budget_metrics).
+BUDGET_METRICS = ["alert_threshold", "alert_rate", "recall_at_alert_budget"]
 
 
 def _metrics_table(report: dict) -> str:
     rows = []
-    for m in METRICS:
+    for m in METRICS + BUDGET_METRICS:
         ch = report["challenger"][m]
         cp = report["champion"][m] if report["champion"] else None
         rows.append((m, ch, cp if cp is not None else "-", ch - cp if cp is not None else "-"))
@@ -38,6 +40,27 @@ def _differences_table(report: dict) -> str:
         return "No champion yet: the first model is judged on absolute floors only."
     rows = [(m, d["estimate"], d["low"], d["high"], d["n_boot"]) for m, d in report["differences"].items()]
     return markdown_table(["challenger - champion", "estimate", "95% low", "95% high", "bootstrap"], rows)
+
+
+def _set_thresholds(client, name: str, report: dict, challenger: str, champion: str | None) -> dict:
+    """The decision threshold each version serves with (registry.TAG_DECISION_THRESHOLD), beside the
+    budget it was sized for. The challenger's is always the one fitted now; the champion keeps the
+    threshold it has been serving with, and gets the one fitted on this holdout only if it has none
+    (a version from before thresholds). Returns version -> (threshold, whether set now)."""
+    budget = repr(float(report["alert_budget"]))
+    out = {}
+    for version, role in ((challenger, "challenger"), (champion, "champion")):
+        if version is None:
+            continue
+        fitted = repr(float(report[role]["alert_threshold"]))
+        tags = client.get_model_version(name, version).tags
+        if role == "champion" and registry.TAG_DECISION_THRESHOLD in tags:
+            out[version] = (tags[registry.TAG_DECISION_THRESHOLD], False)
+            continue
+        client.set_model_version_tag(name, version, registry.TAG_DECISION_THRESHOLD, fitted)
+        client.set_model_version_tag(name, version, registry.TAG_ALERT_BUDGET, budget)
+        out[version] = (fitted, True)
+    return out
 
 
 def _challenger(context: dg.AssetExecutionContext, client, name: str) -> str:
@@ -76,10 +99,12 @@ def model_validation_report(
 ) -> dg.MaterializeResult:
     """Evaluates the version this run's fraud_model registered (the challenger) and
     `fraud_detector@champion` on the challenger's holdout rows:
-    ROC-AUC, PR-AUC, recall at 1% FPR, log loss, Brier, calibration error, a bootstrap interval
-    for the difference, metrics by slice (worst regression first) and plots. Each quality gate is
-    a blocking check; the verdict and its reasons are written as tags on the challenger version,
-    and the whole report as one HTML page on its MLflow run.
+    ROC-AUC, PR-AUC, recall at 1% FPR, log loss, Brier, calibration error, each model's decision
+    threshold for the alert budget and its recall there, a bootstrap interval for the differences,
+    metrics by slice (worst regression first) and plots. Each quality gate is a blocking check; the
+    verdict and its reasons are written as tags on the challenger version, with its decision
+    threshold (the champion's too when it has none), and the whole report as one HTML page on its
+    MLflow run.
     """
     from ml_assets.lib.report import build_report
     from ml_assets.lib.report_html import render_report
@@ -97,9 +122,14 @@ def model_validation_report(
     p_challenger = boosters[challenger].predict(x)
     p_champion = boosters[champion].predict(x) if champion is not None else None
     gains = boosters[challenger].feature_importance(importance_type="gain").tolist()
-    report = build_report(holdout, y, p_challenger, p_champion, FEATURE_COLUMNS, gains)
+    report = build_report(
+        holdout, y, p_challenger, p_champion, FEATURE_COLUMNS, gains, quality_gates.alert_budget
+    )
     verdicts = gates.evaluate(report, quality_gates)
     verdict, reasons = gates.summary(verdicts)
+    # Whatever the verdict: the threshold is what this holdout says of the version, and the report
+    # shows it either way (a failed version is never promoted, so never serves with it).
+    thresholds = _set_thresholds(client, name, report, challenger, champion)
     client.set_model_version_tag(name, challenger, registry.TAG_VERDICT, verdict)
     client.set_model_version_tag(name, challenger, registry.TAG_VERDICT_REASONS, reasons)
     client.set_model_version_tag(name, challenger, "validation_report_run", context.run.run_id)
@@ -109,6 +139,8 @@ def model_validation_report(
         ("Verdict", f"{verdict.upper()}: {reasons}"),
         ("Models", f"challenger v{challenger} vs champion {('v' + champion) if champion else 'none'}, "
                    f"{y.size:,} holdout rows ({int(y.sum())} frauds), training snapshot v{snapshot}"),
+        ("Decision thresholds", f"alert budget {quality_gates.alert_budget:.2%} of transactions; "
+                                + ", ".join(f"v{v} serves with {t}" for v, (t, _) in thresholds.items())),
     ]  # fmt: skip
     html = render_report(
         f"{name} v{challenger}: validation report",
@@ -122,7 +154,7 @@ def model_validation_report(
                         "challenger": report["challenger"][m],
                         "champion": report["champion"][m] if report["champion"] else None,
                     }  # fmt: skip
-                    for m in METRICS
+                    for m in METRICS + BUDGET_METRICS
                 ]
             ),
             "slices (worst regression first)": slices,
@@ -153,6 +185,22 @@ def model_validation_report(
             "holdout_frauds": int(y.sum()),
             "challenger_roc_auc": float(report["challenger"]["roc_auc"]),
             "challenger_pr_auc": float(report["challenger"]["pr_auc"]),
+            "alert_budget": quality_gates.alert_budget,
+            # The figure a fraud team plans with: what each model sends to review and catches there.
+            "at_alert_budget": dg.MetadataValue.json(
+                {
+                    f"v{v}": {
+                        "role": role,
+                        "holdout_threshold": report[role]["alert_threshold"],
+                        "holdout_alert_rate": report[role]["alert_rate"],
+                        "holdout_recall": report[role]["recall_at_alert_budget"],
+                        "serving_threshold": thresholds[v][0],
+                        "threshold_tag_set_now": thresholds[v][1],
+                    }
+                    for v, role in ((challenger, "challenger"), (champion, "champion"))
+                    if v is not None
+                }
+            ),
             "metrics": dg.MetadataValue.md(_metrics_table(report)),
             "difference_ci": dg.MetadataValue.md(_differences_table(report)),
             "worst_slices": dg.MetadataValue.md(frame_markdown(slices, 15)),
