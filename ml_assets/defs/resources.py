@@ -388,7 +388,9 @@ class MonitoringResource(dg.ConfigurableResource):
         "scores (validation and holdout) exceeds this.",
     )
     canary_alert_threshold: float = Field(
-        default=0.5, description="A score at or above this is an alert (the alert rate guard)."
+        default=0.5,
+        description="A score at or above this is an alert (the alert rate guard), for a canary "
+        "without a decision_threshold tag; with one, its own threshold.",
     )
     canary_max_alert_rate_gap: float = Field(
         default=0.05,
@@ -396,13 +398,14 @@ class MonitoringResource(dg.ConfigurableResource):
         "more (absolute).",
     )
 
-    def rollout_guards(self):
+    def rollout_guards(self, alert_threshold: float | None = None):
+        """The step guards; `alert_threshold`: the canary's own decision threshold, when it has one."""
         from ml_assets.lib.rollout import Guards
 
         return Guards(
             self.canary_step_min_scores,
             self.canary_max_score_psi,
-            self.canary_alert_threshold,
+            self.canary_alert_threshold if alert_threshold is None else alert_threshold,
             self.canary_max_alert_rate_gap,
         )
 

@@ -11,7 +11,8 @@ traffic against the scores the same version gave its own validation and holdout 
 (what the validation report passed it on):
 
 - **score distribution**: PSI of the live scores against the offline ones;
-- **alert rate**: the share of scores at or above the alert threshold, live against offline.
+- **alert rate**: the share of scores at or above the version's decision threshold (its
+  `decision_threshold` tag; the guards' default without one), live against offline.
 
 Not against the champion's: a canary that learned a drift the champion misses scores differently
 from it, by design (in test_closed_loop's drift, the retrained canary alerts on 7.6% of a day's
@@ -133,7 +134,11 @@ def judge(canary: np.ndarray, offline: np.ndarray, champion: np.ndarray, guards:
     # scores (a tree ensemble's scores are piecewise constant), so unrounded, a difference of
     # 1e-17 would move every score across an edge.
     canary, offline, champion = (np.round(s, SCORE_DECIMALS) for s in (canary, offline, champion))
-    out: dict = {"canary_scores": int(canary.size), "offline_scores": int(offline.size)}
+    out: dict = {
+        "canary_scores": int(canary.size),
+        "offline_scores": int(offline.size),
+        "alert_threshold": guards.alert_threshold,
+    }
     if champion.size:
         out["vs_champion"] = {
             "champion_scores": int(champion.size),

@@ -155,13 +155,18 @@ def candidate_verdict(
     return "promote_candidate", f"{summary}: holds up"
 
 
-def offline_scores(lake: LakeResource, mlflow: MlflowResource, version: str) -> np.ndarray:
-    """The scores `version` gave its own training snapshot's validation and holdout rows (empty
-    when it records no snapshot): what its rollout steps hold its live scores to."""
+def offline_scores(
+    lake: LakeResource, mlflow: MlflowResource, version: str
+) -> tuple[np.ndarray, float | None]:
+    """(the scores `version` gave its own training snapshot's validation and holdout rows, empty
+    when it records no snapshot; its decision threshold, None when it has none): what its rollout
+    steps hold its live scores to, and where an alert begins for it."""
     tags = mlflow.client().get_model_version(mlflow.registered_model_name, version).tags
+    threshold = tags.get(registry.TAG_DECISION_THRESHOLD)
+    threshold = float(threshold) if threshold else None
     if registry.TAG_TRAINING_SET_VERSION not in tags:
-        return np.array([])
-    return version_reference(lake, mlflow, version)[SCORE].to_numpy()
+        return np.array([]), threshold
+    return version_reference(lake, mlflow, version)[SCORE].to_numpy(), threshold
 
 
 def candidate_decision(
@@ -173,15 +178,16 @@ def candidate_decision(
     state: rollout.RolloutState | None,
     verdict: tuple[str, str] | None,
     offline: np.ndarray,
+    threshold: float | None = None,
 ) -> tuple[str | None, str, dict]:
     """(action or None to wait, why, evidence) for a deployed candidate.
 
     `verdict` is the labelled outcomes' (`candidate_verdict`), `offline` the version's own offline
-    scores (`offline_scores`). A canary with a rollout is held at each step until the step's
-    proxies pass on the step's own traffic (ml_assets.lib.rollout), then
-    ramped to the next; a failing guard at any step, proxy or labelled, aborts it; the last step
-    promotes it once labelled outcomes hold up too. A shadow (or a canary without a rollout) is
-    judged on labelled outcomes alone.
+    scores and `threshold` its decision threshold (`offline_scores`; None: the guards' default). A
+    canary with a rollout is held at each step until the step's proxies pass on the step's own
+    traffic (ml_assets.lib.rollout), then ramped to the next; a failing guard at any step, proxy
+    or labelled, aborts it; the last step promotes it once labelled outcomes hold up too. A shadow
+    (or a canary without a rollout) is judged on labelled outcomes alone.
     """
     labelled = verdict[1] if verdict else "not enough labelled outcomes yet"
     if state is None:
@@ -189,7 +195,7 @@ def candidate_decision(
             return None, f"{alias} v{version}: {labelled}", {"labelled": labelled}
         return verdict[0], verdict[1], {"labelled": labelled}
     source, canary, live_champion = rollout.step_scores(lake, state, version, champion)
-    judged = rollout.judge(canary, offline, live_champion, monitoring.rollout_guards())
+    judged = rollout.judge(canary, offline, live_champion, monitoring.rollout_guards(threshold))
     evidence = {"step": state.step, "share": state.share, "steps": list(state.steps), "source": source}
     evidence |= judged | {"labelled": labelled}
     where = f"{alias} v{version} at {state.describe()}"
@@ -246,9 +252,9 @@ def canary_sensor(
         if alias == registry.CANARY
         else None
     )
-    offline = offline_scores(lake, mlflow, version) if state is not None else np.array([])
+    offline, threshold = offline_scores(lake, mlflow, version) if state is not None else (np.array([]), None)
     action, reason, evidence = candidate_decision(
-        lake, monitoring, alias, version, champion, state, verdict, offline
+        lake, monitoring, alias, version, champion, state, verdict, offline, threshold
     )
     if action is None:
         return dg.SensorResult(skip_reason=f"{reason} (labels as of {day})")
