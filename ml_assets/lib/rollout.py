@@ -15,9 +15,9 @@ traffic against the scores the same version gave its own validation and holdout 
   `decision_threshold` tag; the guards' default without one), live against offline.
 
 Not against the champion's: a canary that learned a drift the champion misses scores differently
-from it, by design (in test_closed_loop's drift, the retrained canary alerts on 7.6% of a day's
-transactions where the old champion alerts on none, score PSI 5.1 between them). Those figures
-are in the evidence all the same, beside the guards.
+from it, by design (in test_closed_loop's drift, the retrained canary scored 7.6% of a day's
+transactions at or above 0.5 where the old champion scored none, score PSI 5.1 between them).
+Those figures are in the evidence all the same, beside the guards.
 
 Live scores come from the inference log (what the service served, arm `canary`, scored since the
 step began; the champion's, arm `champion`, of the same time). A deployment with no live traffic
