@@ -31,6 +31,7 @@ help:
 	@echo "make mlflow-ui                       the MLflow UI on http://127.0.0.1:5000"
 	@echo "make retrain VERSION=3               retrain a model version from its pinned snapshot"
 	@echo "make rollback REASON='why'           champion back to previous_champion"
+	@echo "make rollback VERSION=2 REASON='why' champion back to v2, an earlier champion (the promotion ledger)"
 	@echo "make kserve                          render deploy/kserve/fraud-detector.yaml (KServe) from the registry's aliases"
 	@echo "make stack / stack-status / stack-down  the production topology on this box (PostgreSQL, S3, MLflow, Redis, Dagster, 2 replicas)"
 	@echo "make run STACK=1                     any target, against the running stack (its stack.env)"
@@ -140,7 +141,7 @@ retrain: setup
 	$(PY) -m ml_assets.retrain $(VERSION)
 
 rollback: setup
-	$(PY) -m ml_assets.rollback --reason "$(or $(REASON),manual rollback from the command line)"
+	$(PY) -m ml_assets.rollback --reason "$(or $(REASON),manual rollback from the command line)" $(if $(VERSION),--version $(VERSION))
 
 # The registry (MLFLOW_TRACKING_URI) decides what serves; this writes it as a KServe InferenceService.
 kserve: setup

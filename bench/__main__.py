@@ -14,6 +14,7 @@ BENCHES = {
     "serving_auth": "bench.serving_auth",
     "online_store": "bench.online_store",
     "make_run": "bench.make_run",
+    "rollback": "bench.rollback",
     "scale": "bench.scale",
 }
 # Run only when named: the pipeline at 1M, 5M and 20M transactions takes about an hour here.

@@ -12,7 +12,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+
+log = logging.getLogger("ml_assets.retrain")
+
+
+class Refusal(Exception):
+    """An expected refusal (no such version, nothing pinned to retrain from): one line, exit 1."""
+
+
+def _pinned(client, model_name: str, version: str):
+    """The version's registry entry, or a Refusal saying why it can't be retrained."""
+    from mlflow.exceptions import MlflowException
+
+    from ml_assets.lib import registry
+
+    try:
+        mv = client.get_model_version(model_name, version)
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code) or "not found" in str(e).lower():
+            raise Refusal(f"{model_name} has no version {version!r}") from None
+        raise
+    needed = (registry.TAG_TRAINING_SET_VERSION, registry.TAG_PARAMS, registry.TAG_BEST_ITERATION)
+    missing = [t for t in needed if t not in mv.tags]
+    if missing:
+        raise Refusal(
+            f"{model_name} v{version} does not record {', '.join(missing)}: nothing pinned to retrain from"
+        )
+    return mv
 
 
 def retrain(version: str, model_name: str) -> dict:
@@ -29,7 +57,8 @@ def retrain(version: str, model_name: str) -> dict:
 
     uri = paths.mlflow_tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    mv = client.get_model_version(model_name, version)
+    mv = _pinned(client, model_name, version)
+    log.info("retraining %s v%s from its pinned snapshot", model_name, version)
     tags = mv.tags
     snapshot = int(tags[registry.TAG_TRAINING_SET_VERSION])
     params = json.loads(tags[registry.TAG_PARAMS])
@@ -66,10 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     from ml_assets.lib.settings import value
 
     ap = argparse.ArgumentParser(prog="python -m ml_assets.retrain", description=__doc__.split("\n\n")[0])
-    ap.add_argument("version", help="registered model version number")
+    ap.add_argument("version", nargs="?", help="registered model version number")
     ap.add_argument("--model-name", default=value("ML_ASSETS_MODEL_NAME"))
     args = ap.parse_args(argv)
-    result = retrain(args.version, args.model_name)
+    from ml_assets.lib.cli import configure_logging
+
+    configure_logging()
+    if not args.version:
+        print("not retrained: name a version (make retrain VERSION=N)")
+        return 1
+    try:
+        result = retrain(args.version.removeprefix("v"), args.model_name)
+    except Refusal as refusal:
+        print(f"not retrained: {refusal}")
+        return 1
     for key, figure in result.items():
         print(f"{key:<28} {figure}")
     same = (

@@ -34,7 +34,9 @@ def main() -> int:
     from ml_assets.defs.policies import daily_partitions
     from ml_assets.defs.resources import build_resources
     from ml_assets.lib import paths
+    from ml_assets.lib.cli import configure_logging
 
+    configure_logging()
     started = time.perf_counter()
     definitions = defs()
     instance = dg.DagsterInstance.get()

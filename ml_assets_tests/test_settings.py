@@ -95,6 +95,7 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
         "ML_ASSETS_START_DATE": "2025-06-01",
         "ML_ASSETS_SERVING_STRATEGY": "shadow",
         "ML_ASSETS_DBT_VARS": '{"card_velocity_windows": {"1h": 1, "5m_x": 2}}',
+        "ML_ASSETS_CANARY_STEPS": "0.1,0.6,1.0",
     }.get(
         name,
         str(tmp_path / "x")
@@ -141,13 +142,17 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
 
         field = next(f for f, var in ENV.items() if var == name)
         assert getattr(ServingSettings.from_env(), field) == type(getattr(ServingSettings, field))(given)
-    elif name in ("ML_ASSETS_MODEL_NAME", "ML_ASSETS_SERVING_STRATEGY", "ML_ASSETS_ALERT_WEBHOOK"):
+    elif name in (
+        "ML_ASSETS_MODEL_NAME", "ML_ASSETS_SERVING_STRATEGY", "ML_ASSETS_CANARY_STEPS",
+        "ML_ASSETS_ALERT_WEBHOOK",
+    ):  # fmt: skip
         from ml_assets.defs.resources import build_resources
 
         resources = build_resources()
         got = {
             "ML_ASSETS_MODEL_NAME": lambda: resources["mlflow"].registered_model_name,
             "ML_ASSETS_SERVING_STRATEGY": lambda: resources["serving"].strategy,
+            "ML_ASSETS_CANARY_STEPS": lambda: ",".join(repr(s) for s in resources["serving"].steps()),
             "ML_ASSETS_ALERT_WEBHOOK": lambda: resources["alerts"].webhook_url.get_value(),
         }[name]()
         assert got == given

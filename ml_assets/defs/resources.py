@@ -5,6 +5,7 @@ by default, object storage and servers when the environment says so (see deploy/
 """
 
 import sys
+from collections.abc import Collection
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -384,6 +385,37 @@ class MonitoringResource(dg.ConfigurableResource):
     canary_max_pr_auc_drop: float = Field(
         default=0.05, description="Candidate is rolled back if its live PR-AUC trails the champion's by more."
     )
+    # The canary's step guards (ml_assets.lib.rollout): proxies judged on each step's own traffic.
+    canary_step_min_scores: int = Field(
+        default=200,
+        description="Canary scores (and champion scores) a rollout step needs before it is judged.",
+    )
+    canary_max_score_psi: float = Field(
+        default=0.25,
+        description="A step fails when the PSI of the canary's live scores against its own offline "
+        "scores (validation and holdout) exceeds this.",
+    )
+    canary_alert_threshold: float = Field(
+        default=0.5,
+        description="A score at or above this is an alert (the alert rate guard), for a canary "
+        "without a decision_threshold tag; with one, its own threshold.",
+    )
+    canary_max_alert_rate_gap: float = Field(
+        default=0.05,
+        description="A step fails when the canary's live alert rate differs from its offline one by "
+        "more (absolute).",
+    )
+
+    def rollout_guards(self, alert_threshold: float | None = None):
+        """The step guards; `alert_threshold`: the canary's own decision threshold, when it has one."""
+        from ml_assets.lib.rollout import Guards
+
+        return Guards(
+            self.canary_step_min_scores,
+            self.canary_max_score_psi,
+            self.canary_alert_threshold if alert_threshold is None else alert_threshold,
+            self.canary_max_alert_rate_gap,
+        )
 
 
 class ServingResource(dg.ConfigurableResource):
@@ -395,13 +427,23 @@ class ServingResource(dg.ConfigurableResource):
         description="single, blue_green, canary, shadow or ab. Under canary and shadow a validated "
         "version first serves beside the champion and is promoted only if it holds up live.",
     )
-    canary_share: float = Field(default=0.1, description="Share of transactions the canary scores.")
+    canary_steps: str = Field(
+        default=SETTINGS["ML_ASSETS_CANARY_STEPS"].default,
+        description="A canary's rollout: the shares of transactions it scores, step by step "
+        "(comma-separated, increasing, the last usually 1.0). Each step holds until its guards pass; "
+        "the last then promotes it.",
+    )
     ab_share: float = Field(default=0.5, description="Share of cards on arm B (the challenger) under ab.")
+
+    def steps(self) -> tuple[float, ...]:
+        from ml_assets.lib.rollout import parse_steps
+
+        return parse_steps(self.canary_steps)
 
     def config(self):
         from ml_assets.lib.serving_config import ServingConfig, Strategy
 
-        return ServingConfig(Strategy(self.strategy), self.canary_share, self.ab_share)
+        return ServingConfig(Strategy(self.strategy), self.steps()[0], self.ab_share)
 
 
 class AlertsResource(dg.ConfigurableResource):
@@ -446,12 +488,14 @@ def _dbt_resource(**config) -> dg.ConfigurableResource:
     return DbtResource(**config)
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:
-    """Every resource, configured from the environment (read now, when the location loads)."""
+def build_resources(keys: Collection[str] | None = None) -> dict[str, dg.ConfigurableResource]:
+    """Every resource (or those named in `keys`), configured from the environment (read now, when
+    the location loads). dbt's is built only when asked for: building it imports dagster-dbt
+    (~1.5 CPU-s), which `make rollback` does not use."""
     from ml_assets.lib.dbt_project import DBT_PROJECT_DIR
 
     store = value("ML_ASSETS_ONLINE_STORE")
-    return {
+    built = {
         "lake": LakeResource.from_env(),
         "landing": LandingResource(root=str(paths.landing_dir())),
         "warehouse": WarehouseResource(path=paths.warehouse_uri()),
@@ -467,21 +511,25 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "quality_gates": QualityGatesResource(),
         "monitoring": MonitoringResource(),
-        "serving": ServingResource(strategy=value("ML_ASSETS_SERVING_STRATEGY")),
+        "serving": ServingResource(
+            strategy=value("ML_ASSETS_SERVING_STRATEGY"), canary_steps=value("ML_ASSETS_CANARY_STEPS")
+        ),
         # A secret: the resource holds the variable's name, resolved only when a run uses it, so the
         # UI's resource config never shows the URL.
         "alerts": AlertsResource(
             webhook_url=dg.EnvVar("ML_ASSETS_ALERT_WEBHOOK") if value("ML_ASSETS_ALERT_WEBHOOK") else None
         ),
-        "dbt": _dbt_resource(
+    }
+    if keys is None or "dbt" in keys:
+        built["dbt"] = _dbt_resource(
             project_dir=str(DBT_PROJECT_DIR),
             profiles_dir=str(DBT_PROJECT_DIR),
             # The environment's own dbt, whether or not the venv is on PATH.
             dbt_executable=str(Path(sys.executable).parent / "dbt"),
             # An output of dbt_project/profiles.yml: `local` DuckDB, or `prod` (deploy/).
             target=paths.dbt_target(),
-        ),
-    }
+        )
+    return {k: v for k, v in built.items() if keys is None or k in keys}
 
 
 @dg.definitions

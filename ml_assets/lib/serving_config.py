@@ -19,6 +19,21 @@ from ml_assets.lib.registry import MODEL_NAME as DEFAULT_MODEL_NAME  # noqa: F40
 STRATEGY_TAG = "serving.strategy"
 CANARY_SHARE_TAG = "serving.canary_share"  # 0..1: share of transactions scored by the canary
 AB_SHARE_TAG = "serving.ab_share"  # 0..1: share of cards on arm B (the challenger)
+# A canary's gradual rollout (ml_assets.lib.rollout): the steps it was started with, the step it
+# is at, and when that step began (UTC, ISO-8601) and the newest batch-scored day then. The
+# canary sensor reads them; the service reads only the share.
+CANARY_STEPS_TAG = "serving.canary_steps"  # e.g. "0.05,0.25,0.5,1.0"
+CANARY_STEP_TAG = "serving.canary_step"  # 1-based index into the steps
+CANARY_STEP_STARTED_TAG = "serving.canary_step_started_at"
+CANARY_STEP_AS_OF_TAG = "serving.canary_step_as_of"
+CANARY_STARTED_TAG = "serving.canary_started_at"  # the rollout's first step
+ROLLOUT_TAGS = (
+    CANARY_STEPS_TAG,
+    CANARY_STEP_TAG,
+    CANARY_STEP_STARTED_TAG,
+    CANARY_STEP_AS_OF_TAG,
+    CANARY_STARTED_TAG,
+)
 
 DEFAULT_CANARY_SHARE = 0.1
 DEFAULT_AB_SHARE = 0.5
@@ -85,12 +100,17 @@ class ServingConfig:
         return cls(strategy, canary, ab), problems
 
     def to_tags(self) -> dict[str, str]:
-        """The tags that select this config (for the promotion jobs to set)."""
+        """The tags that select this config."""
         return {
             STRATEGY_TAG: self.strategy.value,
             CANARY_SHARE_TAG: repr(self.canary_share),
             AB_SHARE_TAG: repr(self.ab_share),
         }
+
+    def strategy_tags(self) -> dict[str, str]:
+        """What the promotion job sets on every deployment change. Not the canary share: a
+        rollout's steps set it (ml_assets.lib.rollout), and a deployment event must not reset it."""
+        return {k: v for k, v in self.to_tags().items() if k != CANARY_SHARE_TAG}
 
     def arms(self) -> list[ArmSpec]:
         """The arms this strategy deploys. The first is always the champion's."""

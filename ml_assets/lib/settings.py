@@ -76,9 +76,17 @@ SETTINGS: dict[str, Setting] = {
             "How a validated version reaches traffic: single, blue_green, canary, shadow or ab.",
         ),
         Setting(
+            "ML_ASSETS_CANARY_STEPS",
+            "0.05,0.25,0.5,1.0",
+            "A canary's traffic shares, step by step: each holds until its guards pass, then the last "
+            "promotes it.",
+        ),
+        Setting(
             "ML_ASSETS_ALERT_WEBHOOK", None, "Webhook that failed runs are posted to (JSON).", secret=True
         ),
-        Setting("ML_ASSETS_SERVING_POLL_SECONDS", "5.0", "How often the service reads the registry."),
+        # One read of the aliases and tags costs milliseconds; the interval is how long a rollback
+        # waits to be served (bench/rollback.py measures both).
+        Setting("ML_ASSETS_SERVING_POLL_SECONDS", "1.0", "How often the service reads the registry."),
         Setting("ML_ASSETS_SERVING_THREADS", "1", "LightGBM threads per prediction call."),
         Setting("ML_ASSETS_SERVING_MAX_BODY_BYTES", "1000000", "Larger request bodies get 413."),
         Setting("ML_ASSETS_SERVING_MAX_BATCH", "1000", "More transactions in one request get 413."),

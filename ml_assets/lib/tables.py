@@ -12,5 +12,8 @@ BATCH_PREDICTIONS = "predictions/batch_predictions"
 # consumer cursor per store beside it.
 INFERENCE_LOG = "serving/inference_log"
 INFERENCE_LOG_CURSOR = "serving/inference_log_cursor"
+# Every change of what serves (ml_assets.lib.ledger), appended by `deployed_model`: the promotion
+# history that outlives the Dagster instance (`make rollback VERSION=N` checks it).
+PROMOTION_LEDGER = "serving/promotion_ledger"
 DRIFT = "monitoring/drift"
 LIVE_PERFORMANCE = "monitoring/live_performance"

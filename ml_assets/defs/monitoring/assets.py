@@ -121,11 +121,12 @@ def batch_predictions(
     )
 
 
-def _champion_reference(lake: LakeResource, mlflow: MlflowResource, version: str) -> pl.DataFrame:
-    """What drift is measured against: the most recent days of the champion's training snapshot
-    (its validation and holdout windows), the champion's own features and its scores. Not the train
-    window: its first days precede a full lookback, so their history features are still warming up.
-    """
+def version_reference(lake: LakeResource, mlflow: MlflowResource, version: str) -> pl.DataFrame:
+    """What a version's live traffic is measured against: the most recent days of its training
+    snapshot (its validation and holdout windows), the version's own features and its scores. Drift
+    is the champion's; a canary's rollout steps use the canary's (ml_assets.lib.rollout). Not the
+    train window: its first days precede a full lookback, so their history features are still
+    warming up."""
     tags = mlflow.client().get_model_version(mlflow.registered_model_name, version).tags
     snapshot = int(tags[registry.TAG_TRAINING_SET_VERSION])
     recent = (
@@ -163,7 +164,7 @@ def drift_report(
     champion = registry.alias_version(mlflow.client(), mlflow.registered_model_name, registry.CHAMPION)
     if champion is None:
         raise dg.Failure("no champion yet: nothing to measure drift against", allow_retries=False)
-    reference = _champion_reference(lake, mlflow, champion)
+    reference = version_reference(lake, mlflow, champion)
     with warehouse.connect() as con:
         computed = set(warehouse_features(con))
     shared = [c for c in reference.columns if c in computed]

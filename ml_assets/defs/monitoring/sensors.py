@@ -9,15 +9,19 @@ version exists); a canary decision's runs carry the decision (defs/decisions.py)
 or done is not asked for twice, and one that failed is asked for again, a bounded number of times.
 """
 
+import json
 from datetime import date, timedelta
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from ml_assets.defs.decisions import DECIDED_BY_TAG, first_request, follow_up, last_run
+from ml_assets.defs.monitoring.assets import version_reference
 from ml_assets.defs.resources import AlertsResource, LakeResource, MlflowResource, MonitoringResource
 from ml_assets.defs.serving_state.checks import parity_hold
-from ml_assets.lib import registry, tables
+from ml_assets.lib import registry, rollout, tables
+from ml_assets.lib.monitoring import SCORE
 
 CHAMPION_ARM = f"batch:{registry.CHAMPION}"
 RETRAINING_SENSOR, CANARY_SENSOR = "retraining_sensor", "canary_sensor"
@@ -151,14 +155,76 @@ def candidate_verdict(
     return "promote_candidate", f"{summary}: holds up"
 
 
+def offline_scores(
+    lake: LakeResource, mlflow: MlflowResource, version: str
+) -> tuple[np.ndarray, float | None]:
+    """(the scores `version` gave its own training snapshot's validation and holdout rows, empty
+    when it records no snapshot; its decision threshold, None when it has none): what its rollout
+    steps hold its live scores to, and where an alert begins for it."""
+    tags = mlflow.client().get_model_version(mlflow.registered_model_name, version).tags
+    threshold = tags.get(registry.TAG_DECISION_THRESHOLD)
+    threshold = float(threshold) if threshold else None
+    if registry.TAG_TRAINING_SET_VERSION not in tags:
+        return np.array([]), threshold
+    return version_reference(lake, mlflow, version)[SCORE].to_numpy(), threshold
+
+
+def candidate_decision(
+    lake: LakeResource,
+    monitoring: MonitoringResource,
+    alias: str,
+    version: str,
+    champion: str,
+    state: rollout.RolloutState | None,
+    verdict: tuple[str, str] | None,
+    offline: np.ndarray,
+    threshold: float | None = None,
+) -> tuple[str | None, str, dict]:
+    """(action or None to wait, why, evidence) for a deployed candidate.
+
+    `verdict` is the labelled outcomes' (`candidate_verdict`), `offline` the version's own offline
+    scores and `threshold` its decision threshold (`offline_scores`; None: the guards' default). A
+    canary with a rollout is held at each step until the step's proxies pass on the step's own
+    traffic (ml_assets.lib.rollout), then ramped to the next; a failing guard at any step, proxy
+    or labelled, aborts it; the last step promotes it once labelled outcomes hold up too. A shadow
+    (or a canary without a rollout) is judged on labelled outcomes alone.
+    """
+    labelled = verdict[1] if verdict else "not enough labelled outcomes yet"
+    if state is None:
+        if verdict is None:
+            return None, f"{alias} v{version}: {labelled}", {"labelled": labelled}
+        return verdict[0], verdict[1], {"labelled": labelled}
+    source, canary, live_champion = rollout.step_scores(lake, state, version, champion)
+    judged = rollout.judge(canary, offline, live_champion, monitoring.rollout_guards(threshold))
+    evidence = {"step": state.step, "share": state.share, "steps": list(state.steps), "source": source}
+    evidence |= judged | {"labelled": labelled}
+    where = f"{alias} v{version} at {state.describe()}"
+    proxies = "; ".join(judged["why"])
+    if verdict and verdict[0] == "abort_candidate":
+        return "abort_candidate", f"{where}: labelled outcomes: {verdict[1]}", evidence
+    found = rollout.status(judged)
+    if found == rollout.FAILED:
+        return "abort_candidate", f"{where}: a guard failed on {source}: {proxies}", evidence
+    if found == rollout.WAITING:
+        return None, f"{where}: holding: {proxies} (from {source})", evidence
+    if not state.last:
+        nxt = state.steps[state.step]
+        return "ramp_candidate", f"{where}: guards passed ({proxies}); ramping to {nxt:.0%}", evidence
+    if verdict is None:
+        return None, f"{where}: guards passed ({proxies}); waiting for labelled outcomes", evidence
+    return "promote_candidate", f"{where}: guards passed ({proxies}); {verdict[1]}", evidence
+
+
 @dg.sensor(
     name=CANARY_SENSOR,
     job_name="promotion_job",
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Promotes a canary or shadow candidate once it has enough labelled outcomes and "
-    "holds up against the champion; rolls it back automatically if it does not. Asks again when "
-    "that run fails (at most 3 runs, then alerts). Holds while the serving parity check fails.",
+    description="Ramps a canary through its rollout's steps while each step's guards pass (its live "
+    "score distribution and alert rate against its own offline ones), and promotes it (or a shadow) "
+    "once it has enough labelled outcomes and holds up; rolls it back automatically when a guard "
+    "fails. Asks again when that run fails (at most 3 runs, then alerts). Holds while the serving "
+    "parity check fails.",
 )
 def canary_sensor(
     context: dg.SensorEvaluationContext,
@@ -180,12 +246,20 @@ def canary_sensor(
     day, perf = _latest(lake, tables.LIVE_PERFORMANCE, "as_of_date")
     champion = registry.alias_version(client, name, registry.CHAMPION)
     verdict = candidate_verdict(perf, alias, version, champion, monitoring) if perf.height else None
-    if verdict is None:
-        return dg.SensorResult(
-            skip_reason=f"{alias} v{version}: not enough labelled outcomes yet (as of {day})"
-        )
-    action, reason = verdict
-    decision = f"{action}-{name}-v{version}"
+    # Where the rollout is: the registry's tags (the service reads the share beside them).
+    state = (
+        rollout.state_from_tags(client.get_registered_model(name).tags or {})
+        if alias == registry.CANARY
+        else None
+    )
+    offline, threshold = offline_scores(lake, mlflow, version) if state is not None else (np.array([]), None)
+    action, reason, evidence = candidate_decision(
+        lake, monitoring, alias, version, champion, state, verdict, offline, threshold
+    )
+    if action is None:
+        return dg.SensorResult(skip_reason=f"{reason} (labels as of {day})")
+    step = state.step + 1 if action == "ramp_candidate" else None
+    decision = f"{action}-{name}-v{version}" + (f"-step-{step}" if step else "")
     followed = follow_up(context.instance, decision, alerts, context.log)
     if followed is not None:  # asked for on an earlier tick
         context.log.info(followed.note)
@@ -193,7 +267,9 @@ def canary_sensor(
             return dg.SensorResult(skip_reason=followed.note)
         return dg.SensorResult(run_requests=[followed.request])
     context.log.info(f"{action}: {reason}")
-    config = {"action": action, "reason": reason, "actor": CANARY_SENSOR}
+    config = {"action": action, "reason": reason, "actor": CANARY_SENSOR, "evidence": json.dumps(evidence)}
+    if step:
+        config["step"] = step
     request = first_request(
         decision, CANARY_SENSOR, {"ops": {"deployed_model": {"config": config}}}, {"model_version": version}
     )
