@@ -30,11 +30,13 @@ import polars as pl
 import pytest
 
 from ml_assets.lib import ledger, paths, registry, tables
-from ml_assets.lib.features import FEATURE_COLUMNS
+from ml_assets.lib.features import feature_columns
 from ml_assets.lib.serving_config import CANARY_STEP_TAG
 from ml_assets_tests.conftest import load_defs, new_root, root_environ, run_job, scoped_environ, tx
 from ml_assets_tests.daemon_support import SensorDaemon, execute_queued_run
 from ml_assets_tests.serving_support import Server, drain
+
+FEATURE_COLUMNS = feature_columns()
 
 NAME = "fraud_detector"
 STEADY, JUMPY = 5000.0, 200.0  # the amounts from which each model alerts
