@@ -291,6 +291,7 @@ def test_removing_a_feature_a_deployed_version_needs_is_refused_before_the_build
     assert "refusing to build the features" in message
     assert f"champion (v{v2}) needs card_tx_count_1h" in message
     assert f"previous_champion (v{v1}) needs card_tx_count_1h" in message
+    assert "challenger (v" not in message  # v3, which its gates blocked, is never promoted
     monkeypatch.delenv(SPEC)  # the committed spec: no 6h window, which v2 takes
     refused = _run(world, "features_job", partition=LAST_DAY)
     assert not refused.success and f"champion (v{v2}) needs card_tx_count_6h" in _failure(refused)

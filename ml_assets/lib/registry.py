@@ -85,10 +85,12 @@ def model_columns(tags: dict[str, str], booster) -> list[str]:
     return columns
 
 
-def version_columns(client, name: str, version: str, tracking_uri: str | None = None) -> list[str]:
+def version_columns(
+    client, name: str, version: str, tracking_uri: str | None = None, tags: dict | None = None
+) -> list[str]:
     """A version's own feature list from the registry: its `feature_columns` tag (a version from
     before the tag: its booster's feature names, which needs `tracking_uri` to load it)."""
-    tags = client.get_model_version(name, version).tags
+    tags = client.get_model_version(name, version).tags if tags is None else tags
     if TAG_FEATURE_COLUMNS in tags:
         return tags[TAG_FEATURE_COLUMNS].split(",")
     from ml_assets.lib import tracking
@@ -98,12 +100,16 @@ def version_columns(client, name: str, version: str, tracking_uri: str | None = 
 
 def deployed_columns(client, name: str, tracking_uri: str) -> dict[str, tuple[str, list[str]]]:
     """alias -> (version, its feature list) for every alias set: what must stay computable, the
-    rollback target (previous_champion) included."""
+    rollback target (previous_champion) included. A version its validation failed is left out: it
+    is never promoted (a challenger the gates blocked)."""
     out = {}
     for alias in ALIASES:
         version = alias_version(client, name, alias)
-        if version is not None:
-            out[alias] = (version, version_columns(client, name, version, tracking_uri))
+        if version is None:
+            continue
+        tags = client.get_model_version(name, version).tags
+        if tags.get(TAG_VERDICT) != "failed":
+            out[alias] = (version, version_columns(client, name, version, tracking_uri, tags))
     return out
 
 
