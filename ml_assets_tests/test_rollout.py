@@ -87,7 +87,10 @@ def world(tmp_path_factory):
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         logged = {}
         for kind, alert_from in (("steady", STEADY), ("jumpy", JUMPY)):
-            with mlflow.start_run() as run:
+            # This store's own Default experiment: MLflow's active one is process-wide, and an
+            # earlier test's may belong to another store.
+            default = client.get_experiment_by_name("Default").experiment_id
+            with mlflow.start_run(experiment_id=default) as run:
                 logged[kind] = (tracking.log_model(_booster(alert_from), lake_uri=None), run.info.run_id)
         for kind in ("steady", "steady", "jumpy", "steady"):
             model_uri, run_id = logged[kind]

@@ -34,12 +34,20 @@ SAMPLE_ROWS = 200  # the most recent holdout transactions
 # the same trees then give the same score to well below this.
 TOLERANCE = 1e-9
 
+# Imports first, then waits for its job on stdin (one JSON line): MLflow's import, most of a fresh
+# process's cost, overlaps with the gate's and the report's own work.
 _PYFUNC = """
+import json
 import sys
+
 import mlflow
+import mlflow.pyfunc
 import pandas as pd
 
-uri, model, lake, source, target = sys.argv[1:]
+line = sys.stdin.readline()
+if not line.strip():
+    sys.exit(0)
+uri, model, lake, source, target = json.loads(line)
 mlflow.set_tracking_uri(uri)
 mlflow.set_registry_uri(uri)
 scorer = mlflow.pyfunc.load_model(model, model_config={"lake_uri": lake})
@@ -66,26 +74,34 @@ def landing_rows(bronze: pl.DataFrame) -> pl.DataFrame:
 
 
 class _Pyfunc:
-    """The registered pyfunc scoring `rows` in a fresh process, started now and read by `scores`:
-    it loads while the report is being built."""
+    """The registered pyfunc in a fresh process: started (importing MLflow) when the gate begins,
+    given the version and its rows by `send`, read by `scores`."""
 
-    def __init__(self, tracking_uri: str, name: str, version: str, lake_uri: str, rows: pl.DataFrame):
+    def __init__(self):
         from ml_assets.lib.settings import environment_without_settings, value
 
         # Without the online store's setting: the pyfunc would score through it and record
         # decisions. The lake's options are the one setting it needs.
-        env = environment_without_settings() | {"MLFLOW_TRACKING_URI": tracking_uri}
+        env = environment_without_settings()
         if options := value("ML_ASSETS_LAKE_STORAGE_OPTIONS"):
             env["ML_ASSETS_LAKE_STORAGE_OPTIONS"] = options
         self.tmp = tempfile.TemporaryDirectory()
-        source, self.target = Path(self.tmp.name) / "rows.parquet", Path(self.tmp.name) / "scores.parquet"
-        rows.to_pandas().to_parquet(source)
+        self.target = Path(self.tmp.name) / "scores.parquet"
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _PYFUNC, tracking_uri, f"models:/{name}/{version}", lake_uri,
-             str(source), str(self.target)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+            [sys.executable, "-c", _PYFUNC], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
+
+    def send(self, tracking_uri: str, name: str, version: str, lake_uri: str, rows: pl.DataFrame) -> None:
+        source = Path(self.tmp.name) / "rows.parquet"
+        rows.to_pandas().to_parquet(source)
+        job = [tracking_uri, f"models:/{name}/{version}", lake_uri, str(source), str(self.target)]
+        try:
+            self.process.stdin.write(json.dumps(job) + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:  # it died on its imports: `scores` says why
+            pass
 
     def scores(self) -> dict:
         """transaction_id -> score; RuntimeError if the process failed or rejected a row."""
@@ -100,9 +116,9 @@ class _Pyfunc:
         return dict(scored.select("transaction_id", "score").iter_rows())
 
     def close(self) -> None:
-        if self.process.poll() is None:  # the report failed before reading it
+        if self.process.poll() is None:  # not judged: the gate failed first, or the report did
             self.process.kill()
-            self.process.communicate()
+        self.process.communicate()
         self.tmp.cleanup()
 
 
@@ -114,7 +130,6 @@ class _Pending:
     rows: pl.DataFrame  # the sample's bronze transactions, in event order
     expected_ids: list[str]  # the sample, in the holdout's order
     first: int  # the sample's first row in the holdout
-    pyfunc: _Pyfunc
     meta: dict
 
 
@@ -130,14 +145,14 @@ class Check:
     def __init__(self, tracking_uri: str, name: str, version: str, lake_uri: str, bronze: pl.LazyFrame,
                  holdout: pl.DataFrame):  # fmt: skip
         self.lake_uri = lake_uri
+        self.pyfunc = _Pyfunc()  # first: its imports run while the rest of the gate and the report do
         self.outcome = self._begin(tracking_uri, name, version, lake_uri, bronze, holdout)
 
     def __enter__(self) -> Check:
         return self
 
     def __exit__(self, *exc) -> None:
-        if isinstance(self.outcome, _Pending):
-            self.outcome.pyfunc.close()
+        self.pyfunc.close()
 
     def _begin(self, tracking_uri, name, version, lake_uri, bronze, holdout) -> _Pending | Servable:
         from mlflow import MlflowClient
@@ -178,10 +193,8 @@ class Check:
             .sort("event_time", "transaction_id")
             .collect()
         )
-        pyfunc = _Pyfunc(tracking_uri, name, version, lake_uri, landing_rows(rows))
-        return _Pending(
-            booster, columns, params, rows, sample["transaction_id"].to_list(), first, pyfunc, meta
-        )
+        self.pyfunc.send(tracking_uri, name, version, lake_uri, landing_rows(rows))
+        return _Pending(booster, columns, params, rows, sample["transaction_id"].to_list(), first, meta)
 
     def judge(self, report_scores: np.ndarray) -> Servable:
         """The verdict, given the report's scores of the holdout rows."""
@@ -197,7 +210,7 @@ class Check:
         online = p.booster.predict(matrix_of(batch_features(txs, windows, risk, p.params), p.columns))
         service = dict(zip(p.rows["transaction_id"], online, strict=True))
         try:
-            pyfunc = p.pyfunc.scores()
+            pyfunc = self.pyfunc.scores()
         except RuntimeError as e:
             return Servable(False, str(e), p.meta)
         report = report_scores[p.first :]
@@ -207,7 +220,7 @@ class Check:
             )
             for path, got in (("service", service), ("pyfunc", pyfunc))
         }
-        meta = p.meta | {"sample_rows": len(p.expected_ids), "pyfunc_seconds": p.pyfunc.seconds}
+        meta = p.meta | {"sample_rows": len(p.expected_ids), "pyfunc_seconds": self.pyfunc.seconds}
         meta |= {f"max_difference_{path}": d for path, d in differences.items()}
         off = [
             f"{path} scores differ from the report's by up to {d:.3g}"

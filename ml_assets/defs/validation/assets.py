@@ -145,22 +145,23 @@ def model_validation_report(
     snapshot = int(version.tags[registry.TAG_TRAINING_SET_VERSION])
     holdout = lake.scan(tables.TRAINING_SET, version=snapshot).filter(pl.col("split") == "holdout").collect()
     y = holdout[LABEL].to_numpy()
-    # Each model scores its own columns of the same rows: a champion trained before a feature was
-    # added never sees it.
-    models = {v: mlflow.load_model(v) for v in {challenger, champion} if v is not None}
-    if champion is not None and (lacking := [c for c in models[champion][1] if c not in holdout.columns]):
-        raise dg.Failure(
-            f"champion v{champion} needs {lacking}, which the challenger's snapshot v{snapshot} lacks: "
-            "a feature the champion needs was removed (the features build should have refused it)",
-            allow_retries=False,
-        )
-    p = {v: booster.predict(matrix(holdout, columns)) for v, (booster, columns) in models.items()}
-    p_challenger, p_champion = p[challenger], p.get(champion)
-    booster, columns = models[challenger]
-    gains = booster.feature_importance(importance_type="gain").tolist()
-    # The servable gate's fresh pyfunc process loads while the report is built.
+    # The servable gate begins first: its fresh pyfunc process loads while the report is built.
     bronze = lake.scan(tables.BRONZE["transactions"])
     with ServableCheck(mlflow.tracking_uri, name, challenger, lake.root, bronze, holdout) as gate:
+        # Each model scores its own columns of the same rows: a champion trained before a feature
+        # was added never sees it.
+        models = {v: mlflow.load_model(v) for v in {challenger, champion} if v is not None}
+        lacking = [c for c in models[champion][1] if c not in holdout.columns] if champion else []
+        if lacking:
+            raise dg.Failure(
+                f"champion v{champion} needs {lacking}, which the challenger's snapshot v{snapshot} lacks: "
+                "a feature the champion needs was removed (the features build should have refused it)",
+                allow_retries=False,
+            )
+        p = {v: booster.predict(matrix(holdout, columns)) for v, (booster, columns) in models.items()}
+        p_challenger, p_champion = p[challenger], p.get(champion)
+        booster, columns = models[challenger]
+        gains = booster.feature_importance(importance_type="gain").tolist()
         report = build_report(
             holdout, y, p_challenger, p_champion, columns, gains, quality_gates.alert_budget
         )
