@@ -146,7 +146,7 @@ def main() -> dict:
                 feature_importance_png(FEATURE_COLUMNS, best.booster.feature_importance("gain").tolist())
             )
             mlflow.log_artifact(str(png))
-        uri = tracking.log_model(best.booster, lake.root)
+        uri = tracking.log_model(best.booster, lake.root, FEATURE_COLUMNS)
         tags = tracking.model_tags("bare", snapshot, {}, {}, best.params, best.best_iteration)
         version = tracking.register(client, name, uri, run.info.run_id, tags)
         client.set_registered_model_alias(name, registry.CHALLENGER, version)

@@ -66,6 +66,7 @@ def _world(root: Path) -> None:
     code = """
 import mlflow
 from ml_assets.lib import paths, registry, tracking
+from ml_assets.lib.features import feature_columns
 from ml_assets_tests.serving_support import train_booster
 from ml_assets_tests.conftest import run_job, load_defs
 import dagster as dg
@@ -75,7 +76,7 @@ client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 # Artifacts under the data root (a new store's Default experiment would put them in ./mlruns).
 mlflow.set_experiment(experiment_id=client.create_experiment("bench", paths.mlflow_artifact_root()))
 with mlflow.start_run() as run:
-    model_uri = tracking.log_model(train_booster(seed=7, rounds=50)[0], lake_uri=None)
+    model_uri = tracking.log_model(train_booster(seed=7, rounds=50)[0], None, feature_columns())
 for _ in range(2):
     tracking.register(client, "fraud_detector", model_uri, run.info.run_id, {registry.TAG_VERDICT: "passed"})
 definitions, instance = load_defs(), dg.DagsterInstance.get()

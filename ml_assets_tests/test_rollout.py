@@ -91,7 +91,10 @@ def world(tmp_path_factory):
             # earlier test's may belong to another store.
             default = client.get_experiment_by_name("Default").experiment_id
             with mlflow.start_run(experiment_id=default) as run:
-                logged[kind] = (tracking.log_model(_booster(alert_from), lake_uri=None), run.info.run_id)
+                logged[kind] = (
+                    tracking.log_model(_booster(alert_from), None, FEATURE_COLUMNS),
+                    run.info.run_id,
+                )
         for kind in ("steady", "steady", "jumpy", "steady"):
             model_uri, run_id = logged[kind]
             tracking.register(client, NAME, model_uri, run_id, tags)
