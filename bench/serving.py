@@ -163,11 +163,15 @@ def _free_port() -> int:
     return free_port()
 
 
-def _start(cmd: list[str], env: dict, health_url: str, log: Path, workers: int = 1) -> subprocess.Popen:
+def _start(
+    cmd: list[str], env: dict, health_url: str, log: Path, workers: int = 1, cwd: Path | None = None
+) -> subprocess.Popen:
     """Start a server in a process group of its own; return once it is healthy, with `workers`
     distinct processes answering /health when more than one. Stopped by `_stop` (its group)."""
     with log.open("wb") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, cwd=cwd
+        )
     pids: set[int] = set()
     deadline = time.monotonic() + 180
     try:
@@ -224,9 +228,11 @@ def _cpu_seconds(pids: list[int]) -> float:
 # -- load --------------------------------------------------------------------------------------
 
 
-async def _client(port, path, todo, latencies, failures, until=None, answered_by=None, headers="") -> None:
+async def _client(
+    port, path, todo, latencies, failures, until=None, answered_by=None, extra_headers=""
+) -> None:
     """One keep-alive connection sending bodies from the shared iterator `todo` (until the event
-    `until` is set), with `headers` (lines ending in CRLF) besides the usual. With a list
+    `until` is set), with `extra_headers` (lines ending in CRLF) besides the usual. With a list
     `answered_by`, first asks /health/details which worker process holds the connection (uvicorn's
     workers share one listening socket: whichever accepts it keeps it)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -241,7 +247,7 @@ async def _client(port, path, todo, latencies, failures, until=None, answered_by
                 break
             head = (
                 f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n{headers}\r\n"
+                f"Content-Length: {len(body)}\r\n{extra_headers}\r\n"
             )
             t0 = time.perf_counter()
             writer.write(head.encode() + body)
@@ -318,7 +324,7 @@ def _load(
     connections: list[int] | None = [] if ask else None
     wall, client, server = _measured(
         lambda: [
-            _client(port, path, todo, latencies, failures, None, connections, headers)
+            _client(port, path, todo, latencies, failures, None, connections, extra_headers=headers)
             for _ in range(concurrency)
         ],
         server_pids,
@@ -401,11 +407,11 @@ class _Server(NamedTuple):
     workers: int = 1
 
 
-def _serve(cmd: list[str], env: dict, root: Path, label: str, workers: int = 1, pids=()) -> _Server:
-    """One of ours, started (`cmd` then `--port`)."""
+def _serve(cmd: list[str], env: dict, root: Path, label: str, workers: int = 1, pids=(), cwd=None) -> _Server:
+    """One of ours, started (`cmd` then `--port`), in `cwd` (`python -m` imports from there first)."""
     port = _free_port()
     log = root / f"{label.replace(' ', '_')}.log"
-    proc = _start([*cmd, "--port", str(port)], env, f"http://127.0.0.1:{port}/health", log, workers)
+    proc = _start([*cmd, "--port", str(port)], env, f"http://127.0.0.1:{port}/health", log, workers, cwd)
     return _Server(proc, port, "/predict", [proc.pid, *pids], workers)
 
 
@@ -475,7 +481,10 @@ def main() -> dict:
             try:
                 if not skipped:
                     baseline_env = {**ours_env, "PYTHONPATH": str(root / "baseline")}
-                    servers["in-memory"] = _serve(serve, baseline_env, root, "in-memory")
+                    # Run from its own tree: `python -m` puts the working directory first on the path.
+                    servers["in-memory"] = _serve(
+                        serve, baseline_env, root, "in-memory", cwd=root / "baseline"
+                    )
                 for label, url in stores.items():
                     _feed(url, root, days)
                     n = int(label.split()[1][0])
@@ -528,6 +537,7 @@ def _single_rounds(servers: dict[str, _Server], ours: dict, mlflow_singles: list
         label: mlflow_singles if label == MLFLOW else ours["warmup"] + ours["single"] for label in servers
     }
     for label, server in servers.items():
+        print(f"  warming up {label}", flush=True)
         _load(server.port, server.path, bodies[label][:WARMUP], CONCURRENCY)
     runs: dict[str, list[_Run]] = {label: [] for label in servers}
     labels = list(servers)
