@@ -3,6 +3,7 @@ version tags. No Dagster."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 from functools import cache
 
@@ -69,6 +70,16 @@ def alias_version(client, name: str, alias: str) -> str | None:
         if "not found" in str(e).lower() or "RESOURCE_DOES_NOT_EXIST" in str(e):
             return None
         raise
+
+
+def decision_threshold(tags: dict[str, str] | None) -> float | None:
+    """A version's decision threshold (its `decision_threshold` tag), or None when it has none
+    or the tag is not a finite number: such a version scores, and decides nothing."""
+    try:
+        value = float((tags or {})[TAG_DECISION_THRESHOLD])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def model_columns(tags: dict[str, str], booster) -> list[str]:

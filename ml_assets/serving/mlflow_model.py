@@ -115,7 +115,7 @@ def registered_threshold(model_dir: str) -> tuple[float | None, str]:
     from mlflow.models import Model
     from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
 
-    from ml_assets.lib.registry import TAG_DECISION_THRESHOLD
+    from ml_assets.lib.registry import TAG_DECISION_THRESHOLD, decision_threshold
 
     model_id = Model.load(model_dir).model_id
     if not model_id or not is_tracking_uri_set():
@@ -131,12 +131,9 @@ def registered_threshold(model_dir: str) -> tuple[float | None, str]:
             None,
             f"{len(values)} distinct {TAG_DECISION_THRESHOLD} tags on this model's versions ({versions})",
         )
-    try:
-        threshold = float(values.pop())
-    except ValueError:
-        return None, f"{TAG_DECISION_THRESHOLD} of {versions} is not a number"
-    if not math.isfinite(threshold):
-        return None, f"{TAG_DECISION_THRESHOLD} of {versions} is not finite"
+    threshold = decision_threshold({TAG_DECISION_THRESHOLD: values.pop()})
+    if threshold is None:
+        return None, f"{TAG_DECISION_THRESHOLD} of {versions} is not a finite number"
     return threshold, f"the {TAG_DECISION_THRESHOLD} tag of {versions}"
 
 

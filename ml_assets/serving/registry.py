@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ml_assets.lib.registry import TAG_DECISION_THRESHOLD
+from ml_assets.lib.registry import TAG_DECISION_THRESHOLD, decision_threshold
 from ml_assets.lib.serving_config import CHAMPION, SPLIT_KEYS, ArmSpec, ServingConfig
 
 log = logging.getLogger(__name__)
@@ -144,14 +143,10 @@ class Registry:
         """The version's decision threshold tag, read on every poll: the validation report may set
         it after the version was loaded (a champion from before thresholds). A missing or unreadable
         one is a problem to report, never a reason to stop serving the scores."""
-        text = (self.client.get_model_version(self.model_name, version).tags or {}).get(
-            TAG_DECISION_THRESHOLD
-        )
-        try:
-            value = float(text) if text is not None else None
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value):
+        tags = self.client.get_model_version(self.model_name, version).tags or {}
+        value = decision_threshold(tags)
+        if value is None:
+            text = tags.get(TAG_DECISION_THRESHOLD)
             problems.append(
                 f"version {version} has no valid {TAG_DECISION_THRESHOLD!r} tag ({text!r}): its "
                 "decisions are null until its validation report sets one"

@@ -266,13 +266,13 @@ def _thresholds(mlflow: MlflowResource, versions: list[str]) -> dict[str, tuple[
     client, out = mlflow.client(), {}
     for version in versions:
         tags = client.get_model_version(mlflow.registered_model_name, version).tags
+        threshold = registry.decision_threshold(tags)
         try:
-            out[version] = (
-                float(tags[registry.TAG_DECISION_THRESHOLD]),
-                float(tags[registry.TAG_ALERT_BUDGET]),
-            )
+            budget = float(tags[registry.TAG_ALERT_BUDGET])
         except (KeyError, ValueError):
             continue
+        if threshold is not None:
+            out[version] = (threshold, budget)
     return out
 
 

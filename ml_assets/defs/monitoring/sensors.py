@@ -162,8 +162,7 @@ def offline_scores(
     when it records no snapshot; its decision threshold, None when it has none): what its rollout
     steps hold its live scores to, and where an alert begins for it."""
     tags = mlflow.client().get_model_version(mlflow.registered_model_name, version).tags
-    threshold = tags.get(registry.TAG_DECISION_THRESHOLD)
-    threshold = float(threshold) if threshold else None
+    threshold = registry.decision_threshold(tags)
     if registry.TAG_TRAINING_SET_VERSION not in tags:
         return np.array([]), threshold
     return version_reference(lake, mlflow, version)[SCORE].to_numpy(), threshold
