@@ -11,6 +11,10 @@ flags every purchase from a few hundred up, passes step 1 on small purchases and
 at step 2, when larger ones reach it. Each step's guards hold the canary's live scores to those
 it gave its validation and holdout rows offline, which are small purchases.
 
+Last, v5, a steady model whose every leaf is NaN (a corrupted model), fails to score each
+transaction it is routed: the champion answers for it, the failures are rows of the inference
+log, and the canary's error guard rolls it back at step 1.
+
 The models are small LightGBM boosters that read only the amount: "steady" (v1, v2, v4) alerts
 from 5000 up, "jumpy" (v3) from about 200 up. Below 200 both score alike to their last bits (the
 same pure leaves, grown from the same start), so a step that sees only small purchases passes
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import time
 
 import dagster as dg
@@ -59,6 +64,18 @@ def _booster(alert_from: float):
     return lgb.train(params, lgb.Dataset(x, y), num_boost_round=20)
 
 
+def _corrupted(booster):
+    """The same trees with every leaf NaN: a real model whose every score is not a number.
+    (tree_sizes goes: it gives each tree's length in bytes, which the NaNs change.)"""
+    import lightgbm as lgb
+
+    def nan_leaves(line: re.Match) -> str:
+        return "leaf_value=" + " ".join("nan" for _ in line.group(1).split())
+
+    text = re.sub(r"^leaf_value=(.*)$", nan_leaves, booster.model_to_string(), flags=re.M)
+    return lgb.Booster(model_str=re.sub(r"^tree_sizes=.*\n", "", text, flags=re.M))
+
+
 def _snapshot() -> int:
     """A training snapshot whose validation and holdout rows are small purchases (what the
     versions were validated on, and what their rollout steps hold live scores to); its Delta
@@ -73,8 +90,8 @@ def _snapshot() -> int:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A data root whose registry holds v1..v4 of fraud_detector (steady, steady, jumpy, steady),
-    each validated on one training snapshot; its Dagster instance; nothing deployed yet."""
+    """A data root whose registry holds v1..v5 of fraud_detector (steady, steady, jumpy, steady,
+    corrupted), each validated on one training snapshot; its Dagster instance; nothing deployed."""
     import mlflow
 
     from ml_assets.lib import tracking
@@ -86,16 +103,21 @@ def world(tmp_path_factory):
         tracking.use_store(uri)
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         logged = {}
-        for kind, alert_from in (("steady", STEADY), ("jumpy", JUMPY)):
+        steady = _booster(STEADY)
+        for kind, booster in (
+            ("steady", steady),
+            ("jumpy", _booster(JUMPY)),
+            ("corrupted", _corrupted(steady)),
+        ):
             # This store's own Default experiment: MLflow's active one is process-wide, and an
             # earlier test's may belong to another store.
             default = client.get_experiment_by_name("Default").experiment_id
             with mlflow.start_run(experiment_id=default) as run:
                 logged[kind] = (
-                    tracking.log_model(_booster(alert_from), None, FEATURE_COLUMNS),
+                    tracking.log_model(booster, None, FEATURE_COLUMNS),
                     run.info.run_id,
                 )
-        for kind in ("steady", "steady", "jumpy", "steady"):
+        for kind in ("steady", "steady", "jumpy", "steady", "corrupted"):
             model_uri, run_id = logged[kind]
             tracking.register(client, NAME, model_uri, run_id, tags)
         instance = dg.DagsterInstance.get()
@@ -251,19 +273,24 @@ class Traffic:
             assert time.monotonic() < deadline, arms
             time.sleep(0.1)
 
-    def send(self, canary_scores: int, share: float, amounts: tuple[float, float]) -> None:
+    def send(self, canary_scores: int, share: float, amounts: tuple[float, float]) -> list[dict]:
         """Enough purchases of amounts in `amounts` for the canary to score about `canary_scores`
-        of them, each from a card of its own, then drained into the inference log."""
+        of them, each from a card of its own, then drained into the inference log; the answers.
+        In requests of 100: each row's latency is its request's, and the p99 guard's budget is
+        far above a 100-row request's on any box."""
         rng = np.random.default_rng(next(_ids))
-        n = math.ceil(canary_scores / share)
-        for start in range(0, n, 1000):
+        n, answered = math.ceil(canary_scores / share), []
+        for start in range(0, n, 100):
             batch = []
-            for _ in range(min(1000, n - start)):
+            for _ in range(min(100, n - start)):
                 i = next(_ids)
                 amount = f"{rng.uniform(*amounts):.2f}"
                 batch.append(tx(i, transaction_id=f"rollout-{i}", card_id=f"card-{i}", amount=amount))
-            assert self.http.post("/predict", json={"transactions": batch}).status_code == 200
+            response = self.http.post("/predict", json={"transactions": batch})
+            assert response.status_code == 200, response.text
+            answered += response.json()["predictions"]
         drain(paths.lake_uri(), paths.online_store_url())
+        return answered
 
 
 def _decide(daemon: SensorDaemon, instance) -> tuple[str | None, dict]:
@@ -309,9 +336,18 @@ def test_a_canary_ramps_step_by_step_while_its_guards_pass(world):
                 )
                 evidence = meta["evidence"]
                 assert evidence["step"] == step and evidence["source"] == "inference_log"
-                assert evidence["guards"] == {"score_distribution": "passed", "alert_rate": "passed"}
+                assert evidence["guards"] == dict.fromkeys(
+                    ("score_distribution", "alert_rate", "errors", "p99_latency"), "passed"
+                )
                 assert evidence["canary_scores"] >= 200 and evidence["score_psi"] == 0.0
-            # The last step's proxies pass too; promotion waits for labelled outcomes.
+                # The service's own figures: no failures; each arm's latencies of this step.
+                assert (evidence["canary_failures"], evidence["canary_error_rate"]) == (0, 0.0)
+                assert evidence["canary_attempts"] == evidence["canary_scores"]
+                assert evidence["champion_p99_from"] == "step"
+                assert evidence["canary_p99_ms"] > 0 and evidence["champion_p99_ms"] > 0
+            # The last step's proxies pass too; promotion waits for labelled outcomes. The champion
+            # serves nothing at 100%: its latencies are the rollout's earlier steps'.
+            assert "vs the champion's" in meta["skip"] and "(rollout;" in meta["skip"], meta
             assert (
                 action is None
                 and "guards passed" in meta["skip"]
@@ -360,3 +396,110 @@ def test_a_failing_guard_at_step_2_rolls_the_canary_back(world):
         assert (last["action"], last["candidate"], last["canary_step"]) == ("abort_canary", "3", None)
         assert '"alert_rate": "failed"' in last["evidence"]
         assert pl.read_delta(f"{paths.lake_uri()}/{tables.INFERENCE_LOG}").height > 0
+
+
+def test_a_canary_that_fails_to_score_is_answered_by_the_champion_and_rolled_back(world):
+    """v5's every score is NaN. Each transaction routed to it is answered by the champion (v2),
+    its failure is a row of the inference log, and the error guard aborts the rollout at step 1:
+    no caller ever got a canary answer, and no answer was an error."""
+    root, instance = world
+    with scoped_environ(**root_environ(root), ML_ASSETS_SERVING_STRATEGY="canary"):
+        assert _deploy(instance, version="5")["canary_step"] == 1
+        with Traffic(root) as traffic, SensorDaemon(instance) as daemon:
+            traffic.serving("5", STEPS[0])
+            answered = traffic.send(CANARY_SCORES, STEPS[0], SMALL)
+            assert {(p["arm"], p["model_version"]) for p in answered} == {("champion", "2")}
+            assert all(math.isfinite(p["score"]) and p["decision"] is None for p in answered)
+            log = pl.read_delta(f"{paths.lake_uri()}/{tables.INFERENCE_LOG}").filter(
+                pl.col("model_version") == "5"
+            )
+            assert log.height >= CANARY_SCORES * 0.7  # the hash split's spread around 5%
+            assert log["arm"].unique().to_list() == ["canary"] and not log["returned"].any()
+            assert log["score"].null_count() == log.height
+            assert log["error"].unique().to_list() == ["a score that is not a finite number"]
+            # Each failed transaction's returned row is the champion's, with both arms' time in it.
+            returned = pl.read_delta(f"{paths.lake_uri()}/{tables.INFERENCE_LOG}").join(
+                log.select("transaction_id", pl.col("latency_ms").alias("canary_ms")), on="transaction_id"
+            )
+            returned = returned.filter(pl.col("returned"))
+            assert returned.height == log.height and (returned["arm"] == "champion").all()
+            assert (returned["latency_ms"] >= returned["canary_ms"]).all()
+            action, meta = _decide(daemon, instance)
+            assert action == "abort_candidate", meta
+            evidence = meta["evidence"]
+            assert evidence["guards"]["errors"] == "failed" and evidence["canary_error_rate"] == 1.0
+            assert evidence["canary_failures"] == log.height and evidence["canary_scores"] == 0
+            traffic.serving(None, 1.0)
+        assert _aliases()["canary"] is None and _aliases()["champion"] == "2"
+
+
+def _traffic(
+    source="inference_log", scores=260, failures=0, canary_ms=None, champion_ms=None, reference="step"
+):
+    """A step's traffic as step_traffic gives it: steady scores, and the latencies given."""
+    from ml_assets.lib import rollout
+
+    live = source == "inference_log"
+    return rollout.StepTraffic(
+        source,
+        np.full(scores, 0.01),
+        np.full(1000, 0.01),
+        canary_failures=failures if live else None,
+        canary_latency_ms=np.asarray(canary_ms if canary_ms is not None else np.full(scores, 5.0))
+        if live
+        else None,
+        champion_latency_ms=np.asarray(champion_ms if champion_ms is not None else np.full(1000, 5.0))
+        if live
+        else None,
+        champion_latency_from=reference if live else None,
+    )
+
+
+def test_the_error_and_p99_guards_on_their_edges():
+    """rollout.judge's errors and p99 guards on constructed traffic (the same scores throughout,
+    so the proxies pass and only these two decide)."""
+    from ml_assets.defs.resources import MonitoringResource
+    from ml_assets.lib import rollout
+
+    guards = MonitoringResource().rollout_guards()  # 200 scores, 1% errors, 1.5x p99, 250 ms
+    offline = np.full(600, 0.01)
+
+    def judged(**traffic) -> dict:
+        return rollout.judge(_traffic(**traffic), offline, guards)["guards"]
+
+    assert judged() == dict.fromkeys(("score_distribution", "alert_rate", "errors", "p99_latency"), "passed")
+    # Errors: 1% of the attempts passes, one more fails; with too few attempts it waits, unless
+    # the failures already exceed what the bound allows of the attempts a judgement needs.
+    assert judged(scores=198, failures=2)["errors"] == "passed"
+    assert judged(scores=197, failures=3)["errors"] == "failed"
+    assert judged(scores=50, failures=2)["errors"] == "waiting"
+    assert judged(scores=0, failures=3)["errors"] == "failed"
+    # p99: ten times the champion's is fine within the 250 ms budget; above it, 1.5x the champion's.
+    assert judged(canary_ms=np.full(260, 50.0))["p99_latency"] == "passed"
+    slow = np.full(1000, 200.0)
+    assert judged(canary_ms=np.full(260, 300.0), champion_ms=slow)["p99_latency"] == "passed"
+    assert judged(canary_ms=np.full(260, 301.0), champion_ms=slow)["p99_latency"] == "failed"
+    # The 99th percentile, not the mean: 2% of slow requests fail it, 1 of 260 doesn't.
+    tail = np.r_[np.full(254, 5.0), np.full(6, 900.0)]
+    assert judged(canary_ms=tail)["p99_latency"] == "failed"
+    assert judged(canary_ms=np.r_[np.full(259, 5.0), 900.0])["p99_latency"] == "passed"
+    # Too few latencies on either side: it waits.
+    assert judged(champion_ms=np.full(100, 5.0))["p99_latency"] == "waiting"
+    assert judged(canary_ms=np.full(100, 5.0))["p99_latency"] == "waiting"
+    # No live traffic (batch scoring only): neither guard applies, and neither holds the step.
+    evidence = rollout.judge(_traffic(source="batch_predictions"), offline, guards)
+    assert {k: evidence["guards"][k] for k in rollout.LIVE} == dict.fromkeys(rollout.LIVE, "not_applicable")
+    assert rollout.status(evidence) == "passed"
+
+
+def test_a_model_that_raises_fails_its_arm_not_the_request():
+    """service.score on a real booster given rows of the wrong width: LightGBM raises, and the
+    arm's every row is a failure named by the exception's type, not a 500."""
+    from ml_assets.lib.serving_config import ArmSpec
+    from ml_assets.serving.registry import Arm
+    from ml_assets.serving.service import score
+
+    arm = Arm(ArmSpec("canary", "canary", 0.05, True), "9", _booster(STEADY), 0.05)
+    scores, seconds, error = score(arm, np.zeros((3, 2)), num_threads=1)
+    assert np.isnan(scores).all() and scores.size == 3 and seconds >= 0
+    assert error == "the model raised LightGBMError"

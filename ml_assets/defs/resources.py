@@ -406,6 +406,22 @@ class MonitoringResource(dg.ConfigurableResource):
         "more (absolute).",
     )
 
+    canary_max_error_rate: float = Field(
+        default=0.01,
+        description="A step fails when more of the canary's attempts than this share failed (its "
+        "model raised, or gave a score that is not finite; the champion answered them).",
+    )
+    canary_max_p99_ratio: float = Field(
+        default=1.5,
+        description="A step fails when the canary's p99 latency exceeds this many times the "
+        "champion's of the same traffic (and canary_p99_budget_ms).",
+    )
+    canary_p99_budget_ms: float = Field(
+        default=250.0,
+        description="A canary p99 latency within this always passes the p99 guard: below it, a "
+        "difference from the champion's is noise, not the model.",
+    )
+
     def rollout_guards(self, alert_threshold: float | None = None):
         """The step guards; `alert_threshold`: the canary's own decision threshold, when it has one."""
         from ml_assets.lib.rollout import Guards
@@ -415,6 +431,9 @@ class MonitoringResource(dg.ConfigurableResource):
             self.canary_max_score_psi,
             self.canary_alert_threshold if alert_threshold is None else alert_threshold,
             self.canary_max_alert_rate_gap,
+            self.canary_max_error_rate,
+            self.canary_max_p99_ratio,
+            self.canary_p99_budget_ms,
         )
 
 

@@ -15,8 +15,8 @@ GATES = {
     "calibrated": "Expected calibration error within the bound.",
     "report_complete": "Every metric, plot and slice the report promises is there and finite.",
     # Judged from the version as serving loads it (ml_assets.lib.servable), not from the report.
-    "servable": "Loaded as the service and as the plain MLflow pyfunc (a fresh process), it scores recent "
-    "transactions as the report did; its features are all computed online; its contract and the "
+    "servable": "Loaded as the service and as the plain MLflow pyfunc (a process of its own), it scores "
+    "recent transactions as the report did; its features are all computed online; its contract and the "
     "serving configuration are sound.",
 }
 SERVABLE = "servable"

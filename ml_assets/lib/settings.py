@@ -149,6 +149,13 @@ def environment_without_settings() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in SETTINGS}
 
 
+def replace_environment(env: dict[str, str]) -> None:
+    """Make `env` this process's whole environment (a forked process that must see only what its
+    parent gave it, as a fresh one would)."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def markdown() -> str:
     """The table, as the README shows it."""
     rows = [

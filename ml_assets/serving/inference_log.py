@@ -7,8 +7,10 @@ durable queue before it answers (ml_assets.serving.online_store). The Dagster as
 This module says what a row is.
 
 The store keeps one decision per transaction_id. A shadow arm's scores ride in that decision
-(`extra["shadow"]`: arm, alias, version, score) and become rows of their own here (`returned`
-false), so the table has one row per (transaction_id, arm): the key the drain dedupes by.
+(`extra["shadow"]`: arm, alias, version, score), and so does an arm that failed to score it
+(`extra["failed"]`: arm, alias, version, error; the champion answered instead). Each becomes a
+row of its own here (`returned` false; a failed arm's score null, its `error` set), so the table
+has one row per (transaction_id, arm): the key the drain dedupes by.
 
 Each row also carries the feature values computed for it, one Float64 column per feature, in
 the order the decisions carry them: every feature the online side computed, whichever subset the
@@ -44,6 +46,12 @@ SCHEMA: dict[str, pl.DataType] = {
     "returned": pl.Boolean(),  # False for a shadow score: logged, never returned to the caller
     # Merchant risk came from an earlier day's table (the day's was not written yet).
     "stale_risk": pl.Boolean(),
+    # The request's milliseconds until this arm's scores (the store, the features, its model):
+    # what a canary's p99 guard holds to the champion's. Null in rows drained before it was logged.
+    "latency_ms": pl.Float64(),
+    # Why this arm failed to score the transaction (its score is then null, and the champion's row
+    # is what was returned); null when it scored.
+    "error": pl.String(),
 }
 _ROW = [c for c in SCHEMA if c != PARTITION_COLUMN]
 
@@ -59,11 +67,13 @@ def rows_of(decisions: Iterable) -> pl.DataFrame:
     n = 0
     for d in decisions:
         x = d.extra
-        arms = [(d.arm, x.get("alias"), d.model_version, d.score, x.get("decision"), True)] + [
-            (s["arm"], s["alias"], s["model_version"], s["score"], s.get("decision"), False)
-            for s in x.get("shadow", ())
-        ]
-        for arm, alias, version, score, decision, returned in arms:
+        answered = (d.arm, x.get("alias"), d.model_version, d.score, x.get("decision"), True)
+        arms = [(*answered, x.get("latency_ms"), None)] + [
+            (s["arm"], s["alias"], s["model_version"], s.get("score"), s.get("decision"), False,
+             s.get("latency_ms"), s.get("error"))
+            for s in (*x.get("shadow", ()), *x.get("failed", ()))
+        ]  # fmt: skip
+        for arm, alias, version, score, decision, returned, latency_ms, error in arms:
             for name, value in (
                 ("request_id", d.request_id), ("transaction_id", d.transaction_id),
                 ("card_id", x.get("card_id")), ("merchant_id", x.get("merchant_id")),
@@ -71,7 +81,8 @@ def rows_of(decisions: Iterable) -> pl.DataFrame:
                 ("strategy", x.get("strategy")), ("arm", arm), ("alias", alias),
                 ("model_name", x.get("model_name")), ("model_version", version), ("score", score),
                 ("decision", decision), ("returned", returned),
-                ("stale_risk", bool(x.get("stale_risk", False))),
+                ("stale_risk", bool(x.get("stale_risk", False))), ("latency_ms", latency_ms),
+                ("error", error),
             ):  # fmt: skip
                 columns[name].append(value)
             for name, value in d.features.items():

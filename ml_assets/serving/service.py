@@ -118,11 +118,12 @@ class Service:
         if deployment is None:
             raise RequestError(503, f"no model to serve: {self.settings.model_name!r} has no champion yet")
         request_id = uuid.uuid4().hex
+        started = time.perf_counter()
         with self._store_calls():
             begun = self.store.begin(txs)
             new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
             risk = {day: self._merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
-        decisions = self._decide(deployment, request_id, new, begun.windows, risk)
+        decisions = self._decide(deployment, request_id, new, begun.windows, risk, started)
         with self._store_calls():
             # Before the response: a 200 is a durable decision. Another replica may have recorded
             # one of these transactions first: its decision stands, and is what we answer.
@@ -151,9 +152,17 @@ class Service:
         }
 
     def _decide(
-        self, deployment: Deployment, request_id: str, txs: list[Tx], windows, risk
+        self, deployment: Deployment, request_id: str, txs: list[Tx], windows, risk, started: float
     ) -> list[Decision]:
-        """Features, routing and scores of the transactions not decided yet, as decisions."""
+        """Features, routing and scores of the transactions not decided yet, as decisions.
+
+        Each decision records the arm's latency: the request's time until that arm's scores
+        (`started` is when the request reached the service), so a canary's p99 can be held to the
+        champion's. An arm other than the champion that fails to score (its model raises, or gives
+        a score that is not finite) is answered for by the champion, and the failure rides in the
+        decision (`extra["failed"]`): the inference log makes it a row of its own, and the canary's
+        error guard counts it. A champion that fails decides nothing: a 503 with the reason.
+        """
         if not txs:
             return []
         features = batch_features(txs, windows, lambda day: risk[day].table, self.params)
@@ -161,31 +170,48 @@ class Service:
         # was added never sees it); the decision records every feature computed.
         used = deployment.serving_arms + deployment.shadow_arms
         inputs = {a.columns: matrix_of(features, list(a.columns)) for a in used}
+        shared = time.perf_counter() - started  # the store and the features: every arm waits for them
         n = len(txs)
         split = deployment.split_key
         route = deployment.route([getattr(tx, split) for tx in txs] if split else [""] * n)
-        scores = np.empty(n)
-        decided: list[str | None] = [None] * n  # review / approve, by each arm's own threshold
         serving = deployment.serving_arms
+        answering = [serving[k] for k in route]  # the arm each transaction's answer comes from
+        scores, latency_ms = np.empty(n), np.empty(n)
+        failed: list[list[dict]] = [[] for _ in range(n)]
+        champion = deployment.arms[0]  # loaded whatever its share: it answers for a failed arm
         for k, arm in enumerate(serving):
             rows = np.flatnonzero(route == k)
             if rows.size:
-                scores[rows] = arm.booster.predict(
-                    inputs[arm.columns][rows], num_threads=self.settings.num_threads
-                )
-                for row, decision in zip(rows, decisions(scores[rows], arm.threshold), strict=True):
-                    decided[row] = decision
+                got, seconds, error = score(arm, inputs[arm.columns][rows], self.settings.num_threads)
+                if arm is champion and error:
+                    raise _champion_failed(champion, error)
+                scores[rows], latency_ms[rows] = got, (shared + seconds) * 1000
+                for row in rows[np.isnan(got)]:
+                    failed[row].append(_failure(arm, error, latency_ms[row]))
+        if broken := [row for row in range(n) if failed[row]]:
+            x = matrix_of([features[r] for r in broken], list(champion.columns))
+            got, seconds, error = score(champion, x, self.settings.num_threads)
+            if error:
+                raise _champion_failed(champion, error)
+            for row, value in zip(broken, got, strict=True):
+                scores[row], latency_ms[row] = value, latency_ms[row] + seconds * 1000
+                answering[row] = champion
+        decided = [None] * n  # review / approve, by each answering arm's own threshold
+        for arm in {id(a): a for a in answering}.values():
+            rows = [i for i in range(n) if answering[i] is arm]
+            for row, decision in zip(rows, decisions(scores[rows], arm.threshold), strict=True):
+                decided[row] = decision
         # The store keeps one decision per transaction: a shadow arm's scores ride in the decision
         # (`extra["shadow"]`), and the inference log's drain makes them rows of their own.
         shadows = []
         for arm in deployment.shadow_arms:
-            p = arm.booster.predict(inputs[arm.columns], num_threads=self.settings.num_threads)
-            shadows.append((arm, p.tolist(), decisions(p, arm.threshold)))
+            p, seconds, error = score(arm, inputs[arm.columns], self.settings.num_threads)
+            shadows.append((arm, p, decisions(p, arm.threshold), (shared + seconds) * 1000, error))
         scored_at = int(datetime.now(UTC).timestamp() * 1_000_000)
         common = {"strategy": deployment.config.strategy.value, "model_name": deployment.model_name}
         out = []
         for i, tx in enumerate(txs):
-            arm = serving[route[i]]
+            arm = answering[i]
             stale = risk[event_day(tx.ts)].stale_risk
             extra = common | {
                 "alias": arm.spec.alias,
@@ -194,15 +220,20 @@ class Service:
                 "event_time": tx.ts,
                 "stale_risk": stale,
                 "decision": decided[i],
+                "latency_ms": round(float(latency_ms[i]), 3),
+                "failed": failed[i],
                 "shadow": [
-                    {
+                    _failure(a, error, ms)
+                    if np.isnan(s[i])
+                    else {
                         "arm": a.spec.name,
                         "alias": a.spec.alias,
                         "model_version": a.version,
-                        "score": s[i],
+                        "score": float(s[i]),
                         "decision": shadow_decided[i],
+                        "latency_ms": round(ms, 3),
                     }
-                    for a, s, shadow_decided in shadows
+                    for a, s, shadow_decided, ms, error in shadows
                 ],
             }
             out.append(
@@ -255,6 +286,40 @@ class Service:
             "pid": os.getpid(),  # which worker answered (`--workers N`: N processes, one port)
         }
         return (200 if d else 503), body
+
+
+def score(arm, x, num_threads: int) -> tuple[np.ndarray, float, str | None]:
+    """(the arm's scores of `x`, NaN where it failed; the seconds it took; why it failed, or
+    None). A model that raises fails every row; one that gives a score that is not finite, that
+    row."""
+    began = time.perf_counter()
+    try:
+        p = np.asarray(arm.booster.predict(x, num_threads=num_threads), dtype=float)
+        error = None if np.isfinite(p).all() else "a score that is not a finite number"
+        p = np.where(np.isfinite(p), p, np.nan)
+    except Exception as e:  # noqa: BLE001  (any model fault is this arm's failure, not a 500)
+        why = scrubbed(f"{type(e).__name__}: {e}")
+        log.warning("%s v%s failed to score: %s", arm.spec.name, arm.version, why)
+        p, error = np.full(len(x), np.nan), f"the model raised {type(e).__name__}"
+    return p, time.perf_counter() - began, error
+
+
+def _champion_failed(champion, error: str) -> RequestError:
+    return RequestError(
+        503,
+        f"the champion v{champion.version} failed to score: {error}. Nothing was decided; retry the request.",
+    )
+
+
+def _failure(arm, error: str | None, latency_ms: float) -> dict:
+    """An arm that failed to score a transaction, as its decision carries it."""
+    return {
+        "arm": arm.spec.name,
+        "alias": arm.spec.alias,
+        "model_version": arm.version,
+        "error": error or "a score that is not a finite number",
+        "latency_ms": round(float(latency_ms), 3),
+    }
 
 
 class _StoreCalls:

@@ -247,7 +247,8 @@ def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:
     log = lake.scan(tables.INFERENCE_LOG)
     logged = "decision" in log.collect_schema().names()
     served = (
-        log.filter(pl.col("scored_date").is_in(days))
+        # A failed arm's row has no score (the champion's row of the transaction was returned).
+        log.filter(pl.col("scored_date").is_in(days), pl.col(SCORE).is_not_null())
         .select(
             "transaction_id",
             (pl.lit("live:") + pl.col("arm")).alias("arm"),

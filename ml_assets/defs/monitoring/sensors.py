@@ -193,8 +193,9 @@ def candidate_decision(
         if verdict is None:
             return None, f"{alias} v{version}: {labelled}", {"labelled": labelled}
         return verdict[0], verdict[1], {"labelled": labelled}
-    source, canary, live_champion = rollout.step_scores(lake, state, version, champion)
-    judged = rollout.judge(canary, offline, live_champion, monitoring.rollout_guards(threshold))
+    traffic = rollout.step_traffic(lake, state, version, champion)
+    source = traffic.source
+    judged = rollout.judge(traffic, offline, monitoring.rollout_guards(threshold))
     evidence = {"step": state.step, "share": state.share, "steps": list(state.steps), "source": source}
     evidence |= judged | {"labelled": labelled}
     where = f"{alias} v{version} at {state.describe()}"
@@ -220,7 +221,8 @@ def candidate_decision(
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Ramps a canary through its rollout's steps while each step's guards pass (its live "
-    "score distribution and alert rate against its own offline ones), and promotes it (or a shadow) "
+    "score distribution and alert rate against its own offline ones, its errors and p99 latency "
+    "against the champion's), and promotes it (or a shadow) "
     "once it has enough labelled outcomes and holds up; rolls it back automatically when a guard "
     "fails. Asks again when that run fails (at most 3 runs, then alerts). Holds while the serving "
     "parity check fails.",

@@ -130,7 +130,7 @@ def model_validation_report(
     verdict and its reasons are written as tags on the challenger version, with its decision
     threshold (the champion's too when it has none), and the whole report as one HTML page on its
     MLflow run. The `servable` gate loads the version as the service and as the plain pyfunc in a
-    fresh process and checks they score a sample of the holdout as the report did. Each model
+    process of its own and checks they score a sample of the holdout as the report did. Each model
     scores its own features; the report shows both versions' dbt feature-model hashes side by side.
     """
     from ml_assets.lib.report import build_report
@@ -145,7 +145,7 @@ def model_validation_report(
     snapshot = int(version.tags[registry.TAG_TRAINING_SET_VERSION])
     holdout = lake.scan(tables.TRAINING_SET, version=snapshot).filter(pl.col("split") == "holdout").collect()
     y = holdout[LABEL].to_numpy()
-    # The servable gate begins first: its fresh pyfunc process loads while the report is built.
+    # The servable gate begins first: its pyfunc process starts while the report is built.
     bronze = lake.scan(tables.BRONZE["transactions"])
     with ServableCheck(mlflow.tracking_uri, name, challenger, lake.root, bronze, holdout) as gate:
         # Each model scores its own columns of the same rows: a champion trained before a feature
