@@ -6,6 +6,7 @@ import base64
 import re
 import struct
 import zlib
+from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
@@ -60,6 +61,20 @@ def test_bar_plots_grow_with_the_number_of_bars():
     assert _png_size(drift)[0] == WIDTH_PX
 
 
+def test_a_backfills_range_plots_are_one_png_each():
+    """drift_report and live_performance draw these once for a range of days (a chart per day
+    costs ~0.1 s): a heatmap as tall as the feature bars would be, and a standard-size line plot."""
+    days = [date(2026, 1, 1) + timedelta(days=i) for i in range(45)]
+    names = [f"feature_{i}" for i in range(20)]
+    psi = {name: {d: 0.01 * i * (k % 3) for k, d in enumerate(days)} for i, name in enumerate(names)}
+    heatmap = plots.drift_days_png(psi, 0.25)
+    assert _png_size(heatmap) == _png_size(plots.drift_png({n: 0.1 for n in names}, 0.25))
+    rates = {"batch:champion v1": {d: 0.005 for d in days}, "live:canary v2": {d: 0.007 for d in days[30:]}}
+    lines = plots.alert_rates_days_png(rates, {"batch:champion v1": 0.005, "live:canary v2": 0.005})
+    assert _png_size(lines) == (WIDTH_PX, HEIGHT_PX)
+    assert len(heatmap) < 150_000 and len(lines) < 150_000
+
+
 def test_plots_survive_degenerate_data():
     one_class = np.zeros(50, dtype=int)
     p = np.linspace(0, 1, 50)
@@ -71,6 +86,12 @@ def test_plots_survive_degenerate_data():
         plots.score_distribution_png(np.array([], dtype=int), np.array([]), "no rows"),
         plots.feature_importance_png([], []),
         plots.drift_png({}, 0.2),
+        plots.drift_days_png({}, 0.2),
+        plots.drift_days_png({"amount": {date(2026, 1, 1): float("nan")}}, 0.2),
+        plots.alert_rates_days_png({}, {}),
+        plots.alert_rates_days_png(
+            {"live:champion v1": {date(2026, 1, 1): 0.01}}, {"live:champion v1": float("nan")}
+        ),
     ]:
         assert _png_size(png)[0] == WIDTH_PX
 

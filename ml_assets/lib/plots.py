@@ -163,6 +163,59 @@ def drift_png(psi_by_feature: dict[str, float], threshold: float) -> bytes:
     return _png(draw, height=_bar_height(len(ranked)))
 
 
+def drift_days_png(psi: dict[str, dict], threshold: float) -> bytes:
+    """PSI per feature (rows, worst first) and day (columns) over a range of days, as a heatmap;
+    cells past `threshold` carry a red cross. What a backfill draws once instead of a bar chart
+    per day (`drift_png`), each of which costs ~0.1 s. `psi`: feature -> day -> PSI."""
+    days = sorted({d for by_day in psi.values() for d in by_day})
+    ranked = sorted(psi, key=lambda f: -max((v for v in psi[f].values() if not math.isnan(v)), default=0))
+    values = np.array([[psi[f].get(d, np.nan) for d in days] for f in ranked], dtype=float).reshape(
+        len(ranked), len(days)
+    )
+
+    def draw(ax):
+        if not values.size:
+            ax.set(title="Feature drift by day (no days)")
+            return
+        image = ax.imshow(
+            values, aspect="auto", cmap="Greys", vmin=0, vmax=2 * threshold, interpolation="nearest"
+        )
+        rows, columns = np.nonzero(np.nan_to_num(values) > threshold)
+        ax.scatter(columns, rows, marker="x", s=12, color="tab:red", label=f"PSI > {threshold:g}")
+        ax.set_yticks(range(len(ranked)), ranked)
+        step = max(1, len(days) // 8)
+        ax.set_xticks(range(0, len(days), step), [str(d) for d in days[::step]], rotation=30, ha="right")
+        ax.set(title="Feature drift by day (PSI)")
+        ax.figure.colorbar(image, ax=ax, shrink=0.8)
+        if rows.size:
+            ax.legend(loc="upper right")
+
+    return _png(draw, height=_bar_height(len(ranked)))
+
+
+def alert_rates_days_png(rates: dict[str, dict], budgets: dict[str, float]) -> bytes:
+    """Live alert rate per arm over a range of days (one line each), each with the budget its
+    threshold was sized for (dashed, same colour): a backfill's one plot instead of a bar chart per
+    day (`alert_rates_png`). `rates`: arm -> day -> rate."""
+
+    def draw(ax):
+        for k, (name, by_day) in enumerate(rates.items()):
+            color = f"C{k % 10}"
+            days = sorted(by_day)
+            ax.plot(days, [by_day[d] for d in days], color=color, linewidth=1.5, label=name)
+            if not math.isnan(budgets.get(name, math.nan)):
+                ax.axhline(budgets[name], color=color, linestyle="--", linewidth=1)
+        ax.set(
+            ylabel="share of transactions sent to review",
+            title="Live alert rate by arm and day (budgets dashed)",
+        )
+        ax.tick_params(axis="x", labelrotation=30)
+        if rates:
+            ax.legend(loc="upper left")
+
+    return _png(draw)
+
+
 def alert_budget_png(y: np.ndarray, curves: dict[str, np.ndarray], budget: float) -> bytes:
     """Recall against the share of transactions sent to review, one line per model, the alert budget
     dashed; each model's recall at the budget (its own threshold) in the legend. The x axis shows up

@@ -158,7 +158,7 @@ def drift_report(
     against the champion's own training rows, into `monitoring/drift`. Large PSI means the world
     the model learned no longer looks like the one it scores. Only the features both sides have
     are compared: the champion's own, as the warehouse computes them now (`features_compared`)."""
-    from ml_assets.lib.plots import drift_png
+    from ml_assets.lib.plots import drift_days_png, drift_png
 
     days = _days(context)
     champion = registry.alias_version(mlflow.client(), mlflow.registered_model_name, registry.CHAMPION)
@@ -197,13 +197,19 @@ def drift_report(
                 "worst_feature": feature_psi["feature"][0] if feature_psi.height else "none",
                 "score_psi": float(score_psi[0]) if score_psi.len() else float("nan"),
                 "psi": dg.MetadataValue.md(frame_markdown(table, 25)),
-                "plot": dg.MetadataValue.md(
-                    png_markdown(drift_png(dict(table.rows()), monitoring.psi_threshold), "PSI by feature")
-                ),
-            },
+            }
+            | ({"plot": _plot(drift_png(dict(table.rows()), monitoring.psi_threshold), "PSI by feature")}
+               if len(days) == 1 else {}),
             partition_key=day.isoformat(),
-        )
+        )  # fmt: skip
     out = pl.concat(rows)
+    range_plot = {}
+    if len(days) > 1:  # a range (a backfill): one heatmap of its days, shown on each, not one chart a day
+        by_feature: dict[str, dict] = {}
+        for feature, psi, day in out.select("feature", "psi", "event_date").iter_rows():
+            by_feature.setdefault(feature, {})[day] = psi
+        png = drift_days_png(by_feature, monitoring.psi_threshold)
+        range_plot = {"plot": _plot(png, "PSI by feature and day")}
     schema = {
         "feature": pl.String(),
         "psi": pl.Float64(),
@@ -223,13 +229,19 @@ def drift_report(
             )
             or "none",
         }
+        | range_plot
     )
 
 
+def _plot(png: bytes, title: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(png_markdown(png, title))
+
+
 def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:
-    """Scores of the window: batch predictions (arm "batch:<alias>") and, when the service has
+    """Scores of `days`: batch predictions (arm "batch:<alias>") and, when the service has
     logged traffic, what it served (arm "live:<arm>"), with the decision it made (null in batch
-    rows, and in log rows from before decisions were logged)."""
+    rows, and in log rows from before decisions were logged), and the `day` each belongs to (the
+    transaction's event day in batch rows, the day it was scored in log rows)."""
     batch = (
         lake.scan(tables.BATCH_PREDICTIONS)
         .filter(pl.col("event_date").is_in(days))
@@ -239,6 +251,7 @@ def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:
             "model_version",
             SCORE,
             pl.lit(None, dtype=pl.String()).alias("decision"),
+            pl.col("event_date").alias("day"),
         )  # fmt: skip
         .collect()
     )
@@ -255,6 +268,7 @@ def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:
             pl.col("model_version").cast(pl.String),
             SCORE,
             pl.col("decision") if logged else pl.lit(None, dtype=pl.String()).alias("decision"),
+            pl.col("scored_date").alias("day"),
         )  # fmt: skip
         .collect()
     )
@@ -298,7 +312,7 @@ def live_performance(
     Beside them, per arm, in each day's metadata: the alert rate (the share of the window's scored
     transactions sent to review, by each version's own decision threshold, or as the service
     decided) against the alert budget that threshold was sized for, and the recall there."""
-    from ml_assets.lib.plots import alert_rates_png
+    from ml_assets.lib.plots import alert_rates_days_png, alert_rates_png
 
     days = _days(context)
     labels = (
@@ -306,17 +320,23 @@ def live_performance(
         .select("transaction_id", "labeled_at", "label_date", "is_fraud")
         .collect()
     )
-    rows = []
+    # Every window's scores in one read, and every version's threshold in one registry visit: per
+    # day, each is a filter in memory (45 days read one by one took seconds of scans and lookups).
+    windows = {day: [day - timedelta(days=i) for i in range(monitoring.window_days)] for day in days}
+    every = _scored(lake, sorted({d for window in windows.values() for d in window}))
+    thresholds = _thresholds(mlflow, sorted(set(every["model_version"].drop_nulls())))
+    rows, by_arm, every_budget = [], {}, {}
     for day in days:
-        window = [day - timedelta(days=i) for i in range(monitoring.window_days)]
-        scored, known = _scored(lake, window), labels_as_of(labels, day).select("transaction_id", "is_fraud")
+        scored = every.filter(pl.col("day").is_in(windows[day])).drop("day")
+        known = labels_as_of(labels, day).select("transaction_id", "is_fraud")
         perf = arm_performance(scored, known)
         rows.append(perf.with_columns(pl.lit(day).alias("as_of_date")))
         champion = perf.filter(pl.col("arm") == f"batch:{registry.CHAMPION}")
-        versions = sorted(set(scored["model_version"].drop_nulls()))
-        alerts = arm_alerts(scored, known, _thresholds(mlflow, versions))
+        alerts = arm_alerts(scored, known, thresholds)
         decided = alerts.filter(pl.col("decided") > 0)
         names = [f"{r['arm']} v{r['model_version']}" for r in decided.iter_rows(named=True)]
+        rates = dict(zip(names, decided["alert_rate"], strict=True))
+        budgets = dict(zip(names, decided["alert_budget"], strict=True))
         context.add_asset_metadata(
             {
                 "champion_roc_auc": float(champion["roc_auc"][0]) if champion.height else float("nan"),
@@ -327,22 +347,24 @@ def live_performance(
                 "alert_rates": dg.MetadataValue.json(
                     {n: r for n, r in zip(names, decided.to_dicts(), strict=True)}
                 ),
-                "alert_rate_plot": dg.MetadataValue.md(
-                    png_markdown(
-                        alert_rates_png(
-                            dict(zip(names, decided["alert_rate"], strict=True)),
-                            dict(zip(names, decided["alert_budget"], strict=True)),
-                        ),
-                        "live alert rate by arm",
-                    )
-                ),
-            },
+            }
+            | ({"alert_rate_plot": _plot(alert_rates_png(rates, budgets), "live alert rate by arm")}
+               if len(days) == 1 else {}),
             partition_key=day.isoformat(),
-        )
+        )  # fmt: skip
+        for name, rate in rates.items():
+            by_arm.setdefault(name, {})[day] = rate
+        every_budget |= budgets
     out = pl.concat(rows).with_columns(pl.col("roc_auc", "pr_auc", "recall_at_1pct_fpr").fill_nan(None))
     schema = dict(ARM_PERFORMANCE_SCHEMA) | {"as_of_date": pl.Date()}
     version = lake.write_partitions(
         tables.LIVE_PERFORMANCE, out.select(schema.keys()), partition_column="as_of_date", partitions=days,
         schema=schema,
     )  # fmt: skip
-    return dg.MaterializeResult(metadata={"delta_version": version, "window_days": monitoring.window_days})
+    range_plot = {}
+    if len(days) > 1:  # a range (a backfill): one plot of its days, shown on each, not one chart a day
+        png = alert_rates_days_png(by_arm, every_budget)
+        range_plot = {"alert_rate_plot": _plot(png, "live alert rate by arm and day")}
+    return dg.MaterializeResult(
+        metadata={"delta_version": version, "window_days": monitoring.window_days} | range_plot
+    )
