@@ -433,6 +433,38 @@ def test_a_canary_that_fails_to_score_is_answered_by_the_champion_and_rolled_bac
         assert _aliases()["canary"] is None and _aliases()["champion"] == "2"
 
 
+def test_a_rollback_takes_a_running_canary_off_too(world):
+    """v4 rolls out as a canary beside v2; a rollback to v1 serves v1 alone: the canary alias and
+    its rollout go, v4 says why, and the ledger's row names it."""
+    root, instance = world
+    with scoped_environ(**root_environ(root), ML_ASSETS_SERVING_STRATEGY="canary"):
+        definitions = load_defs()
+        assert _deploy(instance, definitions=definitions, version="4")["canary_step"] == 1
+        meta = _deploy(instance, job="rollback_job", definitions=definitions, action="rollback", version="1")
+        assert (meta["champion"], meta["replaced"], meta["candidate"], meta["canary_share"]) == (
+            "1",
+            "2",
+            "4",
+            0.0,
+        )
+        aliases = _aliases()
+        assert (aliases["champion"], aliases["canary"], aliases["previous_champion"]) == ("1", None, None)
+        from mlflow import MlflowClient
+
+        uri = paths.mlflow_tracking_uri()
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        assert CANARY_STEP_TAG not in client.get_registered_model(NAME).tags
+        assert (
+            client.get_model_version(NAME, "4")
+            .tags["rolled_back_because"]
+            .startswith("taken off with the rollback of the champion to v1")
+        )
+        last = _ledger().row(-1, named=True)
+        assert (last["action"], last["champion"], last["candidate"], last["candidate_alias"]) == (
+            "rollback", "1", "4", "canary",
+        )  # fmt: skip
+
+
 def _traffic(
     source="inference_log", scores=260, failures=0, canary_ms=None, champion_ms=None, reference="step"
 ):

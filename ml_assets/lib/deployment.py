@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from ml_assets.lib import rollout
-from ml_assets.lib.registry import CANARY, CHAMPION, PREVIOUS_CHAMPION, alias_version
+from ml_assets.lib.registry import CANARY, CHAMPION, PREVIOUS_CHAMPION, SHADOW, alias_version
 from ml_assets.lib.serving_config import ROLLOUT_TAGS
 
 
@@ -77,13 +77,23 @@ def rollback_target(
 def rollback(client, name: str, reason: str, version: str | None = None, champions: list[str] = ()) -> Move:
     """Put previous_champion (or `version`, an earlier champion) back as champion. The rolled-back
     version is tagged with why. previous_champion is removed either way: a second rollback must
-    not serve the version just taken off."""
+    not serve the version just taken off.
+
+    A canary or shadow candidate goes too, its rollout ended: a rollback puts back a version known
+    to be good, to serve alone, and the candidate was judged beside the champion just taken off."""
     previous, current = rollback_target(client, name, version, champions)
     client.set_registered_model_alias(name, CHAMPION, previous)
     if alias_version(client, name, PREVIOUS_CHAMPION) is not None:
         client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
     if current is not None:
         client.set_model_version_tag(name, current, "rolled_back_because", reason[:4900])
+    for alias in (CANARY, SHADOW):
+        if (candidate := alias_version(client, name, alias)) is not None:
+            why = f"taken off with the rollback of the champion to v{previous}: {reason}"
+            client.delete_registered_model_alias(name, alias)
+            _end_rollout(client, name)
+            client.set_model_version_tag(name, candidate, "rolled_back_because", why[:4900])
+            return Move("rollback", previous, current, None, candidate, alias, 0.0)
     return Move("rollback", previous, current, None)
 
 
