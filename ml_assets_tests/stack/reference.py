@@ -6,8 +6,8 @@ every job in process, files, SQLite, DuckDB) with the scenario's retraining conf
 `python -m ml_assets.serving` on its SQLite online store scoring the same traffic, then the
 `inference_log` drain. Writes {"fingerprints": ..., "traffic": ..., "seconds": {...}} to OUT.
 
-The stack's end-to-end test starts it in the background at its beginning, so it runs while the
-stack waits on its sensors.
+The stack's end-to-end test starts it in the background once the stack is up, so it runs while
+the stack waits on its sensors.
 """
 
 from __future__ import annotations
