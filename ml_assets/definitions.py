@@ -8,11 +8,19 @@ from pathlib import Path
 
 import dagster as dg
 
+# The multiprocess executor starts each step in a process of its own. Spawned, each would import
+# the code location again (~10 s a step on a loaded 2-core box); forked from a server that has
+# loaded it once per run, a step starts in about a second (bench/stack.py measures both). The
+# server is Python's forkserver: it forks from a process that only imported (no polars work, no
+# OpenMP pool), which is what makes forking safe here, and it ends with the run's process.
+MULTIPROCESS = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": ["ml_assets.preloaded_location"]}}}
+)
+
 
 def _executor() -> dg.ExecutorDefinition:
     """The executor the setting ML_ASSETS_EXECUTOR names. In process by default: one import of the
-    stack per run, instead of one per step (each step of the multiprocess executor pays ~4-5 s of
-    imports on a small box); multiprocess where steps of one run should run side by side."""
+    stack per run; multiprocess where steps of one run should run side by side (the stack)."""
     from ml_assets.lib.settings import value
 
     name = value("ML_ASSETS_EXECUTOR")
@@ -20,7 +28,7 @@ def _executor() -> dg.ExecutorDefinition:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    executors = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+    executors = {"in_process": dg.in_process_executor, "multiprocess": MULTIPROCESS}
     if name not in executors:
         raise ValueError(f"ML_ASSETS_EXECUTOR must be in_process, multiprocess or k8s, not {name!r}")
     return executors[name]

@@ -3,10 +3,14 @@
 It loads the code location once and runs its jobs in this process, against the Dagster instance
 in DAGSTER_HOME, so every run, materialization and check shows in `make dev` afterwards. It runs
 the same jobs a user launches from the UI, in order; it adds nothing the UI would not do.
+`--retraining-config JSON` is retraining_job's run config, as the launchpad takes it (fewer trials,
+other gate thresholds): the stack's end-to-end test runs the same retraining on both.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import time
 
@@ -27,7 +31,11 @@ def _landing_range(feeds: list[str], valid: set[str]) -> tuple[str, str] | None:
     return (days[0], days[-1]) if days else None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ml_assets.run", description=__doc__.split("\n")[0])
+    ap.add_argument("--retraining-config", type=json.loads, default={}, metavar="JSON",
+                    help="retraining_job's run config (ops, resources), as JSON")  # fmt: skip
+    args = ap.parse_args(argv)
     import dagster as dg
 
     from ml_assets.definitions import defs
@@ -50,7 +58,7 @@ def main() -> int:
         ("ingestion_job", f"ingest {first}..{last} into bronze", days, {}),
         ("features_job", f"build the dbt features of {first}..{last}", days, {}),
         ("serving_state_job", f"feed the online store from bronze for {first}..{last}", days, {}),
-        ("retraining_job", "snapshot, train, tune and validate a model", {}, {}),
+        ("retraining_job", "snapshot, train, tune and validate a model", {}, args.retraining_config),
     ]
     summary = []
 

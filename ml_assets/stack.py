@@ -1,5 +1,5 @@
-"""The production topology on one box: `python -m ml_assets.stack up|status|down` (`make stack`,
-`make stack-status`, `make stack-down`).
+"""The production topology on one box: `python -m ml_assets.stack up|status|down|restart PART`
+(`make stack`, `make stack-status`, `make stack-down`, `make stack-restart PART=...`).
 
 `up` starts, in the background, every part production runs as a managed service, each a real
 server on 127.0.0.1, and returns once each answers:
@@ -7,7 +7,8 @@ server on 127.0.0.1, and returns once each answers:
 - postgres: Debian's PostgreSQL, Dagster's run/event/schedule storage (database `dagster`) and
   MLflow's backend store (database `mlflow`). In production: RDS / Cloud SQL.
 - object-store: moto's S3 server, holding the lake (`s3://ml-assets/lake`) and MLflow's
-  artifacts. In production: S3 / GCS.
+  artifacts; it refuses a conditional PUT (If-None-Match: *) over an existing key, which is what
+  delta-rs's commits rely on. In production: S3 / GCS.
 - mlflow: `mlflow server` on postgres, artifacts on the object store.
 - redis: `redis-server`, append-only with fsync at every write: the serving's online store.
   In production: ElastiCache.
@@ -18,11 +19,13 @@ server on 127.0.0.1, and returns once each answers:
 
 Everything lives under `<data>/stack/` (paths.stack_dir()): each server's data, the stack's
 DAGSTER_HOME, `ports.json` (chosen once: ML_ASSETS_STACK_PORT_BASE, or free ports), one PID file
-per part under `pids/`, logs under `logs/`, and `stack.env`: the settings that point any process
-at the stack (`set -a; . <data>/stack/stack.env` before `make run`, or `make run STACK=1`).
-`down` stops each part by its recorded PID (its whole process group: the webserver's code server
-and the daemon's runs with it) and keeps the data. The warehouse stays a DuckDB file under the
-data root: one writer, so the dbt step holds the instance's `warehouse` pool of one slot.
+per part under `pids/`, logs under `logs/`, the parts' Python bytecode under `pycache/`, and
+`stack.env`: the settings that point any process at the stack (`set -a; . <data>/stack/stack.env`
+before `make run`, or `make run STACK=1`). `down` stops each part by its recorded PID (its whole
+process group: the webserver's code server and the daemon's runs with it) and keeps the data.
+`restart PART` stops one part and starts it again; the daemon alone, so that the runs it launched
+finish (see `restart`). The warehouse stays a DuckDB file under the data root: one writer, so the
+dbt step holds the instance's `warehouse` pool of one slot.
 
 moto keeps objects in memory: `down` loses the lake and MLflow's artifacts (PostgreSQL, Redis and
 DuckDB keep theirs). Heavy libraries (psycopg2, boto3) are imported only where used.
@@ -132,6 +135,10 @@ class Stack:
                 # Commits are conditional PUTs (If-None-Match: *), which moto enforces.
                 {"AWS_ENDPOINT_URL": store, "AWS_ALLOW_HTTP": "true", "conditional_put": "etag"}
             ),
+            # dbt's delta plugin opens bronze with delta-rs's defaults, which take the endpoint
+            # from the environment (production's S3 needs none), as boto3 does.
+            "AWS_ENDPOINT_URL": store,
+            "AWS_ALLOW_HTTP": "true",
             "ML_ASSETS_WAREHOUSE": str(paths.warehouse_path()),
             "MLFLOW_TRACKING_URI": self.url("mlflow"),
             # New experiments keep artifacts on the object store, written there directly (as run
@@ -308,6 +315,11 @@ def _child_env(stack: Stack) -> dict[str, str]:
     must not point a part elsewhere), then the stack's."""
     base = environment_without_settings()
     base["PATH"] = os.pathsep.join([str(BIN), base.get("PATH", "")])
+    # Every run, and every step of it, is a process that imports the code location: with bytecode
+    # kept (here, once for all parts), none compiles the modules again, even where the shell says
+    # not to write any (PYTHONDONTWRITEBYTECODE) or the environment's folders are read-only.
+    base.pop("PYTHONDONTWRITEBYTECODE", None)
+    base["PYTHONPYCACHEPREFIX"] = str(stack.root / "pycache")
     return base | stack.environment()
 
 
@@ -428,29 +440,41 @@ def _argv(stack: Stack, name: str) -> list[str]:
     return [sys.executable, "-m", "ml_assets.serving", "--host", "127.0.0.1", "--port", port]
 
 
+def _environment_of_parts(stack: Stack) -> dict[str, str]:
+    """What every part runs with: the stack's settings, and libpq's password file for MLflow's."""
+    env = _child_env(stack)
+    pgpass = stack.root / "pgpass"
+    pgpass.touch(mode=0o600)
+    pgpass.write_text(f"127.0.0.1:{stack.ports['postgres']}:mlflow:mlflow:{stack.secret('mlflow')}\n")
+    env["PGPASSFILE"] = str(pgpass)
+    # MLflow's server runs a job queue of its own (huey consumers, six processes importing MLflow)
+    # for features this project doesn't use: off, it starts in a fraction of the CPU.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    return env
+
+
+def _start(stack: Stack, name: str, env: dict[str, str]) -> None:
+    if name == "postgres":
+        _start_postgres(stack, env)
+        return
+    if name == "redis" and not shutil.which("redis-server"):
+        raise StackError("redis-server is not installed: make redis-server")
+    _spawn(stack, name, _argv(stack, name), env, cwd=paths.REPO_ROOT)
+
+
 def up() -> dict:
     """Start every part not already running, wait until each is healthy; return status()."""
     stack = Stack.here()
     stack.save()
     stack.write_env()
     _write_instance(stack)
-    env = _child_env(stack)
-    pgpass = stack.root / "pgpass"
-    pgpass.touch(mode=0o600)
-    pgpass.write_text(f"127.0.0.1:{stack.ports['postgres']}:mlflow:mlflow:{stack.secret('mlflow')}\n")
-    env["PGPASSFILE"] = str(pgpass)
-
+    env = _environment_of_parts(stack)
     started: list[str] = []
     began = time.monotonic()
 
     def start(name: str) -> None:
         if recorded_pid(stack, name) is None:
-            if name == "postgres":
-                _start_postgres(stack, env)
-            else:
-                if name == "redis" and not shutil.which("redis-server"):
-                    raise StackError("redis-server is not installed: make redis-server")
-                _spawn(stack, name, _argv(stack, name), env, cwd=paths.REPO_ROOT)
+            _start(stack, name, env)
             started.append(name)
 
     try:
@@ -459,10 +483,8 @@ def up() -> dict:
             start(name)
         _create_databases(stack)
         _create_bucket(stack)
-        for name in ("mlflow", "dagster-webserver", "dagster-daemon"):
-            start(name)
-        _wait(stack, "mlflow", lambda: _healthy(stack, "mlflow"))
-        for name in ("serving-1", "serving-2"):  # they read the registry when they start
+        # The replicas too: one that can't read the registry yet answers, and polls it until it can.
+        for name in ("mlflow", "dagster-webserver", "dagster-daemon", "serving-1", "serving-2"):
             start(name)
         for name in PARTS:
             _wait(stack, name, lambda name=name: _healthy(stack, name))
@@ -474,45 +496,140 @@ def up() -> dict:
     return status(stack)
 
 
+def restart(name: str) -> dict:
+    """Stop one running part and start it again; return once it is healthy.
+
+    The daemon is stopped alone (SIGTERM to its process, not to its group), as a daemon pod is
+    replaced in production while run pods go on: the code server it started takes no new work and
+    ends once the runs it launched end (Dagster's gRPC server does that when its heartbeat stops),
+    so runs in flight finish. What is left of that group is recorded under `pids/retired/`, and
+    `down` stops it. Any other part is stopped with its group, as `down` stops it.
+
+    Returns the PIDs, when it stopped, when the new process started and when it was healthy
+    (seconds since the epoch: time.time())."""
+    stack = Stack.here()
+    if name not in PARTS:
+        raise StackError(f"no part {name!r}: the parts are {', '.join(PARTS)}")
+    old = recorded_pid(stack, name)
+    if old is None:
+        raise StackError(f"{name} is not running: make stack starts it")
+    env = _environment_of_parts(stack)
+    stopped_at = time.time()
+    if name == "dagster-daemon":
+        record = json.loads(_pid_file(stack, name).read_text())
+        retired = stack.root / "pids" / "retired"
+        retired.mkdir(exist_ok=True)
+        (retired / f"{name}-{old}.pid").write_text(json.dumps(record))
+        os.kill(old, signal.SIGTERM)
+        _wait_gone(old, record["start_time"])
+        _pid_file(stack, name).unlink(missing_ok=True)
+    else:
+        _stop(stack, [name])
+    _start(stack, name, env)
+    started_at = time.time()
+    _wait(stack, name, lambda: _healthy(stack, name))
+    return {
+        "part": name, "stopped_pid": old, "pid": recorded_pid(stack, name),
+        "stopped_at": stopped_at, "started_at": started_at, "healthy_at": time.time(),
+    }  # fmt: skip
+
+
+def _wait_gone(pid: int, start_time: str) -> None:
+    """Wait for the process `pid` (the one started at `start_time`) to exit; SIGKILL it after
+    STOP_TIMEOUT."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _start_time(pid) == start_time:
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
 def down() -> dict[str, int | None]:
     """Stop every part `up` started, by its recorded PID (and its process group), last started
     first; the data stays. Returns {part: the PID stopped, or None if it was not running}."""
-    return _stop(Stack.here(), reversed(PARTS))
+    stack = Stack.here()
+    stopped = _stop(stack, reversed(PARTS))
+    # What a restarted daemon left running (its code server and the runs it was finishing).
+    for path in sorted((stack.root / "pids" / "retired").glob("*.pid")):
+        if _ours(int(path.stem.rsplit("-", 1)[1])):
+            _stop_group(int(path.stem.rsplit("-", 1)[1]), signal.SIGTERM)
+        path.unlink()
+    return stopped
+
+
+def _ours(pgid: int) -> bool:
+    """Whether a process of this environment's Python is still in process group `pgid` (a retired
+    group's leader is gone, so its PID can't name it; its members' programs can)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if int(fields[2]) == pgid and argv0.startswith(str(BIN)):
+            return True
+    return False
+
+
+STORES = ("postgres", "object-store", "redis")
 
 
 def _stop(stack: Stack, names) -> dict[str, int | None]:
-    stopped = {}
-    for name in names:
-        pid = recorded_pid(stack, name)
-        stopped[name] = pid
-        if pid is not None:
+    """Stop the parts `names`: what uses the stores first, all of them at once, then the stores
+    (a part stopping still writes to them)."""
+    names = list(names)
+    stopped = {name: recorded_pid(stack, name) for name in names}
+    for wave in ([n for n in names if n not in STORES], [n for n in names if n in STORES]):
+        running = [(name, stopped[name]) for name in wave if stopped[name] is not None]
+        for name, pid in running:
             # PostgreSQL's "fast" shutdown is SIGINT (SIGTERM waits for every client to leave).
-            _stop_group(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
-        _pid_file(stack, name).unlink(missing_ok=True)
+            _signal_group(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+        for _, pid in running:
+            _wait_group(pid)
+        for name in wave:
+            _pid_file(stack, name).unlink(missing_ok=True)
     return stopped
 
 
 def _stop_group(pid: int, sig: int) -> None:
     """Signal the process group `pid` leads, wait for all of it to exit, SIGKILL what remains."""
-    try:
+    _signal_group(pid, sig)
+    _wait_group(pid)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        return
+
+
+def _wait_group(pid: int) -> None:
+    """Wait for every process of group `pid` to exit; SIGKILL what remains after STOP_TIMEOUT."""
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
             return
-        time.sleep(0.2)
+        time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ml_assets.stack", description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=("up", "status", "down"))
+    ap.add_argument("command", choices=("up", "status", "down", "restart"))
+    ap.add_argument("part", nargs="?", help="restart: the part (dagster-daemon, serving-1, ...)")
     args = ap.parse_args(argv)
+    if args.command == "restart":
+        try:
+            print(json.dumps(restart(args.part or ""), indent=2))
+        except StackError as e:
+            print(f"make stack-restart: {e}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "up":
         # A stop (make's timeout, Ctrl-C) still stops what this call started: see up().
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

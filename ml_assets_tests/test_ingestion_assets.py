@@ -151,3 +151,22 @@ def test_a_transaction_id_seen_on_another_day_conflicts(data_dir):
     ]
     q = _lake(data_dir, tables.QUARANTINE["transactions"])
     assert "already ingested for event_date 2026-01-15" in q["reasons"][0][0]
+
+
+def test_every_check_of_a_day_ends_evaluated_for_that_day(feed):
+    """Dagster plans a daily asset's checks for the run's day: each must record its result for that
+    day too. One that recorded it for no partition (an unpartitioned check) left the day's record
+    planned for ever, and declarative automation, which waits for the day's blocking checks, never
+    built the day's features (found by the stack's end-to-end test)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.ephemeral()
+    definitions = load_defs()
+    assert run_job(definitions, "ingestion_job", instance=instance, partition=DAY).success
+    job = definitions.resolve_job_def("ingestion_job")
+    checks = [key for key in job.asset_layer.asset_graph.asset_check_keys]
+    assert dg.AssetCheckKey(dg.AssetKey("raw_transactions"), "transaction_id_unique") in checks
+    for key in checks:
+        (record,) = instance.event_log_storage.get_asset_check_execution_history(key, limit=5)
+        assert record.status.value in ("SUCCEEDED", "FAILED"), (key, record.status)
+        assert record.partition == DAY, key

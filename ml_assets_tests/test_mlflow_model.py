@@ -5,6 +5,8 @@ scores a pipeline's champion against its lake."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -140,3 +142,24 @@ def test_it_decides_by_its_registered_versions_threshold(data_dir):
     assert out["decision"].tolist() == expected and {"review", "approve"} <= set(expected)
     given = mlflow.pyfunc.load_model(uri, model_config={"decision_threshold": 0.0}).predict(rows)
     assert given["decision"].tolist() == [None if np.isnan(s) else "review" for s in scores]
+
+
+def test_logging_a_model_records_nothing_in_the_online_store_the_environment_names(data_dir, monkeypatch):
+    """MLflow scores a model's input example when it logs it: where ML_ASSETS_ONLINE_STORE is set
+    (a run pod, the stack's runs), the example must not be scored through the live store (it
+    would be recorded as a decision, and drained into the inference log)."""
+    import mlflow
+
+    from ml_assets.serving.online_store import open_store
+    from ml_assets_tests.serving_support import log_booster, train_booster
+
+    url = f"sqlite:///{data_dir / 'online' / 'online.db'}"
+    tracking.use_store(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment("log", artifact_location=str(data_dir / "a"))
+    )
+    monkeypatch.setenv("ML_ASSETS_ONLINE_STORE", url)
+    assert log_booster(train_booster(1)[0]).startswith("models:/")
+    assert os.environ["ML_ASSETS_ONLINE_STORE"] == url  # set again after the log
+    with open_store(url, lookback_days=30) as store:
+        assert store.read_decisions(None, 10)[0] == []

@@ -59,8 +59,9 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "ML_ASSETS_EXECUTOR",
             "in_process",
-            "How a run executes its steps: in_process (one import of the stack per run), multiprocess, "
-            "or k8s (a pod per step).",
+            "How a run executes its steps: in_process (one import of the stack per run), multiprocess "
+            "(a process per step, forked from one that loaded the location; the stack's), or k8s (a pod "
+            "per step).",
         ),
         Setting("ML_ASSETS_START_DATE", "2026-01-01", "The first daily partition."),
         Setting(

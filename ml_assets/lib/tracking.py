@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -89,7 +91,11 @@ def log_model(booster, lake_uri: str | None, columns: list[str]) -> str:
 
     from ml_assets.serving import mlflow_model
 
-    with tempfile.TemporaryDirectory() as tmp:
+    # MLflow loads the logged model and scores its input example before it returns. In a process
+    # where ML_ASSETS_ONLINE_STORE is set (a run pod, the stack's runs), the pyfunc would score the
+    # example through the live online store: it would join a card's history, and the inference log
+    # as a decision of arm "pyfunc" (the stack's end-to-end test found it there).
+    with tempfile.TemporaryDirectory() as tmp, _unset("ML_ASSETS_ONLINE_STORE"):
         booster_file = Path(tmp) / BOOSTER_FILE
         booster.save_model(str(booster_file))
         info = mlflow.pyfunc.log_model(
@@ -105,6 +111,17 @@ def log_model(booster, lake_uri: str | None, columns: list[str]) -> str:
     return info.model_uri
 
 
+@contextlib.contextmanager
+def _unset(name: str):
+    """The environment variable `name` unset for the block, then as it was."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
 def register(client, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
     """A new version of `name` from `model_uri`, with the contract's tags; returns its number.
 
@@ -114,7 +131,11 @@ def register(client, name: str, model_uri: str, run_id: str, tags: dict[str, str
         client.get_registered_model(name)
     except Exception:  # not created yet (the store's exception type varies by backend)
         client.create_registered_model(name, description="Card fraud score (LightGBM), from ml_assets.")
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    # `models:/<id>` (what log_model returns) names a logged model: a tracking server refuses it as
+    # a version's source unless the version names that model too (a SQLite store doesn't check).
+    logged = model_uri.removeprefix("models:/")
+    model_id = logged if model_uri.startswith("models:/") and "/" not in logged else None
+    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
     return str(mv.version)
 
 
