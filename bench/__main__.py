@@ -15,6 +15,7 @@ BENCHES = {
     "online_store": "bench.online_store",
     "make_run": "bench.make_run",
     "rollback": "bench.rollback",
+    "stack": "bench.stack",
     "scale": "bench.scale",
 }
 # Run only when named: the pipeline at 1M, 5M and 20M transactions takes about an hour here.

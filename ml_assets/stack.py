@@ -209,7 +209,7 @@ def _spawn(stack: Stack, name: str, argv: list[str], env: dict[str, str], **pope
         start_new_session=True, **popen,
     )  # fmt: skip
     log.close()
-    record = {"pid": proc.pid, "start_time": _start_time(proc.pid), "argv": argv}
+    record = {"pid": proc.pid, "start_time": _start_time(proc.pid), "started_at": time.time(), "argv": argv}
     _pid_file(stack, name).write_text(json.dumps(record))
     return proc.pid
 
@@ -286,11 +286,16 @@ def _healthy(stack: Stack, name: str) -> bool:
         entries = (data or {}).get("workspaceOrError", {}).get("locationEntries", [])
         return [(e["name"], e["loadStatus"]) for e in entries] == [("ml_assets", "LOADED")]
     if name == "dagster-daemon":
-        query = "{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }"
+        fields = "daemonType required healthy lastHeartbeatTime"
+        query = f"{{ instance {{ daemonHealth {{ allDaemonStatuses {{ {fields} }} }} }} }}"
         data = _graphql(stack, query)
         statuses = (data or {}).get("instance", {}).get("daemonHealth", {}).get("allDaemonStatuses", [])
         required = [s for s in statuses if s["required"]]
-        return bool(required) and all(s["healthy"] for s in required)
+        # Heartbeats of this process: a daemon that was just replaced leaves fresh ones behind.
+        since = json.loads(_pid_file(stack, name).read_text()).get("started_at", 0)
+        return bool(required) and all(
+            s["healthy"] and (s["lastHeartbeatTime"] or 0) >= since for s in required
+        )
     # A replica with no champion yet answers 503: it is live.
     return _http_status(f"{stack.url(name)}/health") in (200, 503)
 
