@@ -11,6 +11,7 @@ Defaults in angle brackets are derived from other settings when the value is rea
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -148,6 +149,17 @@ def environment_without_settings() -> dict[str, str]:
     starts (the stack's servers) inherits before it gets its own settings, so that a shell with
     production's variables can't point it elsewhere. PATH, HOME, locale and the like stay."""
     return {k: v for k, v in os.environ.items() if k not in SETTINGS}
+
+
+@contextlib.contextmanager
+def unset(name: str):
+    """The setting `name` unset for the block, then as it was."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def replace_environment(env: dict[str, str]) -> None:

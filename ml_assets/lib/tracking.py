@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from ml_assets.lib import registry
+from ml_assets.lib import registry, settings
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # ml_assets/: logged with every model
 BOOSTER_FILE = "booster.txt"  # the booster, in LightGBM's text format, under the model's artifacts/
@@ -95,7 +93,7 @@ def log_model(booster, lake_uri: str | None, columns: list[str]) -> str:
     # where ML_ASSETS_ONLINE_STORE is set (a run pod, the stack's runs), the pyfunc would score the
     # example through the live online store: it would join a card's history, and the inference log
     # as a decision of arm "pyfunc" (the stack's end-to-end test found it there).
-    with tempfile.TemporaryDirectory() as tmp, _unset("ML_ASSETS_ONLINE_STORE"):
+    with tempfile.TemporaryDirectory() as tmp, settings.unset("ML_ASSETS_ONLINE_STORE"):
         booster_file = Path(tmp) / BOOSTER_FILE
         booster.save_model(str(booster_file))
         info = mlflow.pyfunc.log_model(
@@ -109,17 +107,6 @@ def log_model(booster, lake_uri: str | None, columns: list[str]) -> str:
             pip_requirements=pip_requirements(),
         )
     return info.model_uri
-
-
-@contextlib.contextmanager
-def _unset(name: str):
-    """The environment variable `name` unset for the block, then as it was."""
-    saved = os.environ.pop(name, None)
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ[name] = saved
 
 
 def register(client, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
