@@ -375,8 +375,37 @@ class Scenario:
         }
         return env["ML_ASSETS_LAKE_URI"], options, Path(env["ML_ASSETS_WAREHOUSE"])
 
+    def training_version(self) -> int:
+        """The training_set version the scenario's retraining run wrote (the retraining sensor
+        may ask for another retraining on what monitoring measured since)."""
+        import dagster as dg
+
+        records = (
+            self.instance()
+            .get_records_for_run(
+                self.notes["retraining_run"], of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+            )
+            .records
+        )
+        (record,) = [r for r in records if r.asset_materialization.asset_key == dg.AssetKey("training_set")]
+        return int(record.asset_materialization.metadata["delta_version"].value)
+
     def fingerprints(self) -> dict[str, dict]:
-        return fingerprints(*self.lake())
+        return fingerprints(*self.lake(), training_version=self.training_version())
+
+    def own_runs(self) -> set[str]:
+        """The runs the scenario caused: the ones it launched, the sensors' and automation's it
+        waited for, and the killed run's retry."""
+        notes = self.notes
+        sensors = (LANDING_SENSOR, AUTOMATION_SENSOR, PROMOTION_SENSOR, DRAIN_SENSOR)
+        asked = {r.run_id for name in sensors for r in self.runs(**{"dagster/sensor_name": name})}
+        launched = {
+            *notes["history_runs"],
+            notes["retraining_run"],
+            notes["monitoring_run"],
+            notes["retry_run"],
+        }
+        return asked | launched
 
 
 def _is_ours(pid: int) -> bool:

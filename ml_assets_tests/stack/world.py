@@ -143,30 +143,32 @@ def _digest(frame) -> dict:
     return {"rows": ordered.height, "sha256": hashlib.sha256(ordered.write_csv().encode()).hexdigest()}
 
 
-def tables_of(lake_uri: str, storage_options: dict[str, str], warehouse: Path) -> dict:
-    """{name: frame} of bronze, the features, the training set (its latest version: one
-    retraining ran) and the inference log (less WHEN_COLUMNS)."""
+def tables_of(
+    lake_uri: str, storage_options: dict[str, str], warehouse: Path, training_version: int | None = None
+) -> dict:
+    """{name: frame} of bronze, the features, the training set (version `training_version`, by
+    default the latest) and the inference log (less WHEN_COLUMNS)."""
     import duckdb
     import polars as pl
 
     from ml_assets.lib import tables
 
-    def delta(table: str):
-        return pl.read_delta(f"{lake_uri}/{table}", storage_options=storage_options or None)
+    def delta(table: str, version: int | None = None):
+        return pl.read_delta(f"{lake_uri}/{table}", version=version, storage_options=storage_options or None)
 
     out = {name: delta(table) for name, table in (
         ("bronze/transactions", tables.BRONZE["transactions"]), ("bronze/labels", tables.BRONZE["labels"]),
-        ("training_set", tables.TRAINING_SET),
     )}  # fmt: skip
+    out["training_set"] = delta(tables.TRAINING_SET, training_version)
     out["inference_log"] = delta(tables.INFERENCE_LOG).drop(WHEN_COLUMNS, strict=False)
     with duckdb.connect(str(warehouse), read_only=True) as con:
         out["transaction_features"] = con.sql("select * from transaction_features").pl()
     return out
 
 
-def fingerprints(lake_uri: str, storage_options: dict[str, str], warehouse: Path) -> dict[str, dict]:
-    """{table: {"rows", "sha256"}} of `tables_of`."""
-    return {name: _digest(frame) for name, frame in tables_of(lake_uri, storage_options, warehouse).items()}
+def fingerprints(*where, **training_version) -> dict[str, dict]:
+    """{table: {"rows", "sha256"}} of `tables_of(*where, **training_version)`."""
+    return {name: _digest(frame) for name, frame in tables_of(*where, **training_version).items()}
 
 
 def differences(ours, theirs) -> str:
