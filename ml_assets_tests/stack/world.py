@@ -44,9 +44,10 @@ RETRAINING = {
     "resources": {"quality_gates": {"config": {"min_roc_auc": 0.5, "min_pr_auc": 0.01, "max_ece": 1.0}}},
 }
 FEEDS = ("transactions", "labels")
-# Columns that say when or under which request id something was recorded, not what: left out of
-# the inference log's hash (the traffic runs at another time on each side).
-WHEN_COLUMNS = ("request_id", "scored_at", "scored_date")
+# Columns that say when, how fast or under which request id something was recorded, not what:
+# left out of the inference log's hash (the traffic runs at another time, on another load, on
+# each side).
+WHEN_COLUMNS = ("request_id", "scored_at", "scored_date", "latency_ms")
 
 
 @dataclass(frozen=True)
