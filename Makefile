@@ -36,7 +36,7 @@ help:
 	@echo "make stack / stack-status / stack-down  the production topology on this box (PostgreSQL, S3, MLflow, Redis, Dagster, 2 replicas)"
 	@echo "make stack-restart PART=dagster-daemon  stop one part of the stack and start it again"
 	@echo "make run STACK=1                     any target, against the running stack (its stack.env)"
-	@echo "make test-stack                      the stack's end-to-end test (minutes; not part of make test)"
+	@echo "make test-stack                      the stack's end-to-end test (minutes; CI runs it after make test)"
 
 # The environment is rebuilt whenever the lock or the project changes. Its packages are compiled
 # to bytecode once, here: uv doesn't by default, and where PYTHONDONTWRITEBYTECODE is set (as on
