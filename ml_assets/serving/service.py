@@ -14,9 +14,11 @@ so any number of replicas (or a restarted one) score with the same card historie
    in its card's history and its decision queued for the inference log (the Dagster asset
    `inference_log` drains the queue into Delta).
 
-A store that can't be reached makes /predict answer 503 with the reason; nothing is scored without
-being recorded. A poller thread swaps in a new `Deployment` when the registry's aliases or tags
-change.
+The store calls of concurrent requests are committed together (online_store.group.GroupCommit:
+several to a commit, without holding the event loop while the store waits for its disk), each
+request answered only after its own. A store that can't be reached makes /predict answer 503 with
+the reason; nothing is scored without being recorded. A poller thread swaps in a new `Deployment`
+when the registry's aliases or tags change.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
+from functools import partial
 
 import numpy as np
 
@@ -42,6 +46,7 @@ from ml_assets.serving.online_store import (
     redacted,
     scrubbed,
 )
+from ml_assets.serving.online_store.group import GroupCommit
 from ml_assets.serving.registry import Deployment, Registry
 from ml_assets.serving.settings import ServingSettings
 from ml_assets.serving.validation import RequestError
@@ -59,6 +64,7 @@ class Service:
         # The store's lookback is the features' card lookback: a window holds exactly what
         # `transaction_features` can count.
         self.store = open_store(self.store_url, lookback_days=self.params.card_lookback_days)
+        self.calls = GroupCommit(self.store)
         self.deployment: Deployment | None = None
         self.last_poll: dict = {"at": None, "error": None}
         self.store_state: dict = {"last_error": None, "last_error_at": None, "unavailable_answers": 0}
@@ -80,10 +86,11 @@ class Service:
         gc.freeze()
         self._poller.start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self._stop.set()
         if self._poller.is_alive():
             self._poller.join(timeout=30)
+        await self.calls.aclose()
         self.store.close()
 
     def poll(self) -> None:
@@ -112,21 +119,24 @@ class Service:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def predict(self, txs: list[Tx]) -> dict:
-        """Score validated transactions with the current deployment, through the online store."""
+    async def predict(self, txs: list[Tx], offload: Callable[[Callable], Awaitable] | None = None) -> dict:
+        """Score validated transactions with the current deployment, through the online store.
+        With `offload` (a batch's: a worker thread), the features and scores are computed there,
+        off the event loop."""
         deployment = self.deployment  # read once: the whole request uses one deployment
         if deployment is None:
             raise RequestError(503, f"no model to serve: {self.settings.model_name!r} has no champion yet")
         request_id = uuid.uuid4().hex
         with self._store_calls():
-            begun = self.store.begin(txs)
+            begun = await self.calls.begin(txs)
             new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
-            risk = {day: self._merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
-        decisions = self._decide(deployment, request_id, new, begun.windows, risk)
+            risk = {day: await self._merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
+        decide = partial(self._decide, deployment, request_id, new, begun.windows, risk)
+        decisions = await offload(decide) if offload else decide()
         with self._store_calls():
             # Before the response: a 200 is a durable decision. Another replica may have recorded
             # one of these transactions first: its decision stands, and is what we answer.
-            standing = self.store.record(decisions) if decisions else {}
+            standing = await self.calls.record(decisions) if decisions else {}
         decided = [begun.recorded.get(tx.transaction_id) or standing[tx.transaction_id] for tx in txs]
         earlier = {d.request_id for d in decided}
         return {
@@ -211,13 +221,13 @@ class Service:
             )  # fmt: skip
         return out
 
-    def _merchant_risk(self, day: date) -> RiskTable:
+    async def _merchant_risk(self, day: date) -> RiskTable:
         now = time.monotonic()
         cached = self._risk.get(day)
         if cached is None or now - cached[0] > self.settings.poll_seconds:
             # Never computed from bronze here: the pipeline writes it. A day not written yet gets
             # the latest earlier day's table, and its decisions say stale_risk.
-            table = self.store.merchant_risk(day)
+            table = await self.calls.merchant_risk(day)
             self._risk = {d: v for d, v in self._risk.items() if now - v[0] <= self.settings.poll_seconds}
             self._risk[day] = (now, table)
             return table
