@@ -261,7 +261,13 @@ class Service:
             "arms": arms,
             "problems": list(d.problems) if d else [],
             "registry": self.last_poll,
-            "online_store": {"url": redacted(self.store_url), **self.store_state},
+            "online_store": {
+                "url": redacted(self.store_url),
+                **self.store_state,
+                # Group commit: store calls made, and the commits they took (several to one when busy).
+                "calls": self.calls.calls,
+                "commits": self.calls.groups,
+            },
             "pid": os.getpid(),  # which worker answered (`--workers N`: N processes, one port)
         }
         return (200 if d else 503), body
