@@ -52,6 +52,7 @@ from ml_assets.serving.settings import ServingSettings
 from ml_assets.serving.validation import RequestError
 
 log = logging.getLogger(__name__)
+RISK_KEPT_POLLS = 10  # a day's merchant risk stays loaded this many poll intervals after its last use
 
 
 class Service:
@@ -68,9 +69,11 @@ class Service:
         self.deployment: Deployment | None = None
         self.last_poll: dict = {"at": None, "error": None}
         self.store_state: dict = {"last_error": None, "last_error_at": None, "unavailable_answers": 0}
-        # Merchant risk changes once a day (the pipeline writes it): read per event day at most once
-        # per poll interval, not on every request (a day's table is every merchant's counts).
-        self._risk: dict[date, tuple[float, RiskTable]] = {}
+        # Merchant risk changes once a day (the pipeline writes it): a day's table (every merchant's
+        # counts) is read on the first request of that day, then again once per poll interval by
+        # the poller thread while requests still use it, never on the request path again.
+        self._risk: dict[date, RiskTable] = {}
+        self._risk_used: dict[date, float] = {}  # day -> when a request last used its table
         self._stop = threading.Event()
         self._poll_lock = threading.Lock()
         self._poller = threading.Thread(target=self._poll_loop, name="registry-poller", daemon=True)
@@ -116,6 +119,22 @@ class Service:
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
             self.poll()
+            self._refresh_risk()
+
+    def _refresh_risk(self) -> None:
+        """Read again the merchant risk of the days requests used lately; forget the others."""
+        now = time.monotonic()
+        for day, used in list(self._risk_used.items()):
+            if now - used > RISK_KEPT_POLLS * self.settings.poll_seconds:
+                self._risk_used.pop(day, None)
+                self._risk.pop(day, None)
+                continue
+            try:
+                self._risk[day] = self.store.merchant_risk(day)
+            except Exception as e:  # the store's fault: requests answer 503 meanwhile, and say why
+                log.warning(
+                    "merchant risk of %s not refreshed: %s", day, scrubbed(f"{type(e).__name__}: {e}")
+                )
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -222,16 +241,13 @@ class Service:
         return out
 
     async def _merchant_risk(self, day: date) -> RiskTable:
-        now = time.monotonic()
-        cached = self._risk.get(day)
-        if cached is None or now - cached[0] > self.settings.poll_seconds:
+        self._risk_used[day] = time.monotonic()
+        table = self._risk.get(day)
+        if table is None:  # the day's first request (the poller keeps it fresh from now on)
             # Never computed from bronze here: the pipeline writes it. A day not written yet gets
             # the latest earlier day's table, and its decisions say stale_risk.
-            table = await self.calls.merchant_risk(day)
-            self._risk = {d: v for d, v in self._risk.items() if now - v[0] <= self.settings.poll_seconds}
-            self._risk[day] = (now, table)
-            return table
-        return cached[1]
+            table = self._risk[day] = await self.calls.merchant_risk(day)
+        return table
 
     def _store_calls(self):
         return _StoreCalls(self)
