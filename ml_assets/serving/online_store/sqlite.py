@@ -360,8 +360,9 @@ class _LoopCalls:
 
 class _WalSync:
     """fdatasync of the WAL file, in a thread, once for every commit made before it (whoever
-    made it: the file is one for every process). Checkpoints too, every CHECKPOINT_SECONDS: the
-    event loop's connection never does (a checkpoint copies pages and syncs twice)."""
+    made it: the file is one for every process). A second thread checkpoints the WAL into the
+    database every CHECKPOINT_SECONDS (the event loop's connection never does): a checkpoint copies
+    pages and syncs twice, for as long as the disk takes, and no sync waits for it."""
 
     def __init__(self, store: SqliteStore):
         self.store = store
@@ -371,8 +372,13 @@ class _WalSync:
         # The WAL stays this file while any connection is open (ours are, until close).
         self._wal = os.open(f"{store.path}-wal", os.O_RDONLY)
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="online-store-wal-sync", daemon=True)
-        self._thread.start()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._sync, name="online-store-wal-sync", daemon=True),
+            threading.Thread(target=self._checkpoint, name="online-store-checkpoint", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def synced(self) -> None:
         """Return once the WAL is synced past every commit made before the call."""
@@ -383,17 +389,15 @@ class _WalSync:
 
     def close(self) -> None:
         self._waiting.put(None)
-        self._thread.join(timeout=60)
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
         os.close(self._wal)
         self._db.close()
 
-    def _run(self) -> None:
-        checkpointed = time.monotonic()
+    def _sync(self) -> None:
         while True:
-            try:
-                waiting = [self._waiting.get(timeout=CHECKPOINT_SECONDS)]
-            except queue.Empty:
-                waiting = []
+            waiting = [self._waiting.get()]
             while True:  # every commit waiting now is covered by the one sync
                 try:
                     waiting.append(self._waiting.get_nowait())
@@ -414,12 +418,13 @@ class _WalSync:
                         loop.call_soon_threadsafe(_settle, futures, error)
             if None in waiting:
                 return
-            if time.monotonic() - checkpointed >= CHECKPOINT_SECONDS:
-                try:  # PASSIVE: never blocks a writer or a reader
-                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as e:
-                    log.warning("online store sqlite:///%s: checkpoint failed: %s", self.store.path, e)
-                checkpointed = time.monotonic()
+
+    def _checkpoint(self) -> None:
+        while not self._stop.wait(CHECKPOINT_SECONDS):
+            try:  # PASSIVE: never blocks a writer or a reader
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as e:
+                log.warning("online store sqlite:///%s: checkpoint failed: %s", self.store.path, e)
 
 
 def _settle(futures: list[asyncio.Future], error: Exception | None) -> None:
