@@ -17,6 +17,7 @@ Redis (with replicas), not Redis Cluster: `forget_before` names card keys inside
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -320,6 +321,24 @@ class RedisStore(OnlineStore):
         self._r.close()
 
 
+INLINE_ROWS = 64  # transactions in a group whose arguments and replies are made on the event loop
+
+
+async def _on_loop(make):
+    return make()
+
+
+def _parsed(prepared: list[_Prepared], replies: list) -> list:
+    """Each call's result of its reply, or the exception it raised (or Redis's error)."""
+    out = []
+    for (*_, parse), reply in zip(prepared, replies, strict=True):
+        try:
+            out.append(reply if isinstance(reply, Exception) else parse(reply))
+        except Exception as e:  # this call's own fault: the others stand
+            out.append(e)
+    return out
+
+
 class _LoopCalls:
     """The service's request path (`RedisStore.loop_calls`), on its event loop: a group of calls
     is one pipeline (not MULTI: each script is atomic on its own) sent by redis-py's asyncio
@@ -340,7 +359,11 @@ class _LoopCalls:
                 store._url, decode_responses=True, socket_timeout=store._timeout_s,
                 socket_connect_timeout=store._timeout_s, retry=AsyncRetry(NoBackoff(), 0),
             )  # fmt: skip
-        prepared = [store._PREPARE[method](store, arg) for method, arg in calls]
+        # A batch's arguments and replies (JSON for each of its transactions, windows, decisions)
+        # are made and read in a worker thread: the loop keeps serving single rows meanwhile.
+        rows = sum(len(arg) for method, arg in calls if method != "merchant_risk")
+        offload = _on_loop if rows <= INLINE_ROWS else asyncio.to_thread
+        prepared = await offload(lambda: [store._PREPARE[method](store, arg) for method, arg in calls])
         with store._errors():
             replies = await self._evalsha(prepared)
             # A server without our scripts (restarted, or flushed) refuses with NOSCRIPT and runs
@@ -350,13 +373,7 @@ class _LoopCalls:
                     script.sha = await self._r.script_load(script.script)
                 for i, reply in zip(again, await self._evalsha([prepared[i] for i in again]), strict=True):
                     replies[i] = reply
-        out = []
-        for (*_, parse), reply in zip(prepared, replies, strict=True):
-            try:
-                out.append(reply if isinstance(reply, Exception) else parse(reply))
-            except Exception as e:  # this call's own fault: the others stand
-                out.append(e)
-        return out
+        return await offload(lambda: _parsed(prepared, replies))
 
     async def _evalsha(self, prepared: list[_Prepared]) -> list:
         """The scripts' replies (an error in place of a reply), in one round trip. (redis-py's
