@@ -233,8 +233,8 @@ async def _client(
 ) -> None:
     """One keep-alive connection sending bodies from the shared iterator `todo` (until the event
     `until` is set), with `extra_headers` (lines ending in CRLF) besides the usual. With a list
-    `answered_by`, first asks /health/details which worker process holds the connection (uvicorn's
-    workers share one listening socket: whichever accepts it keeps it)."""
+    `answered_by`, first asks /health/details which worker process holds the connection (the one
+    whose socket the kernel handed it to keeps it)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         if answered_by is not None:
