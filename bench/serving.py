@@ -233,8 +233,8 @@ async def _client(
 ) -> None:
     """One keep-alive connection sending bodies from the shared iterator `todo` (until the event
     `until` is set), with `extra_headers` (lines ending in CRLF) besides the usual. With a list
-    `answered_by`, first asks /health/details which worker process holds the connection (uvicorn's
-    workers share one listening socket: whichever accepts it keeps it)."""
+    `answered_by`, first asks /health/details which worker process holds the connection (the one
+    whose socket the kernel handed it to keeps it)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         if answered_by is not None:
@@ -445,7 +445,7 @@ def main() -> dict:
     from ml_assets_tests.redis_support import RedisServer
 
     load_before = os.getloadavg()
-    figures: dict = {"single": {}, "ours": {}, "drain": {}}
+    figures: dict = {"single": {}, "ours": {}, "drain": {}, "group_commit": {}}
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:  # on disk (not tmpfs): fsync is real
         root = Path(tmp)
@@ -499,6 +499,9 @@ def main() -> dict:
                 )  # fmt: skip
                 servers[MLFLOW] = _Server(mlflow, mlflow_port, "/invocations", [mlflow.pid])
                 figures["single"] = _single_rounds(servers, ours, mlflow_singles)
+                figures["group_commit"] = {
+                    label: _store_calls(server) for label, server in servers.items() if label in stores
+                }
                 for label, server in servers.items():
                     if label != MLFLOW:
                         figures["ours"][label] = _batches(server, ours)
@@ -550,6 +553,14 @@ def _single_rounds(servers: dict[str, _Server], ours: dict, mlflow_singles: list
     return {label: _summary(r) for label, r in runs.items()}
 
 
+def _store_calls(server: _Server) -> dict:
+    """The store calls one worker process made so far, and the commits they took (group commit:
+    several requests' calls to a commit when they come at once)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health/details", timeout=10) as r:
+        store = json.load(r)["online_store"]
+    return {"calls": store["calls"], "commits": store["commits"]}
+
+
 def _batches(server: _Server, ours: dict) -> dict:
     """1000-row requests one after the other; then batches spanning many days with single rows
     beside them."""
@@ -587,6 +598,11 @@ def _report(f: dict) -> None:
     for label, s in single.items():
         if s["connections_per_worker"]:
             print(f"  {label}: the load's connections per worker process: {s['connections_per_worker']}")
+    for label, g in f["group_commit"].items():
+        print(
+            f"  {label}: one worker's store calls so far {g['calls']} in {g['commits']} commits"
+            f" ({g['calls'] / max(g['commits'], 1):.1f} a commit)"
+        )
     base, mlflow = single.get("in-memory"), single[MLFLOW]
     for engine in ("sqlite", "redis"):
         one, two = single[f"{engine} 1w"], single[f"{engine} 2w"]

@@ -149,11 +149,11 @@ def test_long_history_window_costs_the_same(store, engine):
 
     def window_cost(i):
         if server is None:
-            from ml_assets.serving.online_store.sqlite import WINDOW
+            from ml_assets.serving.online_store.sqlite import windows_sql
 
             steps = []
             store._db.set_progress_handler(lambda: steps.append(1), 1)  # called at every VM step
-            rows = store._db.execute(WINDOW, ("card-1", T - LOOKBACK_DAYS * DAY, T)).fetchall()
+            rows = store._db.execute(windows_sql(1), ("card-1", T - LOOKBACK_DAYS * DAY, T)).fetchall()
             store._db.set_progress_handler(None, 1)
             return [r[-1] for r in rows], len(steps)
         import redis
@@ -182,10 +182,12 @@ def test_long_history_window_costs_the_same(store, engine):
     store.upsert_history([tx(f"old-{i}", T - 2 * LOOKBACK_DAYS * DAY + i * US) for i in range(3000)])
     assert window_cost(2) == before == (["tx-recent"], before[1])
     if server is None:
-        from ml_assets.serving.online_store.sqlite import WINDOW
+        from ml_assets.serving.online_store.sqlite import windows_sql
 
-        plan = " ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + WINDOW, ("c", 0, 1)))
-        assert "SEARCH history USING PRIMARY KEY (card_id=? AND ts>? AND ts<?)" in plan, plan
+        for cards in (1, 3):  # one transaction's card, and a batch's
+            query = "EXPLAIN QUERY PLAN " + windows_sql(cards)
+            plan = " ".join(row[-1] for row in store._db.execute(query, (*"abc"[:cards], 0, 1)))
+            assert "SEARCH history USING PRIMARY KEY (card_id=? AND ts>? AND ts<?)" in plan, plan
 
 
 # -- idempotency -----------------------------------------------------------------------------
@@ -231,38 +233,63 @@ def test_retry_gets_its_recorded_decision(store):
 N_BEGINS = 150
 
 
-def _append_worker(url, worker, ready, out):
+def _append_worker(url, worker, ready, out, grouped):
     """Begin N_BEGINS single-transaction batches on one card, all at the same instant (so every
     window holds every transaction begun so far), each followed by its record, as a replica
-    does: two thirds ids of its own, a third ids that both workers begin. Returns (worker, its
-    windows)."""
+    does: two thirds ids of its own, a third ids that both workers begin. `grouped`: as the
+    service makes them (group commit on an event loop, four requests at a time), else one call at
+    a time. Returns (worker, its windows)."""
+    import asyncio
+
+    from ml_assets.serving.online_store.group import GroupCommit
+
+    def i_d(i):
+        return f"shared-{i // 3}" if i % 3 == 0 else f"w{worker}-{i}"
+
+    async def one_request(calls, i, windows):
+        begun = await calls.begin([tx(i_d(i), T, card="hot")])
+        if begun.recorded:  # a shared id the other worker already scored: its answer, no window
+            return
+        windows.append(ids(begun.windows["hot"]))
+        await asyncio.sleep(0.001)  # scoring
+        await calls.record([decision(i_d(i))])
+
+    async def requests(s, windows):
+        calls = GroupCommit(s)
+        for i in range(0, N_BEGINS, 4):
+            await asyncio.gather(*(one_request(calls, j, windows) for j in range(i, min(i + 4, N_BEGINS))))
+        await calls.aclose()
+
     with open_store(url, lookback_days=LOOKBACK_DAYS) as s:
         tx(0, T)  # imports features.py now, not in the race
         ready.wait()  # both ready: they run side by side
         windows = []
-        for i in range(N_BEGINS):
-            i_d = f"shared-{i // 3}" if i % 3 == 0 else f"w{worker}-{i}"
-            begun = s.begin([tx(i_d, T, card="hot")])
-            if begun.recorded:  # a shared id the other worker already scored: its answer, no window
+        if grouped:
+            asyncio.run(requests(s, windows))
+        for i in range(N_BEGINS if not grouped else 0):
+            begun = s.begin([tx(i_d(i), T, card="hot")])
+            if begun.recorded:
                 continue
             windows.append(ids(begun.windows["hot"]))
             # Scoring happens between begin and record; without a gap the writer holding SQLite's
             # lock takes it straight back, and the other (polling in SQLite's busy handler at
             # growing intervals) would wait until it is done: they would not race at all.
             time.sleep(0.001)
-            s.record([decision(i_d)])
+            s.record([decision(i_d(i))])
         out.put((worker, windows))
 
 
-def test_concurrent_appends_to_one_card(engine):
+@pytest.mark.parametrize("grouped", [False, True], ids=["one_at_a_time", "group_commit"])
+def test_concurrent_appends_to_one_card(engine, grouped):
     """Two processes appending to the same card at once lose nothing, duplicate nothing, and each
     begin is atomic: every window holds all that were begun before it, so the windows nest (a
-    read-then-write lets two begins each miss the other's transaction)."""
+    read-then-write lets two begins each miss the other's transaction). Also when each process
+    commits the calls of several requests at once, as the service does."""
     import queue
 
     ctx = multiprocessing.get_context("spawn")
     ready, out = ctx.Barrier(2), ctx.Queue()
-    workers = [ctx.Process(target=_append_worker, args=(engine[0], w, ready, out)) for w in (1, 2)]
+    workers = [ctx.Process(target=_append_worker, args=(engine[0], w, ready, out, grouped)) for w in (1, 2)]
     for w in workers:
         w.start()
     windows = {}
@@ -286,6 +313,87 @@ def test_concurrent_appends_to_one_card(engine):
     chain = sorted((set(w) for ws in windows.values() for w in ws), key=len)
     for smaller, larger in zip(chain, chain[1:], strict=False):
         assert smaller <= larger, f"two begins each missed the other's transaction: {smaller ^ larger}"
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+
+def _grouped(store, requests):
+    """Run `requests(calls)` (a coroutine function) on an event loop, through the service's group
+    commit on `store`; returns (its result, the groups run, the calls they held)."""
+    import asyncio
+
+    from ml_assets.serving.online_store.group import GroupCommit
+
+    async def run():
+        calls = GroupCommit(store)
+        try:
+            return await requests(calls), calls.groups, calls.calls
+        finally:
+            await calls.aclose()
+
+    return asyncio.run(run())
+
+
+def test_group_commit_runs_concurrent_requests_calls_together_each_as_alone(store):
+    """Requests in flight at once share commits (fewer groups than calls), and each gets what it
+    would alone: its window (the group's earlier begins of its card included, as if they had come
+    first), its recorded decision on a retry, and the decision that stands."""
+    import asyncio
+
+    async def requests(calls):
+        first = await calls.begin([tx(1, T)])
+        await calls.record([decision(1, request="req-a")])
+        # Six at once: five new transactions of card-1, and a retry of tx-1.
+        begun = await asyncio.gather(
+            *(calls.begin([tx(i, T + i * US)]) for i in range(2, 7)), calls.begin([tx(1, T)])
+        )
+        standing = await asyncio.gather(
+            *(calls.record([decision(i, request=f"req-{i}")]) for i in range(2, 7)),
+            calls.record([decision(1, request="late")]),  # tx-1 was recorded first: req-a stands
+        )
+        return first, begun, standing
+
+    (first, begun, standing), groups, calls = _grouped(store, requests)
+    assert ids(first.windows["card-1"]) == ["tx-1"]
+    windows = [ids(b.windows["card-1"]) for b in begun[:5]]
+    assert windows == [[f"tx-{j}" for j in range(1, i + 1)] for i in range(2, 7)]
+    assert begun[5].recorded == {"tx-1": decision(1, request="req-a")} and begun[5].windows == {}
+    assert [s[f"tx-{i}"].request_id for i, s in zip(range(2, 7), standing, strict=False)] == [
+        f"req-{i}" for i in range(2, 7)
+    ]
+    assert standing[5] == {"tx-1": decision(1, request="req-a")}
+    assert (groups, calls) == (4, 14)  # begin, record, then the six begins as one and six records as one
+    queued = [d.transaction_id for d in store.read_decisions()[0]]
+    assert sorted(queued) == [f"tx-{i}" for i in range(1, 7)]  # each once: the late one was not queued
+
+
+def test_a_decision_is_not_returned_until_the_sqlite_wal_is_synced(tmp_path):
+    """The service's SQLite path commits without waiting for the disk and then syncs the WAL once
+    for all: when that sync fails, the record fails (the service answers 503), though its commit
+    went through; a begin that recorded nothing is not held up by it."""
+    import os
+
+    url = f"sqlite:///{tmp_path / 'online.db'}"
+
+    async def requests(calls):
+        wal_sync = calls._calls._sync
+        wal, (unsyncable, w) = wal_sync._wal, os.pipe()
+        wal_sync._wal = unsyncable  # fdatasync of a pipe fails (EINVAL), as a failing disk's would
+        try:
+            begun = await calls.begin([tx(1, T)])
+            with pytest.raises(StoreUnavailable, match="syncing its WAL"):
+                await calls.record([decision(1)])
+        finally:
+            wal_sync._wal = wal
+            os.close(unsyncable)
+            os.close(w)
+        return begun, await calls.begin([tx(1, T)])
+
+    with open_store(url, lookback_days=LOOKBACK_DAYS) as s:
+        (begun, retried), _, _ = _grouped(s, requests)
+    assert ids(begun.windows["card-1"]) == ["tx-1"]
+    assert retried.recorded == {"tx-1": decision(1)}  # committed, and now synced before it is answered
 
 
 # -- durability ------------------------------------------------------------------------------

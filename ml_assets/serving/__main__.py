@@ -3,9 +3,10 @@
 
 Everything else comes from the environment (ml_assets.serving.settings): the data root, the
 registry, the online store, the model name, the tokens and the service's knobs. With `--workers N`,
-uvicorn runs N processes accepting on the one port; they share card histories and decisions
-through the online store (SQLite serializes their writes; Redis is shared by replicas on other
-hosts too).
+N processes accept on the one port, each on a listening socket of its own (SO_REUSEPORT: the kernel
+spreads connections across them; ml_assets.serving.workers); they share card histories and
+decisions through the online store (SQLite serializes their writes; Redis is shared by replicas on
+other hosts too).
 
 Bound to loopback (the default), no token is needed. Bound anywhere else, it refuses to start
 without tokens (ml_assets.serving.auth) unless `--insecure` is given.
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.config
+
+APP = "ml_assets.serving.app:app_from_env"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(__name__).warning("serving on %s without authentication (--insecure)", args.host)
     # An import string and a factory: with several workers, uvicorn starts each process fresh and
     # each builds its own app (a Service, its registry poller and its store connection).
-    uvicorn.run(
-        "ml_assets.serving.app:app_from_env",
+    options = dict(
         factory=True,
         host=args.host,
         port=args.port,
@@ -62,6 +64,12 @@ def main(argv: list[str] | None = None) -> None:
         log_config=LOG_CONFIG,  # every worker's, too
         **UVICORN,
     )
+    if args.workers == 1:
+        uvicorn.run(APP, **options)
+    else:
+        from ml_assets.serving.workers import ReusePortWorkers
+
+        ReusePortWorkers(uvicorn.Config(APP, **options)).run()
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ from contextlib import asynccontextmanager
 from typing import Literal
 
 import anyio
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
 from ml_assets.serving.auth import OPERATIONS, SCORING, Guard
 from ml_assets.serving.online_store import address, redacted, scrubbed
@@ -81,8 +83,23 @@ ERRORS = {
 OPERATIONS_ERRORS = {status: {"model": ErrorResponse, "description": what} for status, what in DOOR.items()}
 
 
+# A body up to this size (a handful of transactions) is validated and scored on the event loop.
+INLINE_BODY_BYTES = 4096
+
+
 def _json(status: int, body: dict, headers: dict | None = None) -> Response:
     return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _scored(result: dict) -> Response:
+    """A prediction's answer. orjson writes it in a tenth of json.dumps' time (the same JSON; floats
+    as the shortest text that reads back the same); every text in it passed validation or came from
+    the registry, so it is valid UTF-8, which orjson insists on."""
+    return Response(
+        orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers={"X-Request-ID": result["request_id"]},
+    )
 
 
 class ClientGone(Exception):
@@ -110,6 +127,20 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
+def _documented(app: FastAPI, path: str, **openapi):
+    """POST `path`, served by a plain Starlette route and documented by FastAPI's: FastAPI's own
+    route solves the endpoint's dependencies on every request (17 us of a request's ~300, for an
+    endpoint that takes the bare Request). The plain route comes first, so it is the one that
+    answers (a wrong method there is the same 405); FastAPI's stays for the OpenAPI schema."""
+
+    def register(endpoint):
+        app.post(path, **openapi)(endpoint)
+        app.router.routes.insert(len(app.router.routes) - 1, Route(path, endpoint, methods=["POST"]))
+        return endpoint
+
+    return register
+
+
 def _client(request: Request) -> str:
     return f"{request.client.host}:{request.client.port}" if request.client else "a client"
 
@@ -132,7 +163,7 @@ def create_app(service: Service) -> FastAPI:
         try:
             yield
         finally:
-            service.stop()
+            await service.stop()
 
     app = FastAPI(
         title="ml_assets fraud scoring",
@@ -171,7 +202,8 @@ def create_app(service: Service) -> FastAPI:
         # Starlette still raises it on after this answer: the log gets the traceback, not the caller.
         return Response(error_body("internal error"), 500, media_type="application/json")
 
-    @app.post(
+    @_documented(
+        app,
         "/predict",
         response_model=PredictResponse,
         responses={status: {"model": ErrorResponse, "description": what} for status, what in ERRORS.items()},
@@ -187,15 +219,15 @@ def create_app(service: Service) -> FastAPI:
         transaction, with the model version, alias and arm that produced it. A 200 means every
         decision is durably recorded; a transaction sent again gets its recorded decision back."""
         body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
-        transactions = validate(body, settings.max_batch)
-        if len(transactions) > 1:
-            # A batch is scored in a worker thread, not on the event loop: the loop keeps serving
-            # single rows beside it (the interpreter switches threads every 0.5 ms, and LightGBM
-            # and the store's I/O release the GIL). One row is cheaper than the thread hop.
-            result = await anyio.to_thread.run_sync(service.predict, transactions)
+        if len(body) <= INLINE_BODY_BYTES:
+            result = await service.predict(validate(body, settings.max_batch))
         else:
-            result = service.predict(transactions)
-        return _json(200, result, headers={"X-Request-ID": result["request_id"]})
+            # A batch is validated and scored in worker threads, not on the event loop: the loop
+            # keeps serving single rows beside it (the interpreter switches threads every 0.5 ms,
+            # and LightGBM releases the GIL). A few rows are cheaper than the thread hops.
+            transactions = await anyio.to_thread.run_sync(validate, body, settings.max_batch)
+            result = await service.predict(transactions, offload=anyio.to_thread.run_sync)
+        return _scored(result)
 
     @app.get("/health", responses={503: {"description": "not ready: no model to serve yet"}})
     async def health() -> Response:

@@ -14,9 +14,11 @@ so any number of replicas (or a restarted one) score with the same card historie
    in its card's history and its decision queued for the inference log (the Dagster asset
    `inference_log` drains the queue into Delta).
 
-A store that can't be reached makes /predict answer 503 with the reason; nothing is scored without
-being recorded. A poller thread swaps in a new `Deployment` when the registry's aliases or tags
-change.
+The store calls of concurrent requests are committed together (online_store.group.GroupCommit:
+several to a commit, without holding the event loop while the store waits for its disk), each
+request answered only after its own. A store that can't be reached makes /predict answer 503 with
+the reason; nothing is scored without being recorded. A poller thread swaps in a new `Deployment`
+when the registry's aliases or tags change.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
+from functools import partial
 
 import numpy as np
 
@@ -42,11 +46,13 @@ from ml_assets.serving.online_store import (
     redacted,
     scrubbed,
 )
+from ml_assets.serving.online_store.group import GroupCommit
 from ml_assets.serving.registry import Deployment, Registry
 from ml_assets.serving.settings import ServingSettings
 from ml_assets.serving.validation import RequestError
 
 log = logging.getLogger(__name__)
+RISK_KEPT_POLLS = 10  # a day's merchant risk stays loaded this many poll intervals after its last use
 
 
 class Service:
@@ -59,12 +65,15 @@ class Service:
         # The store's lookback is the features' card lookback: a window holds exactly what
         # `transaction_features` can count.
         self.store = open_store(self.store_url, lookback_days=self.params.card_lookback_days)
+        self.calls = GroupCommit(self.store)
         self.deployment: Deployment | None = None
         self.last_poll: dict = {"at": None, "error": None}
         self.store_state: dict = {"last_error": None, "last_error_at": None, "unavailable_answers": 0}
-        # Merchant risk changes once a day (the pipeline writes it): read per event day at most once
-        # per poll interval, not on every request (a day's table is every merchant's counts).
-        self._risk: dict[date, tuple[float, RiskTable]] = {}
+        # Merchant risk changes once a day (the pipeline writes it): a day's table (every merchant's
+        # counts) is read on the first request of that day, then again once per poll interval by
+        # the poller thread while requests still use it, never on the request path again.
+        self._risk: dict[date, RiskTable] = {}
+        self._risk_used: dict[date, float] = {}  # day -> when a request last used its table
         self._stop = threading.Event()
         self._poll_lock = threading.Lock()
         self._poller = threading.Thread(target=self._poll_loop, name="registry-poller", daemon=True)
@@ -80,10 +89,11 @@ class Service:
         gc.freeze()
         self._poller.start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self._stop.set()
         if self._poller.is_alive():
             self._poller.join(timeout=30)
+        await self.calls.aclose()
         self.store.close()
 
     def poll(self) -> None:
@@ -109,25 +119,44 @@ class Service:
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
             self.poll()
+            self._refresh_risk()
+
+    def _refresh_risk(self) -> None:
+        """Read again the merchant risk of the days requests used lately; forget the others."""
+        now = time.monotonic()
+        for day, used in list(self._risk_used.items()):
+            if now - used > RISK_KEPT_POLLS * self.settings.poll_seconds:
+                self._risk_used.pop(day, None)
+                self._risk.pop(day, None)
+                continue
+            try:
+                self._risk[day] = self.store.merchant_risk(day)
+            except Exception as e:  # the store's fault: requests answer 503 meanwhile, and say why
+                log.warning(
+                    "merchant risk of %s not refreshed: %s", day, scrubbed(f"{type(e).__name__}: {e}")
+                )
 
     # -- requests ----------------------------------------------------------------------------
 
-    def predict(self, txs: list[Tx]) -> dict:
-        """Score validated transactions with the current deployment, through the online store."""
+    async def predict(self, txs: list[Tx], offload: Callable[[Callable], Awaitable] | None = None) -> dict:
+        """Score validated transactions with the current deployment, through the online store.
+        With `offload` (a batch's: a worker thread), the features and scores are computed there,
+        off the event loop."""
         deployment = self.deployment  # read once: the whole request uses one deployment
         if deployment is None:
             raise RequestError(503, f"no model to serve: {self.settings.model_name!r} has no champion yet")
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
         with self._store_calls():
-            begun = self.store.begin(txs)
+            begun = await self.calls.begin(txs)
             new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
-            risk = {day: self._merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
-        decisions = self._decide(deployment, request_id, new, begun.windows, risk, started)
+            risk = {day: await self._merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
+        decide = partial(self._decide, deployment, request_id, new, begun.windows, risk, started)
+        decisions = await offload(decide) if offload else decide()
         with self._store_calls():
             # Before the response: a 200 is a durable decision. Another replica may have recorded
             # one of these transactions first: its decision stands, and is what we answer.
-            standing = self.store.record(decisions) if decisions else {}
+            standing = await self.calls.record(decisions) if decisions else {}
         decided = [begun.recorded.get(tx.transaction_id) or standing[tx.transaction_id] for tx in txs]
         earlier = {d.request_id for d in decided}
         return {
@@ -242,17 +271,14 @@ class Service:
             )  # fmt: skip
         return out
 
-    def _merchant_risk(self, day: date) -> RiskTable:
-        now = time.monotonic()
-        cached = self._risk.get(day)
-        if cached is None or now - cached[0] > self.settings.poll_seconds:
+    async def _merchant_risk(self, day: date) -> RiskTable:
+        self._risk_used[day] = time.monotonic()
+        table = self._risk.get(day)
+        if table is None:  # the day's first request (the poller keeps it fresh from now on)
             # Never computed from bronze here: the pipeline writes it. A day not written yet gets
             # the latest earlier day's table, and its decisions say stale_risk.
-            table = self.store.merchant_risk(day)
-            self._risk = {d: v for d, v in self._risk.items() if now - v[0] <= self.settings.poll_seconds}
-            self._risk[day] = (now, table)
-            return table
-        return cached[1]
+            table = self._risk[day] = await self.calls.merchant_risk(day)
+        return table
 
     def _store_calls(self):
         return _StoreCalls(self)
@@ -282,7 +308,13 @@ class Service:
             "arms": arms,
             "problems": list(d.problems) if d else [],
             "registry": self.last_poll,
-            "online_store": {"url": redacted(self.store_url), **self.store_state},
+            "online_store": {
+                "url": redacted(self.store_url),
+                **self.store_state,
+                # Group commit: store calls made, and the commits they took (several to one when busy).
+                "calls": self.calls.calls,
+                "commits": self.calls.groups,
+            },
             "pid": os.getpid(),  # which worker answered (`--workers N`: N processes, one port)
         }
         return (200 if d else 503), body

@@ -25,6 +25,10 @@ from ml_assets.serving.features import Tx, transactions_of
 FIELDS = list(TRANSACTIONS.columns)
 NUMERIC_FIELDS = {"amount"}  # fields a JSON number may stand for (written as decimal text)
 MAX_PROBLEMS = 100  # listed in one error response; the count says how many there were
+# Up to this many rows, `fast_path` (5 us a row, value by value); past it the contract's own
+# polars rules judge the batch column by column at once, which costs about 1 ms however few the
+# rows and 2 us a row: the cheaper from about 300 rows on.
+FAST_PATH_ROWS = 256
 
 
 @dataclass
@@ -51,6 +55,8 @@ def _decimal_text(value: int | float) -> str:
     """A JSON number as the decimal text a feed would carry (no exponent): 1e-05 -> 0.00001."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)  # "nan" / "inf": the contract rejects them as it would in a file
+    if isinstance(value, float) and "e" not in (text := repr(value)):
+        return text  # already that text, as a JSON amount usually is (238.49)
     return format(Decimal(repr(value) if isinstance(value, float) else value), "f")
 
 
@@ -95,23 +101,37 @@ def read_body(body: bytes, max_batch: int) -> list[list[str | None]]:
 
 def raw_rows(items: list) -> tuple[list[list[str | None]], list[dict]]:
     """Transactions (mappings of field to value) as raw text in FIELDS order, one row each, and
-    the values that can't be text (such a value's row holds None for it)."""
-    rows, problems = [], []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            problems.append(_problem(i, None, "a transaction must be a JSON object"))
-            rows.append([None] * len(FIELDS))
-            continue
-        row = []
-        for name in FIELDS:
-            try:
-                row.append(_text(item.get(name), name))
-            except (ValueError, UnicodeEncodeError) as e:
-                reason = f"{name} must be valid UTF-8 text" if isinstance(e, UnicodeEncodeError) else str(e)
-                problems.append(_problem(i, name, reason))
-                row.append(None)
-        rows.append(row)
-    return rows, problems
+    the values that can't be text (such a value's row holds None for it). Column by column: a
+    column of text, the usual case, is checked in one step."""
+    objects = [isinstance(item, dict) for item in items]
+    problems = [
+        _problem(i, None, "a transaction must be a JSON object") for i, ok in enumerate(objects) if not ok
+    ]
+    columns = []
+    for name in FIELDS:
+        values = [item.get(name) if ok else None for item, ok in zip(items, objects, strict=True)]
+        columns.append(_texts(values, name, problems))
+    problems.sort(key=lambda p: (p["row"], -1 if p["field"] is None else FIELDS.index(p["field"])))
+    return [list(row) for row in zip(*columns, strict=True)], problems
+
+
+def _texts(values: list, name: str, problems: list[dict]) -> list[str | None]:
+    """One field's values as raw text (`_text`), noting in `problems` those that can't be."""
+    if all(type(v) is str for v in values):
+        try:
+            "".join(values).encode("utf-8")  # a lone surrogate anywhere fails it
+            return [v or None for v in values]  # empty means null, as in the feed
+        except UnicodeEncodeError:
+            pass  # which one: value by value
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(_text(value, name))
+        except (ValueError, UnicodeEncodeError) as e:
+            reason = f"{name} must be valid UTF-8 text" if isinstance(e, UnicodeEncodeError) else str(e)
+            problems.append(_problem(i, name, reason))
+            out.append(None)
+    return out
 
 
 def _rule_checks() -> list[tuple[str, str, pl.Expr]]:
@@ -137,7 +157,7 @@ _TYPED_SCHEMA = {n: c.dtype for n, c in TRANSACTIONS.columns.items()}
 
 def contract_problems(rows: list[list[str | None]]) -> tuple[pl.DataFrame, list[dict]]:
     """Judge raw rows by the contract: (the rows typed as bronze stores them, every broken rule)."""
-    raw = pl.DataFrame(rows, schema=_SCHEMA, orient="row")
+    raw = pl.DataFrame({name: [row[i] for row in rows] for i, name in enumerate(FIELDS)}, schema=_SCHEMA)
     out = raw.select(*_TYPED, *(ok.alias(f"_ok{i}") for i, (_, _, ok) in enumerate(_CHECKS)))
     problems = []
     for i, (name, reason, _) in enumerate(_CHECKS):
@@ -160,9 +180,10 @@ def batch_problems(rows: list[list[str | None]]) -> tuple[pl.DataFrame, list[dic
 def validate(body: bytes, max_batch: int) -> list[Tx]:
     """A request body as validated transactions, or RequestError naming every problem."""
     rows = read_body(body, max_batch)
-    txs = fast_path.transactions(rows)
-    if txs is not None and len({tx.transaction_id for tx in txs}) == len(txs):
-        return txs
+    if len(rows) <= FAST_PATH_ROWS:
+        txs = fast_path.transactions(rows)
+        if txs is not None and len({tx.transaction_id for tx in txs}) == len(txs):
+            return txs
     typed, problems = batch_problems(rows)
     if problems:
         raise RequestError(422, "transactions break the landing contract", problems)

@@ -17,18 +17,29 @@ Redis (with replicas), not Redis Cluster: `forget_before` names card keys inside
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
-from ml_assets.serving.online_store import Begun, Decision, OnlineStore, RiskTable, StoreUnavailable, past_of
+from ml_assets.serving.online_store import (
+    Begun,
+    Call,
+    Decision,
+    OnlineStore,
+    RiskTable,
+    StoreUnavailable,
+    past_of,
+)
 
 log = logging.getLogger(__name__)
 P = "{online}:"
@@ -126,6 +137,16 @@ return {found, redis.call('HGETALL', ARGV[2] .. 'risk:' .. found)}
 CHUNK = 1000  # transactions per APPEND, ids per FORGET: a script blocks the server while it runs
 
 
+class _Prepared(NamedTuple):
+    """A request-path call ready to send: the script, its keys and arguments, and what makes the
+    call's result of the script's reply."""
+
+    script: Script
+    keys: list[str]
+    args: list
+    parse: Callable
+
+
 class RedisStore(OnlineStore):
     def __init__(self, url: str, *, lookback_days: int, timeout_s: float = 2.0):
         super().__init__(lookback_days)
@@ -135,6 +156,7 @@ class RedisStore(OnlineStore):
             f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
         )
         self._secret = parts.password
+        self._url, self._timeout_s = url, timeout_s  # for the event loop's client (loop_calls)
         # Short timeouts and no retries (redis-py's default retries 3 times with a backoff of
         # seconds): a request must fail fast when Redis is down. A pooled connection that a
         # restarted server closed is reconnected by the pool itself before it is used.
@@ -178,6 +200,24 @@ class RedisStore(OnlineStore):
     # -- the request path ---------------------------------------------------------------------
 
     def begin(self, txs):
+        return self._call(self._begin_call(txs))
+
+    def record(self, decisions):
+        return self._call(self._record_call(decisions))
+
+    def merchant_risk(self, day):
+        return self._call(self._risk_call(day))
+
+    def loop_calls(self) -> _LoopCalls:
+        return _LoopCalls(self)
+
+    def _call(self, prepared: _Prepared):
+        script, keys, args, parse = prepared
+        with self._errors():
+            reply = script(keys=keys, args=args)
+        return parse(reply)
+
+    def _begin_call(self, txs) -> _Prepared:
         from ml_assets.serving.features import Past
 
         cards = list(dict.fromkeys(tx.card_id for tx in txs))
@@ -185,28 +225,48 @@ class RedisStore(OnlineStore):
         argv: list = [self.lookback]
         for tx in txs:
             argv += [tx.transaction_id, index[tx.card_id], tx.ts, json.dumps(past_of(tx))]
-        with self._errors():
-            recorded, windows = self._begin(keys=[P + "decision", P + "seen", P + "by_ts"] + [
-                P + "card:" + c for c in cards
-            ], args=argv)  # fmt: skip
-        recorded = {recorded[i]: Decision.from_json(recorded[i + 1]) for i in range(0, len(recorded), 2)}
-        new_cards = {tx.card_id for tx in txs if tx.transaction_id not in recorded}
-        return Begun(
-            recorded,
-            {
-                c: [Past(*json.loads(m)) for m in w]
-                for c, w in zip(cards, windows, strict=True)
-                if c in new_cards
-            },
-        )
+        keys = [P + "decision", P + "seen", P + "by_ts"] + [P + "card:" + c for c in cards]
 
-    def record(self, decisions):
+        def parse(reply) -> Begun:
+            recorded, windows = reply
+            recorded = {recorded[i]: Decision.from_json(recorded[i + 1]) for i in range(0, len(recorded), 2)}
+            new_cards = {tx.card_id for tx in txs if tx.transaction_id not in recorded}
+            return Begun(
+                recorded,
+                {
+                    c: [Past(*json.loads(m)) for m in w]
+                    for c, w in zip(cards, windows, strict=True)
+                    if c in new_cards
+                },
+            )
+
+        return _Prepared(self._begin, keys, argv, parse)
+
+    def _record_call(self, decisions) -> _Prepared:
         argv = []
         for d in decisions:
             argv += [d.transaction_id, d.scored_at, d.to_json()]
-        with self._errors():
-            standing = self._record(keys=[P + "decision", P + "decided", P + "queue"], args=argv)
-        return {d.transaction_id: Decision.from_json(s) for d, s in zip(decisions, standing, strict=True)}
+
+        def parse(standing) -> dict[str, Decision]:
+            return {d.transaction_id: Decision.from_json(s) for d, s in zip(decisions, standing, strict=True)}
+
+        return _Prepared(self._record, [P + "decision", P + "decided", P + "queue"], argv, parse)
+
+    def _risk_call(self, day) -> _Prepared:
+        def parse(reply) -> RiskTable:
+            found, flat = reply
+            if not found:
+                return RiskTable(None, {}, True)
+            table = {}
+            for m, value in zip(flat[::2], flat[1::2], strict=True):
+                labels, frauds = value.split(":")
+                table[m] = (int(labels), int(frauds))
+            found = date.fromisoformat(found)
+            return RiskTable(found, table, found != day)
+
+        return _Prepared(self._risk, [P + "risk_days"], [day.toordinal(), P], parse)
+
+    _PREPARE = {"begin": _begin_call, "record": _record_call, "merchant_risk": _risk_call}
 
     # -- merchant risk ------------------------------------------------------------------------
 
@@ -219,18 +279,6 @@ class RedisStore(OnlineStore):
                 pipe.hset(key, mapping={m: f"{labels}:{frauds}" for m, (labels, frauds) in table.items()})
             pipe.zadd(P + "risk_days", {day.isoformat(): day.toordinal()})
             pipe.execute()
-
-    def merchant_risk(self, day):
-        with self._errors():
-            found, flat = self._risk(keys=[P + "risk_days"], args=[day.toordinal(), P])
-        if not found:
-            return RiskTable(None, {}, True)
-        table = {}
-        for m, value in zip(flat[::2], flat[1::2], strict=True):
-            labels, frauds = value.split(":")
-            table[m] = (int(labels), int(frauds))
-        found = date.fromisoformat(found)
-        return RiskTable(found, table, found != day)
 
     # -- the drain ----------------------------------------------------------------------------
 
@@ -271,3 +319,70 @@ class RedisStore(OnlineStore):
 
     def close(self):
         self._r.close()
+
+
+INLINE_ROWS = 64  # transactions in a group whose arguments and replies are made on the event loop
+
+
+async def _on_loop(make):
+    return make()
+
+
+def _parsed(prepared: list[_Prepared], replies: list) -> list:
+    """Each call's result of its reply, or the exception it raised (or Redis's error)."""
+    out = []
+    for (*_, parse), reply in zip(prepared, replies, strict=True):
+        try:
+            out.append(reply if isinstance(reply, Exception) else parse(reply))
+        except Exception as e:  # this call's own fault: the others stand
+            out.append(e)
+    return out
+
+
+class _LoopCalls:
+    """The service's request path (`RedisStore.loop_calls`), on its event loop: a group of calls
+    is one pipeline (not MULTI: each script is atomic on its own) sent by redis-py's asyncio
+    client, so the loop serves other requests while Redis runs the scripts and fsyncs what they
+    wrote (appendfsync always: before it replies, once for every command it read at once)."""
+
+    def __init__(self, store: RedisStore):
+        self.store = store
+        self._r = None  # made on first use, in the loop that uses it
+
+    async def run_calls(self, calls: list[Call]) -> list:
+        store = self.store
+        if self._r is None:
+            from redis.asyncio import Redis as AsyncRedis
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            self._r = AsyncRedis.from_url(
+                store._url, decode_responses=True, socket_timeout=store._timeout_s,
+                socket_connect_timeout=store._timeout_s, retry=AsyncRetry(NoBackoff(), 0),
+            )  # fmt: skip
+        # A batch's arguments and replies (JSON for each of its transactions, windows, decisions)
+        # are made and read in a worker thread: the loop keeps serving single rows meanwhile.
+        rows = sum(len(arg) for method, arg in calls if method != "merchant_risk")
+        offload = _on_loop if rows <= INLINE_ROWS else asyncio.to_thread
+        prepared = await offload(lambda: [store._PREPARE[method](store, arg) for method, arg in calls])
+        with store._errors():
+            replies = await self._evalsha(prepared)
+            # A server without our scripts (restarted, or flushed) refuses with NOSCRIPT and runs
+            # nothing: load them, and run those calls again.
+            if again := [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]:
+                for script in {prepared[i].script for i in again}:
+                    script.sha = await self._r.script_load(script.script)
+                for i, reply in zip(again, await self._evalsha([prepared[i] for i in again]), strict=True):
+                    replies[i] = reply
+        return await offload(lambda: _parsed(prepared, replies))
+
+    async def _evalsha(self, prepared: list[_Prepared]) -> list:
+        """The scripts' replies (an error in place of a reply), in one round trip. (redis-py's
+        Script in a pipeline asks SCRIPT EXISTS first: a second round trip every time.)"""
+        pipe = self._r.pipeline(transaction=False)
+        for script, keys, args, _ in prepared:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
+
+    async def aclose(self) -> None:
+        if self._r is not None:
+            await self._r.aclose()

@@ -1,16 +1,30 @@
 """The embedded engine: one SQLite file (by default `<data root>/online/online.db`).
 
-WAL mode with synchronous=FULL: a committed `record` is in the fsynced log before it returns, so it
-survives kill -9 (and a power cut); readers never block the writer. Every write is one
-`BEGIN IMMEDIATE` transaction, which takes the file's write lock up front: two processes on the
-same file serialize instead of reading the same window and both appending. Within a process one
-connection serves every thread, behind a lock (SQLite writes one at a time anyway).
+WAL mode; readers never block the writer. Every write is one `BEGIN IMMEDIATE` transaction, which
+takes the file's write lock up front: two processes on the same file serialize instead of reading
+the same window and both appending.
+
+Two ways in, equally durable. The store's own connection (`begin`, `record`, the drain, the feed)
+runs synchronous=FULL: a committed `record` is in the fsynced log before it returns, so it
+survives kill -9 and a power cut; within a process it serves every thread, behind a lock. The
+service's request path (`loop_calls`) runs the calls of concurrent requests on its event loop as
+one transaction with synchronous=NORMAL, so that no fsync holds the loop or the write lock, and a
+thread then fdatasyncs the WAL once for every commit made before (the sync FULL makes inside each
+commit, made once for all of them); no request is answered before that sync covers what it
+recorded or was answered from.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import queue
 import sqlite3
 import threading
+import time
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -18,6 +32,7 @@ from pathlib import Path
 
 from ml_assets.serving.online_store import (
     Begun,
+    Call,
     Decision,
     OnlineStore,
     RiskTable,
@@ -63,11 +78,27 @@ CREATE TABLE IF NOT EXISTS merchant_risk (
     PRIMARY KEY (day, merchant_id)
 ) WITHOUT ROWID;
 """
-WINDOW = (
-    "SELECT ts, amount, device_id, country, channel, transaction_id FROM history"
-    " WHERE card_id = ? AND ts >= ? AND ts <= ? ORDER BY ts"
-)
+
+
+def windows_sql(cards: int) -> str:
+    """The windows of `cards` cards over one ts range (parameters: the cards, then the range), in
+    (card, ts) order: each card one range of the primary key, however long its history."""
+    return (
+        "SELECT card_id, ts, amount, device_id, country, channel, transaction_id FROM history"
+        f" WHERE card_id IN ({','.join('?' * cards)}) AND ts >= ? AND ts <= ? ORDER BY card_id, ts"
+    )
+
+
 APPEND = "INSERT OR IGNORE INTO history VALUES (?, ?, ?, ?, ?, ?, ?)"
+RECORDED = "SELECT transaction_id, payload FROM decisions WHERE transaction_id IN"
+# Host parameters per statement (SQLite's limit is 32766): a batch's ids or cards, in chunks.
+CHUNK = 500
+# The service's loop waits for another process's write lock in steps from this to that (seconds).
+BUSY_FIRST_WAIT, BUSY_MAX_WAIT = 0.0001, 0.005
+# How often the WAL-sync thread checkpoints the WAL into the database.
+CHECKPOINT_SECONDS = 0.5
+
+log = logging.getLogger(__name__)
 
 
 class SqliteStore(OnlineStore):
@@ -78,6 +109,7 @@ class SqliteStore(OnlineStore):
             raise ValueError(f"expected sqlite:///path, got {url!r}")
         self.path = Path(url.removeprefix("sqlite:///"))
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout_s = timeout_s
         self._lock = threading.Lock()
         with self._errors():
             # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE.
@@ -89,24 +121,21 @@ class SqliteStore(OnlineStore):
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
 
+    def _unavailable(self, e: Exception, doing: str = "") -> StoreUnavailable:
+        return StoreUnavailable(f"online store sqlite:///{self.path}: {doing}{e}")
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         # One exception type for the service to answer 503 with, whichever engine.
         try:
             yield
         except sqlite3.OperationalError as e:
-            raise StoreUnavailable(f"online store sqlite:///{self.path}: {e}") from e
+            raise self._unavailable(e) from e
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._errors(), _transaction(self._db):
+            yield self._db
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -119,45 +148,115 @@ class SqliteStore(OnlineStore):
                 self._db.execute("COMMIT")
 
     @staticmethod
-    def _recorded(db: sqlite3.Connection, transaction_id: str) -> Decision | None:
-        row = db.execute(
-            "SELECT payload FROM decisions WHERE transaction_id = ?", (transaction_id,)
-        ).fetchone()
-        return Decision.from_json(row[0]) if row else None
+    def _recorded(db: sqlite3.Connection, transaction_ids: list[str]) -> dict[str, str]:
+        """transaction_id -> its recorded decision's payload, for those of `transaction_ids` that
+        have one."""
+        out = {}
+        for i in range(0, len(transaction_ids), CHUNK):
+            chunk = transaction_ids[i : i + CHUNK]
+            marks = ",".join("?" * len(chunk))
+            out.update(db.execute(f"{RECORDED} ({marks})", chunk))
+        return out
 
     # -- the request path ---------------------------------------------------------------------
 
     def begin(self, txs):
-        from ml_assets.serving.features import Past
-
         with self._write() as db:
-            recorded = {}
-            for tx in txs:
-                if (decision := self._recorded(db, tx.transaction_id)) is not None:
-                    recorded[tx.transaction_id] = decision
-            new = [tx for tx in txs if tx.transaction_id not in recorded]
-            db.executemany(APPEND, [(tx.card_id, *_row(tx)) for tx in new])
-            windows = {
-                card: [Past(*row) for row in db.execute(WINDOW, (card, lo, hi))]
-                for card, (lo, hi) in windows_bounds(new, self.lookback).items()
-            }
-        return Begun(recorded, windows)
+            return self._begin(db, txs)
 
     def record(self, decisions):
-        out = {}
         with self._write() as db:
-            for d in decisions:
-                payload = d.to_json()
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO decisions VALUES (?, ?, ?)",
-                    (d.transaction_id, d.scored_at, payload),
-                ).rowcount
-                if inserted:
-                    db.execute("INSERT INTO queue (payload) VALUES (?)", (payload,))
-                    out[d.transaction_id] = d
-                else:  # recorded first by another replica (or earlier in this batch): it stands
-                    out[d.transaction_id] = self._recorded(db, d.transaction_id)
+            return self._record(db, decisions)
+
+    def merchant_risk(self, day):
+        with self._read() as db:
+            return self._merchant_risk(db, day)
+
+    def loop_calls(self) -> _LoopCalls:
+        return _LoopCalls(self)
+
+    def _run_group(self, db: sqlite3.Connection, calls: list[Call]) -> list:
+        """`calls` in one transaction on `db` (one commit for the lot): each one's result, or the
+        exception it raised. First without savepoints (two statements a call); if a call fails
+        on its own, that is rolled back and the group runs again with a savepoint for each call,
+        so that only the failing one's writes are undone. A fault of the database itself
+        (OperationalError) fails the whole group."""
+        run = self._IN_TRANSACTION
+        try:
+            with _transaction(db):
+                return [run[method](self, db, arg) for method, arg in calls]
+        except sqlite3.OperationalError:
+            raise
+        except Exception:
+            pass
+        out = []
+        with _transaction(db):
+            for method, arg in calls:
+                db.execute("SAVEPOINT call")
+                try:
+                    out.append(run[method](self, db, arg))
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as e:
+                    db.execute("ROLLBACK TO call")
+                    out.append(e)
+                db.execute("RELEASE call")
         return out
+
+    # Each statement over the whole call (a batch is a few statements, not a few per transaction).
+
+    def _begin(self, db: sqlite3.Connection, txs) -> Begun:
+        from ml_assets.serving.features import Past
+
+        recorded = {
+            i: Decision.from_json(p) for i, p in self._recorded(db, [tx.transaction_id for tx in txs]).items()
+        }
+        new = [tx for tx in txs if tx.transaction_id not in recorded]
+        db.executemany(APPEND, [(tx.card_id, *_row(tx)) for tx in new])
+        bounds = windows_bounds(new, self.lookback)
+        windows: dict[str, list] = {card: [] for card in bounds}
+        cards = list(bounds)
+        for i in range(0, len(cards), CHUNK):
+            chunk = cards[i : i + CHUNK]
+            lo, hi = min(bounds[c][0] for c in chunk), max(bounds[c][1] for c in chunk)
+            for card, *past in db.execute(windows_sql(len(chunk)), (*chunk, lo, hi)):
+                lo_card, hi_card = bounds[card]
+                if lo_card <= past[0] <= hi_card:  # the chunk's range is wider than this card's
+                    windows[card].append(Past(*past))
+        return Begun(recorded, windows)
+
+    def _record(self, db: sqlite3.Connection, decisions) -> dict[str, Decision]:
+        payloads = [d.to_json() for d in decisions]
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO decisions VALUES (?, ?, ?)",
+            [(d.transaction_id, d.scored_at, p) for d, p in zip(decisions, payloads, strict=True)],
+        )
+        if db.total_changes - before == len(decisions):  # every one new: the usual case
+            db.executemany("INSERT INTO queue (payload) VALUES (?)", [(p,) for p in payloads])
+            return {d.transaction_id: d for d in decisions}
+        # Some were recorded first (by another replica, or earlier in this group): theirs stand.
+        stored = self._recorded(db, [d.transaction_id for d in decisions])
+        out, queued = {}, []
+        for d, p in zip(decisions, payloads, strict=True):
+            if stored[d.transaction_id] == p and d.transaction_id not in out:
+                out[d.transaction_id] = d
+                queued.append((p,))
+            else:
+                out[d.transaction_id] = Decision.from_json(stored[d.transaction_id])
+        db.executemany("INSERT INTO queue (payload) VALUES (?)", queued)
+        return out
+
+    def _merchant_risk(self, db: sqlite3.Connection, day: date) -> RiskTable:
+        (found,) = db.execute("SELECT max(day) FROM risk_days WHERE day <= ?", (day.isoformat(),)).fetchone()
+        if found is None:
+            return RiskTable(None, {}, True)
+        rows = db.execute("SELECT merchant_id, labels, frauds FROM merchant_risk WHERE day = ?", (found,))
+        table = {m: (labels, frauds) for m, labels, frauds in rows}
+        found = date.fromisoformat(found)
+        return RiskTable(found, table, found != day)
+
+    _IN_TRANSACTION = {"begin": _begin, "record": _record, "merchant_risk": _merchant_risk}
 
     # -- merchant risk ------------------------------------------------------------------------
 
@@ -169,18 +268,6 @@ class SqliteStore(OnlineStore):
                 [(day.isoformat(), m, labels, frauds) for m, (labels, frauds) in table.items()],
             )
             db.execute("INSERT OR IGNORE INTO risk_days VALUES (?)", (day.isoformat(),))
-
-    def merchant_risk(self, day):
-        with self._read() as db:
-            (found,) = db.execute(
-                "SELECT max(day) FROM risk_days WHERE day <= ?", (day.isoformat(),)
-            ).fetchone()
-            if found is None:
-                return RiskTable(None, {}, True)
-            rows = db.execute("SELECT merchant_id, labels, frauds FROM merchant_risk WHERE day = ?", (found,))
-            table = {m: (labels, frauds) for m, labels, frauds in rows}
-        found = date.fromisoformat(found)
-        return RiskTable(found, table, found != day)
 
     # -- the drain ----------------------------------------------------------------------------
 
@@ -212,6 +299,138 @@ class SqliteStore(OnlineStore):
     def close(self):
         with self._lock:
             self._db.close()
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        # A failed COMMIT (an I/O error, a lock it waited too long for) can leave the transaction
+        # open: every later BEGIN would fail with it.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+class _LoopCalls:
+    """The service's request path (`SqliteStore.loop_calls`), on its event loop: a group of calls
+    is one transaction on a connection of its own, synchronous=NORMAL, so that it takes
+    microseconds and the loop never waits for the disk; then `_WalSync` makes it durable."""
+
+    def __init__(self, store: SqliteStore):
+        self.store = store
+        with store._errors():
+            # timeout=0: a write lock held by another process is waited for by the loop's own
+            # sleeps (run_calls), never by SQLite's sleeping in the loop's thread.
+            self._db = sqlite3.connect(store.path, timeout=0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA wal_autocheckpoint=0")  # _WalSync checkpoints, off the loop
+            self._sync = _WalSync(store)
+
+    async def run_calls(self, calls: list[Call]) -> list:
+        wait, deadline = BUSY_FIRST_WAIT, time.monotonic() + self.store.timeout_s
+        while True:
+            try:
+                results = self.store._run_group(self._db, calls)
+                break
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise self.store._unavailable(e) from e
+            # Another process holds the write lock, for microseconds (nothing waits for the disk
+            # inside a transaction): try again soon, serving other requests meanwhile.
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, BUSY_MAX_WAIT)
+        # A decision recorded, or read back for a retry (maybe another request's, committed but
+        # not synced yet): durable before anyone is answered with it.
+        if any(
+            (call.method == "record" or (call.method == "begin" and result.recorded))
+            for call, result in zip(calls, results, strict=True)
+            if not isinstance(result, Exception)
+        ):
+            await self._sync.synced()
+        return results
+
+    async def aclose(self) -> None:
+        self._sync.close()
+        self._db.close()
+
+
+class _WalSync:
+    """fdatasync of the WAL file, in a thread, once for every commit made before it (whoever
+    made it: the file is one for every process). A second thread checkpoints the WAL into the
+    database every CHECKPOINT_SECONDS (the event loop's connection never does): a checkpoint copies
+    pages and syncs twice, for as long as the disk takes, and no sync waits for it."""
+
+    def __init__(self, store: SqliteStore):
+        self.store = store
+        self._db = sqlite3.connect(store.path, timeout=store.timeout_s, check_same_thread=False)
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a checkpoint syncs the WAL, then the database
+        self._db.execute("SELECT count(*) FROM risk_days").fetchone()  # the WAL file exists after a read
+        # The WAL stays this file while any connection is open (ours are, until close).
+        self._wal = os.open(f"{store.path}-wal", os.O_RDONLY)
+        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._sync, name="online-store-wal-sync", daemon=True),
+            threading.Thread(target=self._checkpoint, name="online-store-checkpoint", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def synced(self) -> None:
+        """Return once the WAL is synced past every commit made before the call."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.put((loop, future))
+        await future
+
+    def close(self) -> None:
+        self._waiting.put(None)
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        os.close(self._wal)
+        self._db.close()
+
+    def _sync(self) -> None:
+        while True:
+            waiting = [self._waiting.get()]
+            while True:  # every commit waiting now is covered by the one sync
+                try:
+                    waiting.append(self._waiting.get_nowait())
+                except queue.Empty:
+                    break
+            if any(w is not None for w in waiting):
+                error = None
+                try:
+                    os.fdatasync(self._wal)
+                except OSError as e:
+                    error = self.store._unavailable(e, "syncing its WAL: ")
+                settled = defaultdict(list)
+                for w in waiting:
+                    if w is not None:
+                        settled[w[0]].append(w[1])
+                for loop, futures in settled.items():
+                    with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                        loop.call_soon_threadsafe(_settle, futures, error)
+            if None in waiting:
+                return
+
+    def _checkpoint(self) -> None:
+        while not self._stop.wait(CHECKPOINT_SECONDS):
+            try:  # PASSIVE: never blocks a writer or a reader
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as e:
+                log.warning("online store sqlite:///%s: checkpoint failed: %s", self.store.path, e)
+
+
+def _settle(futures: list[asyncio.Future], error: Exception | None) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None) if error is None else future.set_exception(error)
 
 
 def _row(tx) -> tuple:
