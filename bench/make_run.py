@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,9 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _fresh_env(tmp: str) -> dict:
+    """An empty data root, its DAGSTER_HOME the local instance `make setup` gives (dagster.local.yaml)."""
     home = Path(tmp) / "dagster_home"
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    shutil.copy(REPO / "dagster.local.yaml", home / "dagster.yaml")
     return {**os.environ, "ML_ASSETS_DATA_DIR": tmp, "DAGSTER_HOME": str(home)}
 
 
