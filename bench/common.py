@@ -31,6 +31,13 @@ def report_self(wall: float, **extra) -> None:
     print(json.dumps({"wall_s": round(wall, 3), "peak_rss_mb": round(peak_mb, 1), **extra}))
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of the child processes that ended (and their own children). On a
+    shared box a command's wall time is mostly waiting for a core; its CPU time is what it costs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(fn):
     t0 = time.perf_counter()
     value = fn()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import line, save
+from bench.common import children_cpu, line, save
 
 REPO = Path(__file__).resolve().parent.parent
 OLD_POLL_SECONDS = 5.0  # the default before this bench (README: ML_ASSETS_SERVING_POLL_SECONDS)
@@ -120,18 +119,13 @@ def _serve(root: Path, poll_seconds: float) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _make(root: Path, *args: str) -> tuple[float, float, subprocess.CompletedProcess]:
     """(wall s, CPU s, the process) of `make ARGS` on the data root. CPU: on a shared box the wall
     time is mostly waiting for a core; the CPU time is what the command costs."""
-    started, cpu = time.perf_counter(), _children_cpu()
+    started, cpu = time.perf_counter(), children_cpu()
     out = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), *args], env=_env(root),
                          capture_output=True, text=True)  # fmt: skip
-    return time.perf_counter() - started, _children_cpu() - cpu, out
+    return time.perf_counter() - started, children_cpu() - cpu, out
 
 
 def _rollback_served(root: Path, port: int, version: str) -> dict:
@@ -170,9 +164,9 @@ def _bare_alias_move(root: Path) -> tuple[float, float]:
         "c = MlflowClient(tracking_uri=u, registry_uri=u); "
         "c.set_registered_model_alias('fraud_detector', 'bench_probe', '1')"
     )
-    started, cpu = time.perf_counter(), _children_cpu()
+    started, cpu = time.perf_counter(), children_cpu()
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(root), check=True, capture_output=True)
-    return time.perf_counter() - started, _children_cpu() - cpu
+    return time.perf_counter() - started, children_cpu() - cpu
 
 
 def _whole_location_rollback(root: Path, version: str) -> tuple[float, float]:
@@ -188,9 +182,9 @@ config = {{"ops": {{"deployed_model": {{"config": {{"action": "rollback", "versi
 job = defs().resolve_job_def("rollback_job")
 assert job.execute_in_process(instance=dg.DagsterInstance.get(), run_config=config).success
 """
-    started, cpu = time.perf_counter(), _children_cpu()
+    started, cpu = time.perf_counter(), children_cpu()
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(root), check=True, capture_output=True)
-    return time.perf_counter() - started, _children_cpu() - cpu
+    return time.perf_counter() - started, children_cpu() - cpu
 
 
 def _poll_cost(root: Path) -> float:

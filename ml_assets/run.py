@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from ml_assets.defs.policies import daily_partitions
     from ml_assets.defs.resources import build_resources
     from ml_assets.lib import paths
-    from ml_assets.lib.cli import configure_logging
+    from ml_assets.lib.cli import configure_logging, cpu_seconds
 
     configure_logging()
     started = time.perf_counter()
@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
 
     def run(job_name: str, what: str, tags: dict, config: dict) -> bool:
-        t0 = time.perf_counter()
+        t0, cpu = time.perf_counter(), cpu_seconds()
         print(f"==> {what} ({job_name})", flush=True)
         result = definitions.resolve_job_def(job_name).execute_in_process(
             instance=instance, tags=tags, raise_on_error=False, run_config=QUIET | config
         )
-        summary.append((job_name, result.success, time.perf_counter() - t0, result.run_id))
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu
+        summary.append((job_name, result.success, seconds, cpu, result.run_id))
         if not result.success:
             failed = [e.message for e in result.all_events if e.is_failure][:3]
             print(f"    {job_name} did not succeed: " + " | ".join(failed), file=sys.stderr)
@@ -88,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"==> no promotion: {tick.skip_reason.skip_message if tick.skip_reason else ''}")
         ok = run("monitoring_job", f"score, drift and live performance for {first}..{last}", days, {})
     print("\nWhat ran (open `make dev`, then http://127.0.0.1:3000/runs):")
-    for job_name, ok, seconds, run_id in summary:
-        print(f"  {'ok  ' if ok else 'FAIL'} {job_name:<28} {seconds:6.1f}s  run {run_id[:8]}")
+    for job_name, ok, seconds, cpu, run_id in summary:
+        status = "ok  " if ok else "FAIL"
+        print(f"  {status} {job_name:<28} {seconds:6.1f}s  {cpu:6.1f} cpu-s  run {run_id[:8]}")
     print(f"\nlake:      {paths.lake_uri()}\nwarehouse: {paths.warehouse_uri()}")
-    print(f"total {time.perf_counter() - started:.1f}s")
-    return 0 if ok and all(ok for _, ok, _, _ in summary) else 1
+    print(f"total {time.perf_counter() - started:.1f}s, {cpu_seconds():.1f} cpu-s (imports included)")
+    return 0 if ok and all(ok for _, ok, *_ in summary) else 1
 
 
 if __name__ == "__main__":

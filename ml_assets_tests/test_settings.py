@@ -178,6 +178,11 @@ def test_each_setting_moves_what_it_names(name, monkeypatch, tmp_path):
 
         monkeypatch.setenv("ML_ASSETS_DATA_DIR", str(tmp_path / "data"))  # a stack never started
         assert list(Stack.here().ports.values()) == [int(given) + i for i in range(len(PARTS))]
+    elif name == "DAGSTER_EVENT_BATCH_SIZE":  # read by Dagster itself, as it hands events over
+        import dagster as dg
+
+        with dg.DagsterInstance.ephemeral() as instance:
+            assert instance._get_event_batch_size() == int(given)
     else:
         assert name == "MLFLOW_REGISTRY_URI"  # read by MLflow itself; the table lists it to clear it
 

@@ -82,6 +82,22 @@ def decision_threshold(tags: dict[str, str] | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def thresholds(client, name: str, versions: list[str]) -> dict[str, tuple[float, float]]:
+    """Version -> (decision threshold, alert budget) from the registry's tags, for the versions
+    that have both (a version from before thresholds has none: its batch rows stay undecided)."""
+    out = {}
+    for version in versions:
+        tags = client.get_model_version(name, version).tags
+        threshold = decision_threshold(tags)
+        try:
+            budget = float(tags[TAG_ALERT_BUDGET])
+        except (KeyError, ValueError):
+            continue
+        if threshold is not None:
+            out[version] = (threshold, budget)
+    return out
+
+
 def model_columns(tags: dict[str, str], booster) -> list[str]:
     """A version's own feature list, the one its input is built from: its `feature_columns` tag,
     which must be the booster's own feature names (a version from before the tag has the booster's).

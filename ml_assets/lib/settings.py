@@ -131,6 +131,14 @@ SETTINGS: dict[str, Setting] = {
         ),
         # Read by MLflow itself, never by the project: cleared by tests all the same.
         Setting("MLFLOW_REGISTRY_URI", None, "MLflow's registry, if not the tracking store."),
+        # Read by Dagster itself; the local instance's event log (ml_assets/event_log_storage.py)
+        # puts the default in the environment where it is unset.
+        Setting(
+            "DAGSTER_EVENT_BATCH_SIZE",
+            "1000",
+            "Asset events Dagster hands the event log at once (a step's materializations, a run's "
+            "planned events): one write per batch, not per event and day (0: one by one).",
+        ),
     )
 }
 
@@ -149,6 +157,12 @@ def environment_without_settings() -> dict[str, str]:
     starts (the stack's servers) inherits before it gets its own settings, so that a shell with
     production's variables can't point it elsewhere. PATH, HOME, locale and the like stay."""
     return {k: v for k, v in os.environ.items() if k not in SETTINGS}
+
+
+def export_default(name: str) -> None:
+    """Put the setting's default in the environment when it is unset there: for a setting read by
+    another library itself (from os.environ), which would not know this table's default."""
+    os.environ.setdefault(name, SETTINGS[name].default)
 
 
 @contextlib.contextmanager

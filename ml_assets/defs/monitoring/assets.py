@@ -275,22 +275,6 @@ def _scored(lake: LakeResource, days: list[date]) -> pl.DataFrame:
     return pl.concat([batch, served])
 
 
-def _thresholds(mlflow: MlflowResource, versions: list[str]) -> dict[str, tuple[float, float]]:
-    """Version -> (decision threshold, alert budget) from the registry's tags, for the versions
-    that have both (a version from before thresholds has none: its batch rows stay undecided)."""
-    client, out = mlflow.client(), {}
-    for version in versions:
-        tags = client.get_model_version(mlflow.registered_model_name, version).tags
-        threshold = registry.decision_threshold(tags)
-        try:
-            budget = float(tags[registry.TAG_ALERT_BUDGET])
-        except (KeyError, ValueError):
-            continue
-        if threshold is not None:
-            out[version] = (threshold, budget)
-    return out
-
-
 @dg.asset(
     partitions_def=daily_partitions,
     backfill_policy=one_run_per_range,
@@ -324,7 +308,8 @@ def live_performance(
     # day, each is a filter in memory (45 days read one by one took seconds of scans and lookups).
     windows = {day: [day - timedelta(days=i) for i in range(monitoring.window_days)] for day in days}
     every = _scored(lake, sorted({d for window in windows.values() for d in window}))
-    thresholds = _thresholds(mlflow, sorted(set(every["model_version"].drop_nulls())))
+    versions = sorted(set(every["model_version"].drop_nulls()))
+    thresholds = registry.thresholds(mlflow.client(), mlflow.registered_model_name, versions)
     rows, by_arm, every_budget = [], {}, {}
     for day in days:
         scored = every.filter(pl.col("day").is_in(windows[day])).drop("day")
