@@ -14,7 +14,9 @@ import dagster as dg
 # server is Python's forkserver: it forks from a process that only imported (no polars work, no
 # OpenMP pool), which is what makes forking safe here, and it ends with the run's process.
 MULTIPROCESS = dg.multiprocess_executor.configured(
-    {"start_method": {"forkserver": {"preload_modules": ["ml_assets.preloaded_location"]}}}
+    # deltalake, which the stages import only where they touch the lake, is read or written by
+    # nearly every step: preloaded here, by name, so no module of the project imports it eagerly.
+    {"start_method": {"forkserver": {"preload_modules": ["deltalake", "ml_assets.preloaded_location"]}}}
 )
 
 

@@ -392,6 +392,12 @@ class _WalSync:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=60)
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            # Still in an fdatasync or a checkpoint: closing under it would let it sync or write
+            # whatever file takes the descriptor's number next. Both go with the process instead.
+            log.warning("online store: %s did not stop in 60 s; its WAL handle stays open", stuck)
+            return
         os.close(self._wal)
         self._db.close()
 
