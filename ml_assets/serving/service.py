@@ -47,6 +47,7 @@ from ml_assets.serving.online_store import (
     scrubbed,
 )
 from ml_assets.serving.online_store.group import GroupCommit
+from ml_assets.serving.predict import predict
 from ml_assets.serving.registry import Deployment, Registry
 from ml_assets.serving.settings import ServingSettings
 from ml_assets.serving.validation import RequestError
@@ -326,7 +327,7 @@ def score(arm, x, num_threads: int) -> tuple[np.ndarray, float, str | None]:
     row."""
     began = time.perf_counter()
     try:
-        p = np.asarray(arm.booster.predict(x, num_threads=num_threads), dtype=float)
+        p = np.asarray(predict(arm.booster, x, num_threads), dtype=float)
         error = None if np.isfinite(p).all() else "a score that is not a finite number"
         p = np.where(np.isfinite(p), p, np.nan)
     except Exception as e:  # noqa: BLE001  (any model fault is this arm's failure, not a 500)
