@@ -44,6 +44,8 @@ from ml_assets.serving.online_store import (
 SCHEMA = """
 -- Clustered by (card_id, ts): a card's window is one contiguous range of the primary key, so it
 -- costs the same however many older rows the card has. transaction_id makes appends idempotent.
+-- No other index: each is one more page every request's commit writes, and forget_before (the
+-- daily expiry) scans instead. (Stores made before drop theirs.)
 CREATE TABLE IF NOT EXISTS history (
     card_id TEXT NOT NULL,
     ts INTEGER NOT NULL,
@@ -55,7 +57,7 @@ CREATE TABLE IF NOT EXISTS history (
     PRIMARY KEY (card_id, ts, transaction_id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS history_transaction ON history (transaction_id);
-CREATE INDEX IF NOT EXISTS history_ts ON history (ts);  -- forget_before
+DROP INDEX IF EXISTS history_ts;
 
 -- The recorded decision per transaction (what a retry gets back) and the queue the drain reads:
 -- apart, so that acking the queue keeps retries answered, and expiring old decisions never
@@ -65,7 +67,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     scored_at INTEGER NOT NULL,
     payload TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS decisions_scored_at ON decisions (scored_at);
+DROP INDEX IF EXISTS decisions_scored_at;
 CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL);
 
 -- A day is written even when its table is empty: risk_days says which days are.
