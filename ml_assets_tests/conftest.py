@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_assets.lib.settings import SETTINGS
+from ml_assets.lib.settings import SETTINGS, replace_environment
 
 # A step's storage retries wait about 2, 6 and 14 s. The tests keep that policy (three retries,
 # exponential backoff, jitter) on a shorter clock: it is read once, when the policies module is
@@ -83,7 +83,7 @@ STORE_VARIABLES = tuple(SETTINGS)
 
 @contextmanager
 def scoped_environ(**values: str):
-    """os.environ with the store variables cleared and `values` set; restored whole on exit."""
+    """os.environ with the store variables cleared and `values` set; as it was on exit."""
     saved = dict(os.environ)
     for name in STORE_VARIABLES:
         os.environ.pop(name, None)
@@ -91,17 +91,18 @@ def scoped_environ(**values: str):
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        replace_environment(saved)
 
 
 @pytest.fixture(autouse=True)
 def _environ_restored_after_each_test():
-    """Whatever a test (or a library it calls) exports is gone before the next test."""
+    """Whatever a test (or a library it calls) exports is gone before the next test. Only what
+    changed is written back (settings.replace_environment): clearing and refilling it, some 50
+    variables unset and added back at every test's end, freed the C environment under any native
+    thread reading it meanwhile."""
     saved = dict(os.environ)
     yield
-    os.environ.clear()
-    os.environ.update(saved)
+    replace_environment(saved)
 
 
 _store_template: Path | None = None

@@ -6,7 +6,11 @@ test_real_clients (its world is built with every production variable set, under 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -206,3 +210,41 @@ def test_a_secret_is_never_in_the_resource_config():
     # The tokens are the scoring service's alone: no resource, no Dagster config ever holds them.
     naming = {p for p in PACKAGE.rglob("*.py") if "_TOKEN" in p.read_text()}
     assert naming == {PACKAGE / "lib" / "settings.py", PACKAGE / "serving" / "auth.py"}, naming
+
+
+def test_replacing_the_environment_writes_only_the_variables_that_differ(monkeypatch):
+    """settings.replace_environment (a forked process's environment, every test's put back) adds,
+    changes and unsets only what differs: a variable unset and added back moves the C environment's
+    array under the native threads reading it (see its docstring). Counted on the process's own
+    putenv and unsetenv, which it still calls; a child process inherits the result."""
+    monkeypatch.setenv("ML_ASSETS_TEST_KEPT", "same")
+    monkeypatch.setenv("ML_ASSETS_TEST_CHANGED", "before")
+    monkeypatch.setenv("ML_ASSETS_TEST_REMOVED", "x")
+    target = {k: v for k, v in os.environ.items() if k != "ML_ASSETS_TEST_REMOVED"}
+    target |= {"ML_ASSETS_TEST_CHANGED": "after", "ML_ASSETS_TEST_ADDED": "new"}
+    written = []
+
+    def recorded(call: str):
+        real = getattr(os, call)
+
+        def write(key, *value):
+            written.append((call, os.fsdecode(key)))
+            real(key, *value)
+
+        return write
+
+    for call in ("putenv", "unsetenv"):
+        monkeypatch.setattr(os, call, recorded(call))
+    settings.replace_environment(target)
+    assert sorted(written) == [
+        ("putenv", "ML_ASSETS_TEST_ADDED"),
+        ("putenv", "ML_ASSETS_TEST_CHANGED"),
+        ("unsetenv", "ML_ASSETS_TEST_REMOVED"),
+    ]
+    assert dict(os.environ) == target
+    child = subprocess.run(
+        [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    ours = {k: v for k, v in target.items() if k.startswith("ML_ASSETS_TEST_")}  # kept, changed, added
+    assert {k: v for k, v in json.loads(child.stdout).items() if k.startswith("ML_ASSETS_TEST_")} == ours

@@ -178,9 +178,22 @@ def unset(name: str):
 
 def replace_environment(env: dict[str, str]) -> None:
     """Make `env` this process's whole environment (a forked process that must see only what its
-    parent gave it, as a fresh one would)."""
-    os.environ.clear()
-    os.environ.update(env)
+    parent gave it, as a fresh one would; a test's environment put back as it was), writing only
+    the variables that differ.
+
+    Never `os.environ.clear()` then `update(env)`: native threads read the C environment without
+    a lock (polars' and deltalake's tokio and executor threads getenv POLARS_* and DELTARS_*;
+    deltalake walks the whole environment when it opens a table), and glibc grows the array by a
+    realloc for every variable it adds, freeing the old array under such a reader, which then
+    crashes on freed memory. Changing a variable's value, or unsetting one, rewrites pointers in
+    place and frees nothing; adding one is what moves the array, so a restore adds back only the
+    variables that were removed.
+    """
+    for name in os.environ.keys() - env.keys():
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def markdown() -> str:
