@@ -95,8 +95,11 @@ APPEND = "INSERT OR IGNORE INTO history VALUES (?, ?, ?, ?, ?, ?, ?)"
 RECORDED = "SELECT transaction_id, payload FROM decisions WHERE transaction_id IN"
 # Host parameters per statement (SQLite's limit is 32766): a batch's ids or cards, in chunks.
 CHUNK = 500
-# The service's loop waits for another process's write lock in steps from this to that (seconds).
-BUSY_FIRST_WAIT, BUSY_MAX_WAIT = 0.0001, 0.005
+# The service's loop waits for another process's write lock by trying again on each of its turns
+# for BUSY_SPIN seconds (a replica holds it for tens of microseconds: nothing waits for the disk
+# inside a transaction), then in sleeps from BUSY_FIRST_WAIT to BUSY_MAX_WAIT (a long write, such
+# as the daily feed's, holds it for longer). Seconds; the event loop's timers count whole ms.
+BUSY_SPIN, BUSY_FIRST_WAIT, BUSY_MAX_WAIT = 0.002, 0.001, 0.005
 # How often the WAL-sync thread checkpoints the WAL into the database.
 CHECKPOINT_SECONDS = 0.5
 
@@ -333,18 +336,22 @@ class _LoopCalls:
             self._sync = _WalSync(store)
 
     async def run_calls(self, calls: list[Call]) -> list:
-        wait, deadline = BUSY_FIRST_WAIT, time.monotonic() + self.store.timeout_s
+        first_busy, wait = None, BUSY_FIRST_WAIT
         while True:
             try:
                 results = self.store._run_group(self._db, calls)
                 break
             except sqlite3.OperationalError as e:
-                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                now = time.monotonic()
+                first_busy = first_busy or now
+                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or now - first_busy > self.store.timeout_s:
                     raise self.store._unavailable(e) from e
-            # Another process holds the write lock, for microseconds (nothing waits for the disk
-            # inside a transaction): try again soon, serving other requests meanwhile.
-            await asyncio.sleep(wait)
-            wait = min(2 * wait, BUSY_MAX_WAIT)
+            # Another process holds the write lock: try again soon, serving other requests meanwhile.
+            if now - first_busy < BUSY_SPIN:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, BUSY_MAX_WAIT)
         # A decision recorded, or read back for a retry (maybe another request's, committed but
         # not synced yet): durable before anyone is answered with it.
         if any(
