@@ -85,10 +85,10 @@ def _fast_row(booster, num_threads: int) -> _FastRow | None:
 
 def predict(booster, x: np.ndarray, num_threads: int) -> np.ndarray:
     """`booster.predict(x, num_threads=num_threads)`, one row through LightGBM's single-row path."""
-    if x.ndim == 2 and x.shape[0] == 1 and x.shape[1] == booster.num_feature():
-        fast = _fast_row(booster, num_threads)
-        if fast is not None:
-            got = fast(np.ascontiguousarray(x[0], dtype=np.float64))
-            if got is not None:
-                return got
+    fast = _fast_row(booster, num_threads) if x.ndim == 2 and x.shape[0] == 1 else None
+    # The width the fast config was made for (no call into LightGBM for it on every request).
+    if fast is not None and x.shape[1] == fast.ncol:
+        got = fast(np.ascontiguousarray(x[0], dtype=np.float64))
+        if got is not None:
+            return got
     return booster.predict(x, num_threads=num_threads)
