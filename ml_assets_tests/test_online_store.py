@@ -368,6 +368,53 @@ def test_group_commit_runs_concurrent_requests_calls_together_each_as_alone(stor
     assert sorted(queued) == [f"tx-{i}" for i in range(1, 7)]  # each once: the late one was not queued
 
 
+def test_records_wait_for_the_records_of_requests_still_deciding(store, monkeypatch):
+    """Records made on different turns of the loop commit as one while other requests are still
+    deciding (between their begin and their record). A request that keeps deciding holds the
+    others' records no longer than RECORD_WAIT: they are answered while it still decides."""
+    import asyncio
+
+    from ml_assets.serving.online_store import group
+
+    async def request(calls, i, turns):
+        with calls.deciding():
+            await calls.begin([tx(i, T + i * US)])
+            for _ in range(turns):  # scoring that ends on a later turn of the loop
+                await asyncio.sleep(0)
+        return await calls.record([decision(i)])
+
+    async def together(calls):
+        await asyncio.gather(*(request(calls, i, turns) for i, turns in [(1, 0), (2, 3), (3, 6)]))
+        return calls.groups, calls.calls
+
+    # A wait no slow machine outlasts: what is held is released by the last request, not the timer.
+    monkeypatch.setattr(group, "RECORD_WAIT", 600.0)
+    (groups, calls), _, _ = _grouped(store, together)
+    assert (groups, calls) == (2, 6)  # the three begins, then the three records (one at a time: 4)
+    monkeypatch.undo()
+
+    async def beside_a_long_one(calls):
+        release = asyncio.Event()
+
+        async def long_one():
+            with calls.deciding():  # scoring for as long as the test says
+                await release.wait()
+
+        task = asyncio.create_task(long_one())
+        await asyncio.sleep(0)  # it is deciding now
+        # If records waited for every request to finish deciding, this would never return.
+        standing = await asyncio.wait_for(request(calls, 4, 0), timeout=60)
+        still_deciding = not task.done()
+        release.set()
+        await task
+        return standing, still_deciding
+
+    (standing, still_deciding), _, _ = _grouped(store, beside_a_long_one)
+    assert standing == {"tx-4": decision(4)} and still_deciding
+    queued = sorted(d.transaction_id for d in store.read_decisions()[0])
+    assert queued == [f"tx-{i}" for i in range(1, 5)]
+
+
 def test_a_decision_is_not_returned_until_the_sqlite_wal_is_synced(tmp_path):
     """The service's SQLite path commits without waiting for the disk and then syncs the WAL once
     for all: when that sync fails, the record fails (the service answers 503), though its commit

@@ -15,8 +15,9 @@ so any number of replicas (or a restarted one) score with the same card historie
    `inference_log` drains the queue into Delta).
 
 The store calls of concurrent requests are committed together (online_store.group.GroupCommit:
-several to a commit, without holding the event loop while the store waits for its disk), each
-request answered only after its own. A store that can't be reached makes /predict answer 503 with
+several to a commit, without holding the event loop while the store waits for its disk; a record
+waits up to a millisecond for those of requests still being scored), each request answered only
+after its own. A store that can't be reached makes /predict answer 503 with
 the reason; nothing is scored without being recorded. A poller thread swaps in a new `Deployment`
 when the registry's aliases or tags change.
 """
@@ -30,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from datetime import UTC, date, datetime
 from functools import partial
 
@@ -148,12 +150,14 @@ class Service:
             raise RequestError(503, f"no model to serve: {self.settings.model_name!r} has no champion yet")
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
-        with self._store_calls():
-            begun = await self.calls.begin(txs)
-            new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
-            risk = {day: await self._merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
-        decide = partial(self._decide, deployment, request_id, new, begun.windows, risk, started)
-        decisions = await offload(decide) if offload else decide()
+        # A batch decided in a thread takes milliseconds: other requests' records don't wait for it.
+        with self.calls.deciding() if offload is None else nullcontext():
+            with self._store_calls():
+                begun = await self.calls.begin(txs)
+                new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
+                risk = {day: await self._merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
+            decide = partial(self._decide, deployment, request_id, new, begun.windows, risk, started)
+            decisions = await offload(decide) if offload else decide()
         with self._store_calls():
             # Before the response: a 200 is a durable decision. Another replica may have recorded
             # one of these transactions first: its decision stands, and is what we answer.
