@@ -443,6 +443,44 @@ def test_a_decision_is_not_returned_until_the_sqlite_wal_is_synced(tmp_path):
     assert retried.recorded == {"tx-1": decision(1)}  # committed, and now synced before it is answered
 
 
+def test_the_sqlite_wal_starts_again_under_steady_writes(tmp_path, monkeypatch):
+    """Past WAL_RESTART_FRAMES the checkpoint makes the next writer start the WAL from its
+    beginning, so steady traffic doesn't grow it without bound; a reader in the way makes it give
+    up after RESTART_WAIT_S (writers are blocked meanwhile) and try again later."""
+    import sqlite3
+
+    from ml_assets.serving.online_store import sqlite as engine
+
+    monkeypatch.setattr(engine, "WAL_RESTART_FRAMES", 20)
+    url = f"sqlite:///{tmp_path / 'online.db'}"
+
+    def frames(db):  # frames in the WAL now (a passive checkpoint changes nothing for writers)
+        return db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+
+    async def requests(calls):
+        wal_sync, db = calls._calls._sync, calls._calls._db
+        await calls.record([decision(100)])
+        assert not wal_sync.checkpoint()  # a few frames: nothing to restart
+        for i in range(20):  # a commit each: more than 20 frames
+            await calls.record([decision(i)])
+        reader = sqlite3.connect(tmp_path / "online.db", isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM decisions").fetchone()  # a snapshot in the WAL
+        held_up = wal_sync.checkpoint()
+        reader.execute("COMMIT")
+        reader.close()
+        before = frames(db)
+        restarted = wal_sync.checkpoint()
+        await calls.record([decision(99)])
+        return held_up, before, restarted, frames(db)
+
+    with open_store(url, lookback_days=LOOKBACK_DAYS) as s:
+        (held_up, before, restarted, after), _, _ = _grouped(s, requests)
+        assert len(s.read_decisions()[0]) == 22  # nothing lost to it
+    assert not held_up and before > 20
+    assert restarted and after < before  # the WAL began again: only the last commit's frames
+
+
 # -- durability ------------------------------------------------------------------------------
 
 CHILD = """
