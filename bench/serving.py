@@ -505,6 +505,12 @@ def main() -> dict:
                 for label, server in servers.items():
                     if label != MLFLOW:
                         figures["ours"][label] = _batches(server, ours)
+                # Nothing truncates a WAL file: its size now is the largest it reached.
+                figures["wal_mb"] = {
+                    label: os.path.getsize(f"{url.removeprefix('sqlite:///')}-wal") / 2**20
+                    for label, url in stores.items()
+                    if label.startswith("sqlite")
+                }
                 figures["mlflow_batch"] = _summary(
                     [_load(mlflow_port, "/invocations", [mlflow_batch] * BATCHES, 1, [mlflow.pid])]
                 )
@@ -639,6 +645,13 @@ def _report(f: dict) -> None:
         text = line(f"{label}: single p99 beside", s["p99_ms"], "ms", GOAL_BESIDE_P99_MS, "goal")
         print(text + _aim(ok, f"<= {GOAL_BESIDE_P99_MS:g} ms"))
         print(f"  {label + ': the batch p50 / p99':<44} {b['p50_ms']:9.2f} / {b['p99_ms']:.2f} ms")
+    from ml_assets.serving.online_store.sqlite import WAL_RESTART_FRAMES
+
+    # A WAL frame is a page (4 KB) and its 24-byte header.
+    limit_mb = WAL_RESTART_FRAMES * (4096 + 24) / 2**20
+    print("the SQLite stores' WAL file after every load above (it starts again past a limit)")
+    for label, mb in f["wal_mb"].items():
+        print(line(f"{label}: WAL file", mb, "MB", limit_mb, "limit"))
     print("the inference_log drain (store queue -> Delta), servers stopped")
     for label, d in f["drain"].items():
         print(
