@@ -415,10 +415,15 @@ def test_records_wait_for_the_records_of_requests_still_deciding(store, monkeypa
     assert queued == [f"tx-{i}" for i in range(1, 5)]
 
 
-def test_a_decision_is_not_returned_until_the_sqlite_wal_is_synced(tmp_path):
+@pytest.mark.parametrize(
+    "beside", [False, True], ids=["alone_the_loop_syncs", "beside_another_a_thread_syncs"]
+)
+def test_a_decision_is_not_returned_until_the_sqlite_wal_is_synced(tmp_path, beside):
     """The service's SQLite path commits without waiting for the disk and then syncs the WAL once
-    for all: when that sync fails, the record fails (the service answers 503), though its commit
-    went through; a begin that recorded nothing is not held up by it."""
+    for all: in the loop when no other request has work there, else in a thread. When that sync
+    fails, the record fails (the service answers 503), though its commit went through; a begin
+    that recorded nothing is not held up by it."""
+    import asyncio
     import os
 
     url = f"sqlite:///{tmp_path / 'online.db'}"
@@ -427,6 +432,14 @@ def test_a_decision_is_not_returned_until_the_sqlite_wal_is_synced(tmp_path):
         wal_sync = calls._calls._sync
         wal, (unsyncable, w) = wal_sync._wal, os.pipe()
         wal_sync._wal = unsyncable  # fdatasync of a pipe fails (EINVAL), as a failing disk's would
+        release = asyncio.Event()
+
+        async def another():  # a request with work on the loop meanwhile
+            with calls.deciding():
+                await release.wait()
+
+        other = asyncio.create_task(another()) if beside else None
+        await asyncio.sleep(0)
         try:
             begun = await calls.begin([tx(1, T)])
             with pytest.raises(StoreUnavailable, match="syncing its WAL"):
@@ -435,6 +448,9 @@ def test_a_decision_is_not_returned_until_the_sqlite_wal_is_synced(tmp_path):
             wal_sync._wal = wal
             os.close(unsyncable)
             os.close(w)
+            release.set()
+            if other:
+                await other
         return begun, await calls.begin([tx(1, T)])
 
     with open_store(url, lookback_days=LOOKBACK_DAYS) as s:

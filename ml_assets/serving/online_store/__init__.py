@@ -85,11 +85,12 @@ class Call(NamedTuple):
 
 
 class LoopCalls(Protocol):
-    async def run_calls(self, calls: list[Call]) -> list:
+    async def run_calls(self, calls: list[Call], alone: bool = False) -> list:
         """Each call's result, or the exception it raised; a fault of the store itself
         (StoreUnavailable) raises, for all of them. Each call is as atomic as it is alone, and
         every record (and every recorded decision a begin returns) is durable when this
-        returns."""
+        returns. `alone`: no other request has work on the loop meanwhile (GroupCommit knows),
+        so the engine may wait for its disk in the loop's own thread."""
 
     async def aclose(self) -> None: ...
 

@@ -125,7 +125,8 @@ class GroupCommit:
         self.groups += 1
         self.calls += len(group)
         try:
-            results = await self._calls.run_calls([call for call, _ in group])
+            alone = not self._deciding and not self._waiting  # no other request has work here
+            results = await self._calls.run_calls([call for call, _ in group], alone)
         except Exception as e:  # the store's fault: every call of the group fails with it
             results = [e] * len(group)
         for (_, future), result in zip(group, results, strict=True):

@@ -356,7 +356,7 @@ class _LoopCalls:
         self.store = store
         self._r = None  # made on first use, in the loop that uses it
 
-    async def run_calls(self, calls: list[Call]) -> list:
+    async def run_calls(self, calls: list[Call], alone: bool = False) -> list:
         store = self.store
         if self._r is None:
             from redis.asyncio import Redis as AsyncRedis
