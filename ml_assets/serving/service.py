@@ -15,11 +15,11 @@ so any number of replicas (or a restarted one) score with the same card historie
    `inference_log` drains the queue into Delta).
 
 The store calls of concurrent requests are committed together (online_store.group.GroupCommit:
-several to a commit, without holding the event loop while the store waits for its disk; a record
-waits up to a millisecond for those of requests still being scored), each request answered only
-after its own. A store that can't be reached makes /predict answer 503 with
-the reason; nothing is scored without being recorded. A poller thread swaps in a new `Deployment`
-when the registry's aliases or tags change.
+several to a commit, without holding the event loop while the store waits for its disk when other
+requests have work on it; a record waits up to a millisecond for those of requests still being
+scored), each request answered only after its own. A store that can't be reached makes /predict
+answer 503 with the reason; nothing is scored without being recorded. A poller thread swaps in a
+new `Deployment` when the registry's aliases or tags change.
 """
 
 from __future__ import annotations

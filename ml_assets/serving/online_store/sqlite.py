@@ -10,10 +10,10 @@ survives kill -9 and a power cut; within a process it serves every thread, behin
 service's request path (`loop_calls`) runs the calls of concurrent requests on its event loop as
 one transaction with synchronous=NORMAL, so that no fsync holds the write lock, and then
 fdatasyncs the WAL once for every commit made before (the sync FULL makes inside each commit, made
-once for all of them): in a thread while other requests have work on the loop, so that it never
-waits for the disk; in the loop itself when no other has, since a hand-off to the thread would only
-add its wake-ups. No request is answered before that sync covers what it recorded or was answered
-from.
+once for all of them): in a thread while other requests have work on the loop, so that the loop
+doesn't wait for the disk then; in the loop itself when no other has, since a hand-off to the
+thread would only add its wake-ups. No request is answered before that sync covers what it
+recorded or was answered from.
 """
 
 from __future__ import annotations
