@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,6 +104,16 @@ def _environ_restored_after_each_test():
     saved = dict(os.environ)
     yield
     replace_environment(saved)
+
+
+@pytest.fixture(autouse=True)
+def _sys_path_restored_after_each_test():
+    """Loading a logged model puts its code folder first on sys.path (MLflow's code_paths). A
+    process the tests spawn later starts from this process's sys.path, and imported ml_assets from
+    that copy in /tmp, not from the repository."""
+    saved = sys.path[:]
+    yield
+    sys.path[:] = saved
 
 
 _store_template: Path | None = None

@@ -131,9 +131,25 @@ class SqliteStore(OnlineStore):
             self._db = sqlite3.connect(
                 self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            self._set_up()
+
+    def _set_up(self) -> None:
+        """WAL mode and the schema. Processes that open a new file at the same moment (`make serve
+        WORKERS=2` on a fresh data root) can take its first locks in an order SQLite sees as a
+        deadlock: it then answers "database is locked" at once, without waiting. So try again,
+        for as long as a writer would wait (4 processes opening a new file at once: 11-18 rounds
+        in 100 failed before)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(SCHEMA)  # each statement IF (NOT) EXISTS: again is harmless
+                return
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(BUSY_FIRST_WAIT)
 
     def _unavailable(self, e: Exception, doing: str = "") -> StoreUnavailable:
         return StoreUnavailable(f"online store sqlite:///{self.path}: {doing}{e}")
@@ -393,10 +409,11 @@ class _WalSync:
 
     def __init__(self, store: SqliteStore):
         self.store = store
-        # timeout: how long a RESTART checkpoint waits for readers (writers wait for it meanwhile).
-        self._db = sqlite3.connect(store.path, timeout=RESTART_WAIT_S, check_same_thread=False)
+        self._db = sqlite3.connect(store.path, timeout=store.timeout_s, check_same_thread=False)
         self._db.execute("PRAGMA synchronous=NORMAL")  # a checkpoint syncs the WAL, then the database
         self._db.execute("SELECT count(*) FROM risk_days").fetchone()  # the WAL file exists after a read
+        # From now on, how long a RESTART checkpoint waits for readers (writers wait for it meanwhile).
+        self._db.execute(f"PRAGMA busy_timeout={round(RESTART_WAIT_S * 1000)}")
         # The WAL stays this file while any connection is open (ours are, until close).
         self._wal = os.open(f"{store.path}-wal", os.O_RDONLY)
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
