@@ -399,6 +399,12 @@ def test_group_commit_runs_concurrent_requests_calls_together_each_as_alone(stor
     assert sorted(queued) == [f"tx-{i}" for i in range(1, 7)]  # each once: the late one was not queued
 
 
+async def _deciding_until(calls, release):
+    """A request between its begin and its record (scoring, on the loop) until `release` is set."""
+    with calls.deciding():
+        await release.wait()
+
+
 def test_records_wait_for_the_records_of_requests_still_deciding(store, monkeypatch):
     """Records made on different turns of the loop commit as one while other requests are still
     deciding (between their begin and their record). A request that keeps deciding holds the
@@ -426,12 +432,7 @@ def test_records_wait_for_the_records_of_requests_still_deciding(store, monkeypa
 
     async def beside_a_long_one(calls):
         release = asyncio.Event()
-
-        async def long_one():
-            with calls.deciding():  # scoring for as long as the test says
-                await release.wait()
-
-        task = asyncio.create_task(long_one())
+        task = asyncio.create_task(_deciding_until(calls, release))  # as long as the test says
         await asyncio.sleep(0)  # it is deciding now
         # If records waited for every request to finish deciding, this would never return.
         standing = await asyncio.wait_for(request(calls, 4, 0), timeout=60)
@@ -463,13 +464,8 @@ def test_a_decision_is_not_returned_until_the_sqlite_wal_is_synced(tmp_path, bes
         wal_sync = calls._calls._sync
         wal, (unsyncable, w) = wal_sync._wal, os.pipe()
         wal_sync._wal = unsyncable  # fdatasync of a pipe fails (EINVAL), as a failing disk's would
-        release = asyncio.Event()
-
-        async def another():  # a request with work on the loop meanwhile
-            with calls.deciding():
-                await release.wait()
-
-        other = asyncio.create_task(another()) if beside else None
+        release = asyncio.Event()  # another request with work on the loop meanwhile
+        other = asyncio.create_task(_deciding_until(calls, release)) if beside else None
         await asyncio.sleep(0)
         try:
             begun = await calls.begin([tx(1, T)])
