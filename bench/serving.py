@@ -285,6 +285,7 @@ def _summary(runs: list[_Run]) -> dict:
         "p50_ms": q[49] * 1000,
         "p99_ms": q[98] * 1000,
         "per_s": len(latencies) / wall,
+        "round_per_s": [len(r.latencies) / r.wall for r in runs],  # each run's own throughput
         "client_cores": sum(r.client_cpu for r in runs) / wall,
         "server_cores": sum(r.server_cpu for r in runs) / wall,
         # What a request costs the servers, whatever share of the cores they got: on a shared box
@@ -575,6 +576,14 @@ def _batches(server: _Server, ours: dict) -> dict:
     return {"batch": batch, "beside": beside}
 
 
+def _by_round(s: dict, base: dict, goal: float) -> str:
+    """The throughput ratio in each round of the single-row load (the two servers took it within
+    seconds of each other): how steady the whole run's ratio is on this box."""
+    ratios = [a / b for a, b in zip(s["round_per_s"], base["round_per_s"], strict=True)]
+    met = sum(r >= goal for r in ratios)
+    return f"    by round: {' '.join(f'{r:.2f}x' for r in ratios)}  (aim met in {met} of {len(ratios)})"
+
+
 def _aim(ok: bool, aim: str) -> str:
     return f"   aim {aim}: {'met' if ok else 'NOT met'}"
 
@@ -623,10 +632,12 @@ def _report(f: dict) -> None:
             line(f"{engine} 2w: throughput", two["per_s"], "req/s", one["per_s"], "1w")
             + _aim(ok, f">= {GOAL_WORKERS}x")
         )
+        print(_by_round(two, one, GOAL_WORKERS))
         if base:
             ok = one["per_s"] >= GOAL_DURABLE * base["per_s"]
             text = line(f"{engine} 1w: throughput", one["per_s"], "req/s", base["per_s"], "in-memory")
             print(text + _aim(ok, f">= {GOAL_DURABLE}x"))
+            print(_by_round(one, base, GOAL_DURABLE))
             cpu, base_cpu = one["server_cpu_ms"], base["server_cpu_ms"]
             print(line(f"{engine} 1w: server CPU per request", cpu, "ms", base_cpu, "in-memory"))
         print(line(f"{engine} 1w: throughput", one["per_s"], "req/s", mlflow["per_s"], "mlflow"))
