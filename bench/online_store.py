@@ -4,6 +4,10 @@ On SQLite (WAL, synchronous=FULL) and on Redis (AOF, appendfsync always), both o
 disk and durable as production runs them, against an in-memory dict doing the same work in the
 same process (what the service does today, and loses on kill -9). Eight threads share one store,
 as requests share the service's; each card has some history first (`upsert_history`).
+
+Then merchant risk with MERCHANTS merchants in a day's table: the whole table (what the service
+loads for a day, and what the registered model read on every call before it asked for its own
+merchants) against one merchant's row (what a one-transaction call of the registered model reads).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from bench.common import RESULTS, line, save
 CARDS, HISTORY = 2000, 10  # transactions per card before the run
 REQUESTS, WARMUP, CONCURRENCY = 3000, 200, 8
 LOOKBACK_DAYS = 30
+MERCHANTS = 100_000
 US = 1_000_000
 T0 = 1_768_478_400 * US  # 2026-01-15T12:00:00Z
 
@@ -121,6 +126,24 @@ def _measure(store, history, requests) -> dict:
     }
 
 
+def _risk_reads(store) -> dict:
+    """Median ms of reading a day's merchant risk: the whole table, and one merchant's row."""
+    from datetime import date
+
+    day = date(2026, 1, 15)
+    store.put_merchant_risk(day, {f"m-{i}": (i % 40, i % 3) for i in range(MERCHANTS)})
+
+    def ms(merchants, times: int) -> float:
+        took = []
+        for _ in range(times):
+            t0 = time.perf_counter()
+            store.merchant_risk(day, merchants)
+            took.append(time.perf_counter() - t0)
+        return round(statistics.median(took) * 1000, 3)
+
+    return {"whole_table_ms": ms(None, 5), "one_merchant_ms": ms(["m-4242"], 50)}
+
+
 def main() -> dict:
     from ml_assets.serving.online_store import open_store
     from ml_assets_tests.redis_support import RedisServer
@@ -132,11 +155,13 @@ def main() -> dict:
         figures["dict"] = _measure(DictStore(), history, requests)
         with open_store(f"sqlite:///{tmp}/online.db", lookback_days=LOOKBACK_DAYS) as store:
             figures["sqlite"] = _measure(store, history, requests)
+            figures["sqlite"]["risk"] = _risk_reads(store)
         server = RedisServer(Path(tmp))
         server.start()
         try:
             with open_store(server.url, lookback_days=LOOKBACK_DAYS) as store:
                 figures["redis"] = _measure(store, history, requests)
+                figures["redis"]["risk"] = _risk_reads(store)
         finally:
             server.kill(signal.SIGTERM)
     base = figures["dict"]
@@ -147,6 +172,10 @@ def main() -> dict:
         print(line(f"{engine} throughput", f["requests_per_s"], "req/s", base["requests_per_s"], "dict"))
         print(line(f"{engine} p50", f["p50_ms"], "ms", base["p50_ms"], "dict"))
         print(line(f"{engine} p99", f["p99_ms"], "ms", base["p99_ms"], "dict"))
+    print(f"  merchant risk of a day, {MERCHANTS} merchants in its table, median")
+    for engine in ("sqlite", "redis"):
+        whole, one = figures[engine]["risk"]["whole_table_ms"], figures[engine]["risk"]["one_merchant_ms"]
+        print(line(f"{engine}: whole table", whole, "ms", one, "one merchant's row"))
     save("online_store", figures)
     return figures
 

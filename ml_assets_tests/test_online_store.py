@@ -604,6 +604,26 @@ def test_merchant_risk_of_the_day_and_stale_fallback(store):
     assert store.merchant_risk(day + timedelta(days=1)) == (day + timedelta(days=1), {}, False)
 
 
+def test_merchant_risk_of_some_merchants_is_their_rows_of_the_whole_table(store):
+    """What the registered model reads for a call: the rows of its transactions' merchants only,
+    from the same day (and stale flag) the whole table comes from."""
+    day = date(2026, 1, 15)
+    assert store.merchant_risk(day, ["m-1"]) == (None, {}, True)
+    table = {f"m-{i}": (i, i % 3) for i in range(1, 1501)}  # more than a chunk of SQLite parameters
+    store.put_merchant_risk(day, table)
+    whole = store.merchant_risk(day)
+    for merchants in (["m-7"], ["m-7", "m-no-such", "m-7"], [], list(table) + ["m-0"], {"m-3", "m-1500"}):
+        for asked in (day, day + timedelta(days=3)):  # the day's own table, and a stale one
+            got = store.merchant_risk(asked, merchants)
+            expected = {m: whole.table[m] for m in merchants if m in whole.table}
+            assert got == (day, expected, asked != day), merchants
+    # Names Lua or SQL could take for something else are only names.
+    store.put_merchant_risk(day, {"all": (1, 1), "some": (2, 0), "%": (3, 1), "'": (4, 2)})
+    assert store.merchant_risk(day, ["all", "some", "%", "'", "_"]) == (
+        day, {"all": (1, 1), "some": (2, 0), "%": (3, 1), "'": (4, 2)}, False,
+    )  # fmt: skip
+
+
 # -- the drain -------------------------------------------------------------------------------
 
 

@@ -263,7 +263,11 @@ def _score_through_store(
     new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
     standing = {}
     if new:
-        risk = {day: store.merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
+        merchants: dict = {}  # event day -> the merchants of its transactions
+        for tx in new:
+            merchants.setdefault(event_day(tx.ts), set()).add(tx.merchant_id)
+        # Their rows only: a call's work grows with its transactions, not with the merchants.
+        risk = {day: store.merchant_risk(day, wanted) for day, wanted in merchants.items()}
         features = batch_features(new, begun.windows, lambda day: risk[day].table, params)
         scores = booster.predict(matrix_of(features, columns))
         made = decisions(scores, threshold)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -138,8 +138,11 @@ class OnlineStore(ABC):
         """Replace `day`'s table whole (an empty one too: written, and no merchant has labels)."""
 
     @abstractmethod
-    def merchant_risk(self, day: date) -> RiskTable:
-        """`day`'s table, or the latest earlier day's flagged stale_risk while it is not written."""
+    def merchant_risk(self, day: date, merchants: Collection[str] | None = None) -> RiskTable:
+        """`day`'s table, or the latest earlier day's flagged stale_risk while it is not written.
+        With `merchants`, only their rows (a merchant without one has no labels, as in the whole
+        table): a call that scores a few transactions reads a few rows, however many merchants
+        there are."""
 
     # -- the drain ----------------------------------------------------------------------------
 

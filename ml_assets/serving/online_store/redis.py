@@ -128,11 +128,23 @@ if #old > 0 then
 end
 return {#ids, #old}
 """
-# KEYS: risk_days. ARGV: the day's ordinal, the key prefix. Returns {day iso or false, flat table}.
+# KEYS: risk_days. ARGV: the day's ordinal, the key prefix, 'all' or 'some', then (some) the
+# merchants wanted. Returns {day iso or false, flat table}: merchant, "labels:frauds", ... (a
+# merchant with no row is left out, as in the whole table).
 RISK = """
 local found = redis.call('ZRANGE', KEYS[1], ARGV[1], '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
 if not found then return {false, {}} end
-return {found, redis.call('HGETALL', ARGV[2] .. 'risk:' .. found)}
+local key = ARGV[2] .. 'risk:' .. found
+if ARGV[3] == 'all' then return {found, redis.call('HGETALL', key)} end
+local flat = {}
+for i = 4, #ARGV do
+  local v = redis.call('HGET', key, ARGV[i])
+  if v then
+    flat[#flat + 1] = ARGV[i]
+    flat[#flat + 1] = v
+  end
+end
+return {found, flat}
 """
 CHUNK = 1000  # transactions per APPEND, ids per FORGET: a script blocks the server while it runs
 
@@ -212,8 +224,8 @@ class RedisStore(OnlineStore):
     def record(self, decisions):
         return self._call(self._record_call(decisions))
 
-    def merchant_risk(self, day):
-        return self._call(self._risk_call(day))
+    def merchant_risk(self, day, merchants=None):
+        return self._call(self._risk_call(day, merchants))
 
     def loop_calls(self) -> _LoopCalls:
         return _LoopCalls(self)
@@ -259,7 +271,7 @@ class RedisStore(OnlineStore):
 
         return _Prepared(self._record, [P + "decision", P + "decided", P + "queue"], argv, parse)
 
-    def _risk_call(self, day) -> _Prepared:
+    def _risk_call(self, day, merchants=None) -> _Prepared:
         def parse(reply) -> RiskTable:
             found, flat = reply
             if not found:
@@ -271,7 +283,8 @@ class RedisStore(OnlineStore):
             found = date.fromisoformat(found)
             return RiskTable(found, table, found != day)
 
-        return _Prepared(self._risk, [P + "risk_days"], [day.toordinal(), P], parse)
+        args = [day.toordinal(), P, "all"] if merchants is None else [day.toordinal(), P, "some", *merchants]
+        return _Prepared(self._risk, [P + "risk_days"], args, parse)
 
     _PREPARE = {"begin": _begin_call, "record": _record_call, "merchant_risk": _risk_call}
 

@@ -198,9 +198,9 @@ class SqliteStore(OnlineStore):
         with self._write() as db:
             return self._record(db, decisions)
 
-    def merchant_risk(self, day):
+    def merchant_risk(self, day, merchants=None):
         with self._read() as db:
-            return self._merchant_risk(db, day)
+            return self._merchant_risk(db, day, merchants)
 
     def loop_calls(self) -> _LoopCalls:
         return _LoopCalls(self)
@@ -277,12 +277,21 @@ class SqliteStore(OnlineStore):
         db.executemany("INSERT INTO queue (payload) VALUES (?)", queued)
         return out
 
-    def _merchant_risk(self, db: sqlite3.Connection, day: date) -> RiskTable:
+    def _merchant_risk(self, db: sqlite3.Connection, day: date, merchants=None) -> RiskTable:
         (found,) = db.execute("SELECT max(day) FROM risk_days WHERE day <= ?", (day.isoformat(),)).fetchone()
         if found is None:
             return RiskTable(None, {}, True)
-        rows = db.execute("SELECT merchant_id, labels, frauds FROM merchant_risk WHERE day = ?", (found,))
-        table = {m: (labels, frauds) for m, labels, frauds in rows}
+        select = "SELECT merchant_id, labels, frauds FROM merchant_risk WHERE day = ?"
+        if merchants is None:
+            table = {m: (labels, frauds) for m, labels, frauds in db.execute(select, (found,))}
+        else:
+            merchants, table = list(merchants), {}
+            for i in range(0, len(merchants), CHUNK):
+                chunk = merchants[i : i + CHUNK]
+                rows = db.execute(
+                    f"{select} AND merchant_id IN ({','.join('?' * len(chunk))})", (found, *chunk)
+                )
+                table.update((m, (labels, frauds)) for m, labels, frauds in rows)
         found = date.fromisoformat(found)
         return RiskTable(found, table, found != day)
 
