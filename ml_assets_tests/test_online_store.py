@@ -590,25 +590,29 @@ def test_durable_settings(store, engine):
 
 def test_merchant_risk_of_the_day_and_stale_fallback(store):
     day = date(2026, 1, 15)
-    assert store.merchant_risk(day) == (None, {}, True)
+    assert store.merchant_risk(day) == (None, {}, True, "")
     store.put_merchant_risk(day - timedelta(days=2), {"m-1": (1, 0)})
     store.put_merchant_risk(day, {"m-1": (10, 2), "m-2": (3, 0)})
-    assert store.merchant_risk(day) == (day, {"m-1": (10, 2), "m-2": (3, 0)}, False)
+    assert store.merchant_risk(day)[:3] == (day, {"m-1": (10, 2), "m-2": (3, 0)}, False)
     # Not written yet: the latest earlier day's, flagged.
-    assert store.merchant_risk(day + timedelta(days=1)) == (day, {"m-1": (10, 2), "m-2": (3, 0)}, True)
-    assert store.merchant_risk(day - timedelta(days=1)) == (day - timedelta(days=2), {"m-1": (1, 0)}, True)
+    assert store.merchant_risk(day + timedelta(days=1))[:3] == (day, {"m-1": (10, 2), "m-2": (3, 0)}, True)
+    assert store.merchant_risk(day - timedelta(days=1))[:3] == (
+        day - timedelta(days=2),
+        {"m-1": (1, 0)},
+        True,
+    )
     # Rewritten whole (a merchant with no labels left is gone); an empty table is still written.
     store.put_merchant_risk(day, {"m-2": (4, 1)})
-    assert store.merchant_risk(day) == (day, {"m-2": (4, 1)}, False)
+    assert store.merchant_risk(day)[:3] == (day, {"m-2": (4, 1)}, False)
     store.put_merchant_risk(day + timedelta(days=1), {})
-    assert store.merchant_risk(day + timedelta(days=1)) == (day + timedelta(days=1), {}, False)
+    assert store.merchant_risk(day + timedelta(days=1))[:3] == (day + timedelta(days=1), {}, False)
 
 
 def test_merchant_risk_of_some_merchants_is_their_rows_of_the_whole_table(store):
     """What the registered model reads for a call: the rows of its transactions' merchants only,
     from the same day (and stale flag) the whole table comes from."""
     day = date(2026, 1, 15)
-    assert store.merchant_risk(day, ["m-1"]) == (None, {}, True)
+    assert store.merchant_risk(day, ["m-1"]) == (None, {}, True, "")
     table = {f"m-{i}": (i, i % 3) for i in range(1, 1501)}  # more than a chunk of SQLite parameters
     store.put_merchant_risk(day, table)
     whole = store.merchant_risk(day)
@@ -616,12 +620,68 @@ def test_merchant_risk_of_some_merchants_is_their_rows_of_the_whole_table(store)
         for asked in (day, day + timedelta(days=3)):  # the day's own table, and a stale one
             got = store.merchant_risk(asked, merchants)
             expected = {m: whole.table[m] for m in merchants if m in whole.table}
-            assert got == (day, expected, asked != day), merchants
+            assert got == (day, expected, asked != day, whole.digest), merchants
     # Names Lua or SQL could take for something else are only names.
     store.put_merchant_risk(day, {"all": (1, 1), "some": (2, 0), "%": (3, 1), "'": (4, 2)})
-    assert store.merchant_risk(day, ["all", "some", "%", "'", "_"]) == (
+    assert store.merchant_risk(day, ["all", "some", "%", "'", "_"])[:3] == (
         day, {"all": (1, 1), "some": (2, 0), "%": (3, 1), "'": (4, 2)}, False,
     )  # fmt: skip
+
+
+def test_a_days_risk_digest_changes_with_its_table_and_only_then(store):
+    """What the service's poller compares to know whether to read a day's table again: the
+    digest that comes with it, and that asking with no merchants gives without reading rows."""
+    from ml_assets.serving.online_store import risk_digest
+
+    day = date(2026, 1, 15)
+    store.put_merchant_risk(day, {"m-1": (3, 1), "m-2": (1, 0)})
+    first = store.merchant_risk(day)
+    assert first.digest == risk_digest({"m-1": (3, 1), "m-2": (1, 0)}) != ""
+    assert store.merchant_risk(day, ()) == (day, {}, False, first.digest)
+    assert store.merchant_risk(day + timedelta(days=2), ()) == (day, {}, True, first.digest)
+    # The same table again, built in another order (a feed run again for the day): the same.
+    store.put_merchant_risk(day, {"m-2": (1, 0), "m-1": (3, 1)})
+    assert store.merchant_risk(day, ()).digest == first.digest
+    digests = {first.digest}
+    for changed in (
+        {"m-1": (3, 1), "m-2": (1, 1)},
+        {"m-1": (3, 1)},
+        {"m-1": (3, 1), "m-2": (1, 0), "m-3": (0, 0)},
+        {},
+    ):
+        store.put_merchant_risk(day, changed)
+        digest = store.merchant_risk(day, ()).digest
+        assert digest not in digests, changed
+        digests.add(digest)
+    # Another day written later: a stale reader's table is another one now.
+    store.put_merchant_risk(day + timedelta(days=2), {"m-1": (3, 1), "m-2": (1, 0)})
+    assert store.merchant_risk(day + timedelta(days=2), ()).day == day + timedelta(days=2)
+
+
+def test_a_sqlite_store_made_before_digests_opens_and_keeps_its_days(tmp_path):
+    """A store file whose risk_days has no digest column (made by an earlier version) gets it when
+    opened: its days answer with the digest "", until the feed writes them again."""
+    import sqlite3
+
+    from ml_assets.serving.online_store import open_store, risk_digest
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(
+            "CREATE TABLE risk_days (day TEXT PRIMARY KEY);"
+            "CREATE TABLE merchant_risk (day TEXT NOT NULL, merchant_id TEXT NOT NULL,"
+            " labels INTEGER NOT NULL, frauds INTEGER NOT NULL, PRIMARY KEY (day, merchant_id));"
+            "INSERT INTO risk_days VALUES ('2026-01-15');"
+            "INSERT INTO merchant_risk VALUES ('2026-01-15', 'm-1', 5, 1);"
+        )
+    old.close()
+    day = date(2026, 1, 15)
+    for _ in range(2):  # opened again: the column is there already
+        with open_store(f"sqlite:///{path}", lookback_days=30) as store:
+            assert store.merchant_risk(day) == (day, {"m-1": (5, 1)}, False, "")
+    with open_store(f"sqlite:///{path}", lookback_days=30) as store:
+        store.put_merchant_risk(day, {"m-1": (6, 1)})
+        assert store.merchant_risk(day) == (day, {"m-1": (6, 1)}, False, risk_digest({"m-1": (6, 1)}))
 
 
 # -- the drain -------------------------------------------------------------------------------

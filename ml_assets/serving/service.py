@@ -73,8 +73,9 @@ class Service:
         self.last_poll: dict = {"at": None, "error": None}
         self.store_state: dict = {"last_error": None, "last_error_at": None, "unavailable_answers": 0}
         # Merchant risk changes once a day (the pipeline writes it): a day's table (every merchant's
-        # counts) is read on the first request of that day, then again once per poll interval by
-        # the poller thread while requests still use it, never on the request path again.
+        # counts) is read on the first request of that day, never on the request path again. Once
+        # per poll interval the poller thread asks the store which table would answer for each day
+        # requests still use (its day and digest), and reads it again only if that changed.
         self._risk: dict[date, RiskTable] = {}
         self._risk_used: dict[date, float] = {}  # day -> when a request last used its table
         self._stop = threading.Event()
@@ -125,7 +126,9 @@ class Service:
             self._refresh_risk()
 
     def _refresh_risk(self) -> None:
-        """Read again the merchant risk of the days requests used lately; forget the others."""
+        """Read again the merchant risk of the days requests used lately, where the store now has
+        another table for them (100,000 merchants: 80 ms to read a table on SQLite, 176 on Redis,
+        every poll before); forget the others."""
         now = time.monotonic()
         for day, used in list(self._risk_used.items()):
             if now - used > RISK_KEPT_POLLS * self.settings.poll_seconds:
@@ -133,7 +136,10 @@ class Service:
                 self._risk.pop(day, None)
                 continue
             try:
-                self._risk[day] = self.store.merchant_risk(day)
+                held = self._risk.get(day)  # None: its first request is reading it now
+                current = self.store.merchant_risk(day, ())  # which table: no rows read
+                if held is not None and (current.day, current.digest) != (held.day, held.digest):
+                    self._risk[day] = self.store.merchant_risk(day)
             except Exception as e:  # the store's fault: requests answer 503 meanwhile, and say why
                 log.warning(
                     "merchant risk of %s not refreshed: %s", day, scrubbed(f"{type(e).__name__}: {e}")

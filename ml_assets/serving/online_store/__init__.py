@@ -20,6 +20,7 @@ by replicas), chosen by URL (`open_store`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable
@@ -101,6 +102,16 @@ class RiskTable(NamedTuple):
     day: date | None  # the day whose table this is (None: no day written yet)
     table: dict[str, tuple[int, int]]
     stale_risk: bool  # True when `day` is earlier than the day asked for (or none is written)
+    # The table's fingerprint as written (`risk_digest`; "" for a day written before stores kept
+    # it). Same day, same digest: the same table.
+    digest: str = ""
+
+
+def risk_digest(table: dict[str, tuple[int, int]]) -> str:
+    """A day's merchant-risk table's fingerprint, as `put_merchant_risk` stores it beside the table:
+    equal tables, equal digests, whatever order they were built in (a feed run again for a day
+    writes the same digest, and no reader reads the table again for it)."""
+    return hashlib.blake2b(orjson.dumps(sorted(table.items())), digest_size=16).hexdigest()
 
 
 class OnlineStore(ABC):
@@ -142,7 +153,8 @@ class OnlineStore(ABC):
         """`day`'s table, or the latest earlier day's flagged stale_risk while it is not written.
         With `merchants`, only their rows (a merchant without one has no labels, as in the whole
         table): a call that scores a few transactions reads a few rows, however many merchants
-        there are."""
+        there are. (No merchants: which table would answer, without reading it. A reader that
+        holds a table compares its day and digest to know whether to read it again.)"""
 
     # -- the drain ----------------------------------------------------------------------------
 

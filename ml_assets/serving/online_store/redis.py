@@ -7,7 +7,8 @@ Keys (all under one hash tag, `{online}:`, so every script's keys live in one sl
   scored by ts, which lets `forget_before` find what to expire without visiting every card;
 - `decision`: transaction_id -> the recorded decision; `decided`: the same ids by scored_at;
   `queue`: the stream of decisions the drain reads (XADD ids are the cursors);
-- `risk:<day>`: merchant_id -> "labels:frauds"; `risk_days`: the written days by ordinal.
+- `risk:<day>`: merchant_id -> "labels:frauds"; `risk_days`: the written days by ordinal;
+  `risk_digest`: day -> its table's digest (online_store.risk_digest).
 
 Each request-path call is one Lua script, so it is atomic (Redis runs one script at a time) and
 costs one round trip. Durability is the server's: run it with `appendonly yes` and
@@ -39,6 +40,7 @@ from ml_assets.serving.online_store import (
     RiskTable,
     StoreUnavailable,
     past_of,
+    risk_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -129,13 +131,14 @@ end
 return {#ids, #old}
 """
 # KEYS: risk_days. ARGV: the day's ordinal, the key prefix, 'all' or 'some', then (some) the
-# merchants wanted. Returns {day iso or false, flat table}: merchant, "labels:frauds", ... (a
-# merchant with no row is left out, as in the whole table).
+# merchants wanted. Returns {day iso or false, flat table, its digest}: the table as merchant,
+# "labels:frauds", ... (a merchant with no row is left out, as in the whole table).
 RISK = """
 local found = redis.call('ZRANGE', KEYS[1], ARGV[1], '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
-if not found then return {false, {}} end
+if not found then return {false, {}, ''} end
+local digest = redis.call('HGET', ARGV[2] .. 'risk_digest', found) or ''
 local key = ARGV[2] .. 'risk:' .. found
-if ARGV[3] == 'all' then return {found, redis.call('HGETALL', key)} end
+if ARGV[3] == 'all' then return {found, redis.call('HGETALL', key), digest} end
 local flat = {}
 for i = 4, #ARGV do
   local v = redis.call('HGET', key, ARGV[i])
@@ -144,7 +147,7 @@ for i = 4, #ARGV do
     flat[#flat + 1] = v
   end
 end
-return {found, flat}
+return {found, flat, digest}
 """
 CHUNK = 1000  # transactions per APPEND, ids per FORGET: a script blocks the server while it runs
 
@@ -273,7 +276,7 @@ class RedisStore(OnlineStore):
 
     def _risk_call(self, day, merchants=None) -> _Prepared:
         def parse(reply) -> RiskTable:
-            found, flat = reply
+            found, flat, digest = reply
             if not found:
                 return RiskTable(None, {}, True)
             table = {}
@@ -281,7 +284,7 @@ class RedisStore(OnlineStore):
                 labels, frauds = value.split(":")
                 table[m] = (int(labels), int(frauds))
             found = date.fromisoformat(found)
-            return RiskTable(found, table, found != day)
+            return RiskTable(found, table, found != day, digest)
 
         args = [day.toordinal(), P, "all"] if merchants is None else [day.toordinal(), P, "some", *merchants]
         return _Prepared(self._risk, [P + "risk_days"], args, parse)
@@ -298,6 +301,7 @@ class RedisStore(OnlineStore):
             if table:
                 pipe.hset(key, mapping={m: f"{labels}:{frauds}" for m, (labels, frauds) in table.items()})
             pipe.zadd(P + "risk_days", {day.isoformat(): day.toordinal()})
+            pipe.hset(P + "risk_digest", day.isoformat(), risk_digest(table))
             pipe.execute()
 
     # -- the drain ----------------------------------------------------------------------------

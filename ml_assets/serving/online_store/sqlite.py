@@ -40,6 +40,7 @@ from ml_assets.serving.online_store import (
     RiskTable,
     StoreUnavailable,
     past_of,
+    risk_digest,
     windows_bounds,
 )
 
@@ -72,8 +73,9 @@ CREATE TABLE IF NOT EXISTS decisions (
 DROP INDEX IF EXISTS decisions_scored_at;
 CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL);
 
--- A day is written even when its table is empty: risk_days says which days are.
-CREATE TABLE IF NOT EXISTS risk_days (day TEXT PRIMARY KEY);
+-- A day is written even when its table is empty: risk_days says which days are, with the digest
+-- of each one's table (online_store.risk_digest). (Stores made before get the column.)
+CREATE TABLE IF NOT EXISTS risk_days (day TEXT PRIMARY KEY, digest TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS merchant_risk (
     day TEXT NOT NULL,
     merchant_id TEXT NOT NULL,
@@ -145,6 +147,9 @@ class SqliteStore(OnlineStore):
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(SCHEMA)  # each statement IF (NOT) EXISTS: again is harmless
+                with _transaction(self._db):  # one process adds the column; the others see it
+                    if "digest" not in {c[1] for c in self._db.execute("PRAGMA table_info(risk_days)")}:
+                        self._db.execute("ALTER TABLE risk_days ADD COLUMN digest TEXT NOT NULL DEFAULT ''")
                 return
             except sqlite3.OperationalError as e:
                 if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
@@ -278,7 +283,9 @@ class SqliteStore(OnlineStore):
         return out
 
     def _merchant_risk(self, db: sqlite3.Connection, day: date, merchants=None) -> RiskTable:
-        (found,) = db.execute("SELECT max(day) FROM risk_days WHERE day <= ?", (day.isoformat(),)).fetchone()
+        found, digest = db.execute(
+            "SELECT day, digest FROM risk_days WHERE day <= ? ORDER BY day DESC LIMIT 1", (day.isoformat(),)
+        ).fetchone() or (None, "")
         if found is None:
             return RiskTable(None, {}, True)
         select = "SELECT merchant_id, labels, frauds FROM merchant_risk WHERE day = ?"
@@ -293,20 +300,21 @@ class SqliteStore(OnlineStore):
                 )
                 table.update((m, (labels, frauds)) for m, labels, frauds in rows)
         found = date.fromisoformat(found)
-        return RiskTable(found, table, found != day)
+        return RiskTable(found, table, found != day, digest)
 
     _IN_TRANSACTION = {"begin": _begin, "record": _record, "merchant_risk": _merchant_risk}
 
     # -- merchant risk ------------------------------------------------------------------------
 
     def put_merchant_risk(self, day, table):
+        iso = day.isoformat()
         with self._write() as db:
-            db.execute("DELETE FROM merchant_risk WHERE day = ?", (day.isoformat(),))
+            db.execute("DELETE FROM merchant_risk WHERE day = ?", (iso,))
             db.executemany(
                 "INSERT INTO merchant_risk VALUES (?, ?, ?, ?)",
-                [(day.isoformat(), m, labels, frauds) for m, (labels, frauds) in table.items()],
+                [(iso, m, labels, frauds) for m, (labels, frauds) in table.items()],
             )
-            db.execute("INSERT OR IGNORE INTO risk_days VALUES (?)", (day.isoformat(),))
+            db.execute("INSERT OR REPLACE INTO risk_days VALUES (?, ?)", (iso, risk_digest(table)))
 
     # -- the drain ----------------------------------------------------------------------------
 
