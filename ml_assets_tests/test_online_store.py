@@ -4,6 +4,7 @@ stops by its PID. Processes are real too: concurrency and kill -9 run in child p
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -166,14 +167,14 @@ def test_long_history_window_costs_the_same(store, engine):
             ran = []
             while (c := monitor.next_command())["command"] != "ECHO measured":
                 if c["client_type"] == "lua":
-                    ran.append(c["command"].split()[0].upper())
-                    if ran[-1] == "ZRANGE":
-                        assert (
-                            c["command"]
-                            == f"ZRANGE {{online}}:card:card-1 {T - LOOKBACK_DAYS * DAY} {T} BYSCORE"
-                        )
+                    name, key = c["command"].split()[:2]
+                    ran.append(name.upper())
+                    if ran[-1] == "ZRANGE" and key.startswith("{online}:card:"):
+                        ran[-1] = "ZRANGE card"
+                        assert c["command"] == f"ZRANGE {key} {T - LOOKBACK_DAYS * DAY} {T} BYSCORE"
+                        assert key == "{online}:card:card-1"
         r.close()
-        assert ran.count("ZRANGE") == 1, ran
+        assert ran.count("ZRANGE card") == 1, ran
         return [w for w in window if not w.startswith("tx-new")], ran
 
     # Cards on either side in key order, so that neither measure ends at the end of the index.
@@ -590,98 +591,59 @@ def test_durable_settings(store, engine):
 
 def test_merchant_risk_of_the_day_and_stale_fallback(store):
     day = date(2026, 1, 15)
-    assert store.merchant_risk(day) == (None, {}, True, "")
+    assert store.merchant_risk(day) == (None, {}, True)
     store.put_merchant_risk(day - timedelta(days=2), {"m-1": (1, 0)})
     store.put_merchant_risk(day, {"m-1": (10, 2), "m-2": (3, 0)})
-    assert store.merchant_risk(day)[:3] == (day, {"m-1": (10, 2), "m-2": (3, 0)}, False)
+    assert store.merchant_risk(day) == (day, {"m-1": (10, 2), "m-2": (3, 0)}, False)
     # Not written yet: the latest earlier day's, flagged.
-    assert store.merchant_risk(day + timedelta(days=1))[:3] == (day, {"m-1": (10, 2), "m-2": (3, 0)}, True)
-    assert store.merchant_risk(day - timedelta(days=1))[:3] == (
-        day - timedelta(days=2),
-        {"m-1": (1, 0)},
-        True,
-    )
+    assert store.merchant_risk(day + timedelta(days=1)) == (day, {"m-1": (10, 2), "m-2": (3, 0)}, True)
+    assert store.merchant_risk(day - timedelta(days=1)) == (day - timedelta(days=2), {"m-1": (1, 0)}, True)
     # Rewritten whole (a merchant with no labels left is gone); an empty table is still written.
     store.put_merchant_risk(day, {"m-2": (4, 1)})
-    assert store.merchant_risk(day)[:3] == (day, {"m-2": (4, 1)}, False)
+    assert store.merchant_risk(day) == (day, {"m-2": (4, 1)}, False)
     store.put_merchant_risk(day + timedelta(days=1), {})
-    assert store.merchant_risk(day + timedelta(days=1))[:3] == (day + timedelta(days=1), {}, False)
+    assert store.merchant_risk(day + timedelta(days=1)) == (day + timedelta(days=1), {}, False)
 
 
-def test_merchant_risk_of_some_merchants_is_their_rows_of_the_whole_table(store):
-    """What the registered model reads for a call: the rows of its transactions' merchants only,
-    from the same day (and stale flag) the whole table comes from."""
+def test_begin_gives_the_merchant_risk_of_its_days_and_merchants_only(store):
+    """What a request reads of merchant risk, with its begin: per event day of its transactions,
+    the rows of that day's merchants only, from the table (and with the stale flag)
+    `merchant_risk` gives for the day. Retries' days and merchants too: nothing depends on which
+    transactions are new."""
+    from ml_assets.serving.features import Tx
+
+    def at(i, day: date, merchant: str) -> Tx:
+        ts = (day - date(1970, 1, 1)).days * DAY + 9 * 3600 * US + i
+        return Tx(f"r-{i}", ts, f"card-{i % 3}", merchant, "5411", 10.0, "FR", "pos", None)
+
     day = date(2026, 1, 15)
-    assert store.merchant_risk(day, ["m-1"]) == (None, {}, True, "")
+    assert store.begin([at(0, day, "m-1")]).risk == {day: (None, {}, True)}
     table = {f"m-{i}": (i, i % 3) for i in range(1, 1501)}  # more than a chunk of SQLite parameters
     store.put_merchant_risk(day, table)
-    whole = store.merchant_risk(day)
-    for merchants in (["m-7"], ["m-7", "m-no-such", "m-7"], [], list(table) + ["m-0"], {"m-3", "m-1500"}):
-        for asked in (day, day + timedelta(days=3)):  # the day's own table, and a stale one
-            got = store.merchant_risk(asked, merchants)
-            expected = {m: whole.table[m] for m in merchants if m in whole.table}
-            assert got == (day, expected, asked != day, whole.digest), merchants
+    store.put_merchant_risk(day + timedelta(days=2), {"m-7": (70, 7)})
+    batch = [at(1, day, "m-7"), at(2, day, "m-no-such"), at(3, day, "m-7"), at(4, day, "m-1500")]
+    batch += [at(5 + i, day, m) for i, m in enumerate(list(table)[:1200])]  # one day, many merchants
+    batch += [at(2000, day + timedelta(days=1), "m-3"), at(2001, day + timedelta(days=3), "m-7")]
+    batch += [at(2002, day - timedelta(days=1), "m-3")]  # before any written day
+    store.begin([batch[0]])
+    store.record([dataclasses.replace(decision(0), transaction_id="r-1")])  # r-1 is a retry now
+    begun = store.begin(batch)
+    assert set(begun.recorded) == {"r-1"}
+    for asked, expected_day in (
+        (day, day), (day + timedelta(days=1), day), (day + timedelta(days=3), day + timedelta(days=2)),
+        (day - timedelta(days=1), None),
+    ):  # fmt: skip
+        whole = store.merchant_risk(asked)
+        merchants = {tx.merchant_id for tx in batch if tx.ts // DAY == (asked - date(1970, 1, 1)).days}
+        assert begun.risk[asked] == (
+            expected_day, {m: whole.table[m] for m in merchants if m in whole.table}, whole.stale_risk,
+        ), asked  # fmt: skip
+    assert len(begun.risk) == 4 and len(begun.risk[day].table) == 1201  # m-1..m-1200, m-1500
     # Names Lua or SQL could take for something else are only names.
-    store.put_merchant_risk(day, {"all": (1, 1), "some": (2, 0), "%": (3, 1), "'": (4, 2)})
-    assert store.merchant_risk(day, ["all", "some", "%", "'", "_"])[:3] == (
-        day, {"all": (1, 1), "some": (2, 0), "%": (3, 1), "'": (4, 2)}, False,
-    )  # fmt: skip
-
-
-def test_a_days_risk_digest_changes_with_its_table_and_only_then(store):
-    """What the service's poller compares to know whether to read a day's table again: the
-    digest that comes with it, and that asking with no merchants gives without reading rows."""
-    from ml_assets.serving.online_store import risk_digest
-
-    day = date(2026, 1, 15)
-    store.put_merchant_risk(day, {"m-1": (3, 1), "m-2": (1, 0)})
-    first = store.merchant_risk(day)
-    assert first.digest == risk_digest({"m-1": (3, 1), "m-2": (1, 0)}) != ""
-    assert store.merchant_risk(day, ()) == (day, {}, False, first.digest)
-    assert store.merchant_risk(day + timedelta(days=2), ()) == (day, {}, True, first.digest)
-    # The same table again, built in another order (a feed run again for the day): the same.
-    store.put_merchant_risk(day, {"m-2": (1, 0), "m-1": (3, 1)})
-    assert store.merchant_risk(day, ()).digest == first.digest
-    digests = {first.digest}
-    for changed in (
-        {"m-1": (3, 1), "m-2": (1, 1)},
-        {"m-1": (3, 1)},
-        {"m-1": (3, 1), "m-2": (1, 0), "m-3": (0, 0)},
-        {},
-    ):
-        store.put_merchant_risk(day, changed)
-        digest = store.merchant_risk(day, ()).digest
-        assert digest not in digests, changed
-        digests.add(digest)
-    # Another day written later: a stale reader's table is another one now.
-    store.put_merchant_risk(day + timedelta(days=2), {"m-1": (3, 1), "m-2": (1, 0)})
-    assert store.merchant_risk(day + timedelta(days=2), ()).day == day + timedelta(days=2)
-
-
-def test_a_sqlite_store_made_before_digests_opens_and_keeps_its_days(tmp_path):
-    """A store file whose risk_days has no digest column (made by an earlier version) gets it when
-    opened: its days answer with the digest "", until the feed writes them again."""
-    import sqlite3
-
-    from ml_assets.serving.online_store import open_store, risk_digest
-
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as old:
-        old.executescript(
-            "CREATE TABLE risk_days (day TEXT PRIMARY KEY);"
-            "CREATE TABLE merchant_risk (day TEXT NOT NULL, merchant_id TEXT NOT NULL,"
-            " labels INTEGER NOT NULL, frauds INTEGER NOT NULL, PRIMARY KEY (day, merchant_id));"
-            "INSERT INTO risk_days VALUES ('2026-01-15');"
-            "INSERT INTO merchant_risk VALUES ('2026-01-15', 'm-1', 5, 1);"
-        )
-    old.close()
-    day = date(2026, 1, 15)
-    for _ in range(2):  # opened again: the column is there already
-        with open_store(f"sqlite:///{path}", lookback_days=30) as store:
-            assert store.merchant_risk(day) == (day, {"m-1": (5, 1)}, False, "")
-    with open_store(f"sqlite:///{path}", lookback_days=30) as store:
-        store.put_merchant_risk(day, {"m-1": (6, 1)})
-        assert store.merchant_risk(day) == (day, {"m-1": (6, 1)}, False, risk_digest({"m-1": (6, 1)}))
+    odd = {"all": (1, 1), "%": (3, 1), "'": (4, 2), "ARGV": (5, 0)}
+    store.put_merchant_risk(day, odd)
+    begun = store.begin([at(3000 + i, day, m) for i, m in enumerate([*odd, "_"])])
+    assert begun.risk == {day: (day, odd, False)}
 
 
 # -- the drain -------------------------------------------------------------------------------

@@ -557,7 +557,8 @@ def test_edges_same_instants_window_edges_and_retries(data_dir, tmp_path):
 
 def test_a_day_whose_risk_is_not_written_yet_scores_with_the_latest_and_says_stale(data_dir):
     """Merchant risk comes from the store, never from bronze: the day's table when the feed has
-    written it, else the latest earlier day's, and the decision says stale_risk."""
+    written it, else the latest earlier day's, and the decision says stale_risk; a table the feed
+    writes while the service runs counts from the next request on."""
     from fastapi.testclient import TestClient
 
     from ml_assets.lib import paths
@@ -591,54 +592,14 @@ def test_a_day_whose_risk_is_not_written_yet_scores_with_the_latest_and_says_sta
             assert decision.features["merchant_labels_window"] == labels
             rate = (frauds + PARAMS.merchant_prior_rate * weight) / (labels + weight)
             assert decision.features["merchant_fraud_rate"] == pytest.approx(rate)
-
-
-def test_the_poller_reads_a_days_risk_again_once_the_store_has_another_table_for_it(data_dir):
-    """The service holds each day's merchant risk as it first read it. A poll asks the store which
-    table answers for the day (its day and digest, no rows): the same, and the held table stays
-    (not read again); the feed wrote the day again with other counts, or wrote the day a stale
-    table stood in for, and the poll reads it, and the next request scores with it."""
-    from fastapi.testclient import TestClient
-
-    from ml_assets.lib import paths
-    from ml_assets.serving.app import create_app
-    from ml_assets.serving.online_store import open_store
-    from ml_assets.serving.service import Service
-    from ml_assets.serving.settings import ServingSettings
-    from ml_assets_tests.serving_support import shared_registry
-
-    registry = shared_registry()
-    store_url = paths.online_store_url()
-    day, before = date(2026, 1, 15), date(2026, 1, 14)
-    settings = ServingSettings(
-        registry.tracking_uri, store_url, model_name=registry.register(aliases={"champion": 1}),
-        poll_seconds=3600.0,  # this test polls by hand
-    )  # fmt: skip
-    at = int(datetime(2026, 1, 15, 9, tzinfo=UTC).timestamp() * US)
-    with (
-        open_store(store_url, lookback_days=PARAMS.card_lookback_days) as store,
-        TestClient(create_app(Service(settings))) as client,
-    ):
-        service = client.app.state.service
-
-        def scored(i: int) -> tuple[bool, int]:
-            [p] = client.post("/predict", json=_request(f"r-{i}", at + i)).json()["predictions"]
-            [d] = [d for d in store.read_decisions(None, 100)[0] if d.transaction_id == f"r-{i}"]
-            return p["stale_risk"], d.features["merchant_labels_window"]
-
-        store.put_merchant_risk(before, {"edge-m": (7, 3)})
-        assert scored(1) == (True, 7)
-        held = service._risk[day]
-        service._refresh_risk()
-        store.put_merchant_risk(before, {"edge-m": (7, 3)})  # the feed run again: the same table
-        service._refresh_risk()
-        assert service._risk[day] is held
-        store.put_merchant_risk(day, {"edge-m": (20, 2)})  # the day's own table, at last
-        service._refresh_risk()
-        assert scored(2) == (False, 20)
-        store.put_merchant_risk(day, {"edge-m": (21, 2)})  # and written again, with other counts
-        service._refresh_risk()
-        assert scored(3) == (False, 21)
+        # The feed writes the 15th while the service runs: its next request reads it (nothing held).
+        with open_store(store, lookback_days=PARAMS.card_lookback_days) as s:
+            s.put_merchant_risk(date(2026, 1, 15), {"edge-m": (12, 4)})
+        body = _request("r-15-again", int(datetime(2026, 1, 15, 10, tzinfo=UTC).timestamp() * US))
+        [p] = client.post("/predict", json=body).json()["predictions"]
+        with open_store(store, lookback_days=PARAMS.card_lookback_days) as s:
+            [decision] = [d for d in s.read_decisions(None, 100)[0] if d.transaction_id == "r-15-again"]
+        assert (p["stale_risk"], decision.features["merchant_labels_window"]) == (False, 12)
 
 
 def _store_contents(url: str) -> str:

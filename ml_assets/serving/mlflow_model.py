@@ -255,7 +255,7 @@ def _score_through_store(
     threshold: float | None,
 ) -> tuple[list[float], list[str | None]]:
     """As the service does (ml_assets.serving.service): begin, features from the windows and the
-    store's merchant risk, score and decide, record before returning; retried transactions get
+    merchant risk it returns, score and decide, record before returning; retried transactions get
     their recorded scores and decisions."""
     from ml_assets.serving.online_store import Decision
 
@@ -263,11 +263,7 @@ def _score_through_store(
     new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
     standing = {}
     if new:
-        merchants: dict = {}  # event day -> the merchants of its transactions
-        for tx in new:
-            merchants.setdefault(event_day(tx.ts), set()).add(tx.merchant_id)
-        # Their rows only: a call's work grows with its transactions, not with the merchants.
-        risk = {day: store.merchant_risk(day, wanted) for day, wanted in merchants.items()}
+        risk = begun.risk  # its merchants' rows only: a call reads a few, however many there are
         features = batch_features(new, begun.windows, lambda day: risk[day].table, params)
         scores = booster.predict(matrix_of(features, columns))
         made = decisions(scores, threshold)

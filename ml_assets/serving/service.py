@@ -6,9 +6,11 @@ so any number of replicas (or a restarted one) score with the same card historie
 
 1. `store.begin(txs)`: a transaction already decided gets its recorded decision back (same score,
    version and request id; it is neither scored nor logged again); the others are appended to
-   their cards' history, and their cards' windows come back, in one atomic step;
-2. the features of the new ones, from those windows and the day's merchant risk (written into the
-   store by the pipeline's `online_store_feed`), by the same pure function dbt is held to;
+   their cards' history, and their cards' windows come back, in one atomic step, with the merchant
+   risk of the request's days and merchants (only their rows: a request reads a few however many
+   merchants there are; written by the pipeline's `online_store_feed`, never computed here);
+2. the features of the new ones, from those windows and that risk, by the same pure function dbt
+   is held to;
 3. scoring, by the deployment's arms;
 4. `store.record(decisions)`: durable before the response. A 200 means every transaction of it is
    in its card's history and its decision queued for the inference log (the Dagster asset
@@ -32,7 +34,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from functools import partial
 
 import numpy as np
@@ -41,7 +43,6 @@ from ml_assets.lib.evaluation import decisions
 from ml_assets.serving.features import FeatureParams, Tx, batch_features, event_day, matrix_of
 from ml_assets.serving.online_store import (
     Decision,
-    RiskTable,
     StoreUnavailable,
     address,
     open_store,
@@ -55,7 +56,6 @@ from ml_assets.serving.settings import ServingSettings
 from ml_assets.serving.validation import RequestError
 
 log = logging.getLogger(__name__)
-RISK_KEPT_POLLS = 10  # a day's merchant risk stays loaded this many poll intervals after its last use
 
 
 class Service:
@@ -72,12 +72,6 @@ class Service:
         self.deployment: Deployment | None = None
         self.last_poll: dict = {"at": None, "error": None}
         self.store_state: dict = {"last_error": None, "last_error_at": None, "unavailable_answers": 0}
-        # Merchant risk changes once a day (the pipeline writes it): a day's table (every merchant's
-        # counts) is read on the first request of that day, never on the request path again. Once
-        # per poll interval the poller thread asks the store which table would answer for each day
-        # requests still use (its day and digest), and reads it again only if that changed.
-        self._risk: dict[date, RiskTable] = {}
-        self._risk_used: dict[date, float] = {}  # day -> when a request last used its table
         self._stop = threading.Event()
         self._poll_lock = threading.Lock()
         self._poller = threading.Thread(target=self._poll_loop, name="registry-poller", daemon=True)
@@ -123,27 +117,6 @@ class Service:
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
             self.poll()
-            self._refresh_risk()
-
-    def _refresh_risk(self) -> None:
-        """Read again the merchant risk of the days requests used lately, where the store now has
-        another table for them (100,000 merchants: 80 ms to read a table on SQLite, 176 on Redis,
-        every poll before); forget the others."""
-        now = time.monotonic()
-        for day, used in list(self._risk_used.items()):
-            if now - used > RISK_KEPT_POLLS * self.settings.poll_seconds:
-                self._risk_used.pop(day, None)
-                self._risk.pop(day, None)
-                continue
-            try:
-                held = self._risk.get(day)  # None: its first request is reading it now
-                current = self.store.merchant_risk(day, ())  # which table: no rows read
-                if held is not None and (current.day, current.digest) != (held.day, held.digest):
-                    self._risk[day] = self.store.merchant_risk(day)
-            except Exception as e:  # the store's fault: requests answer 503 meanwhile, and say why
-                log.warning(
-                    "merchant risk of %s not refreshed: %s", day, scrubbed(f"{type(e).__name__}: {e}")
-                )
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -161,8 +134,7 @@ class Service:
             with self._store_calls():
                 begun = await self.calls.begin(txs)
                 new = [tx for tx in txs if tx.transaction_id not in begun.recorded]
-                risk = {day: await self._merchant_risk(day) for day in {event_day(tx.ts) for tx in new}}
-            decide = partial(self._decide, deployment, request_id, new, begun.windows, risk, started)
+            decide = partial(self._decide, deployment, request_id, new, begun.windows, begun.risk, started)
             decisions = await offload(decide) if offload else decide()
         with self._store_calls():
             # Before the response: a 200 is a durable decision. Another replica may have recorded
@@ -281,15 +253,6 @@ class Service:
                          features[i], scored_at, extra)
             )  # fmt: skip
         return out
-
-    async def _merchant_risk(self, day: date) -> RiskTable:
-        self._risk_used[day] = time.monotonic()
-        table = self._risk.get(day)
-        if table is None:  # the day's first request (the poller keeps it fresh from now on)
-            # Never computed from bronze here: the pipeline writes it. A day not written yet gets
-            # the latest earlier day's table, and its decisions say stale_risk.
-            table = self._risk[day] = await self.calls.merchant_risk(day)
-        return table
 
     def _store_calls(self):
         return _StoreCalls(self)

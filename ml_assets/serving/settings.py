@@ -37,7 +37,7 @@ class ServingSettings:
     # decision queue, shared by every replica. The service reads and writes nothing else.
     online_store: str
     model_name: str = _default("model_name", str)  # the registered model to serve
-    poll_seconds: float = _default("poll_seconds", float)  # how often the registry and risk are read
+    poll_seconds: float = _default("poll_seconds", float)  # how often the registry is read
     num_threads: int = _default("num_threads", int)  # LightGBM threads per prediction call (few cores here)
     max_body_bytes: int = _default("max_body_bytes", int)  # larger request bodies get 413
     max_batch: int = _default("max_batch", int)  # more transactions in one request get 413

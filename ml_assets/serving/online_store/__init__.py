@@ -20,10 +20,9 @@ by replicas), chosen by URL (`open_store`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -67,6 +66,14 @@ class Decision:
         return cls(**orjson.loads(text))
 
 
+class RiskTable(NamedTuple):
+    """Merchant risk for a day: merchant_id -> (labels, frauds)."""
+
+    day: date | None  # the day whose table this is (None: no day written yet)
+    table: dict[str, tuple[int, int]]
+    stale_risk: bool  # True when `day` is earlier than the day asked for (or none is written)
+
+
 class Begun(NamedTuple):
     """What `begin` found for a batch."""
 
@@ -75,11 +82,15 @@ class Begun(NamedTuple):
     # transactions of that card, in time order, the batch's own included: `transaction_features`
     # keeps those strictly before each transaction, so a batch scores as if one by one.
     windows: dict[str, list[Past]]
+    # Event day of each of the batch's transactions -> that day's merchant risk, as
+    # `merchant_risk(day)` gives it but with only the rows of the batch's merchants of that day:
+    # a request reads a few rows, however many merchants the table holds.
+    risk: dict[date, RiskTable] = {}
 
 
 class Call(NamedTuple):
-    """One request-path call, as `LoopCalls.run_calls` takes several: `begin` (its transactions),
-    `record` (its decisions) or `merchant_risk` (a day)."""
+    """One request-path call, as `LoopCalls.run_calls` takes several: `begin` (its transactions)
+    or `record` (its decisions)."""
 
     method: str
     arg: object
@@ -96,24 +107,6 @@ class LoopCalls(Protocol):
     async def aclose(self) -> None: ...
 
 
-class RiskTable(NamedTuple):
-    """Merchant risk for a day: merchant_id -> (labels, frauds)."""
-
-    day: date | None  # the day whose table this is (None: no day written yet)
-    table: dict[str, tuple[int, int]]
-    stale_risk: bool  # True when `day` is earlier than the day asked for (or none is written)
-    # The table's fingerprint as written (`risk_digest`; "" for a day written before stores kept
-    # it). Same day, same digest: the same table.
-    digest: str = ""
-
-
-def risk_digest(table: dict[str, tuple[int, int]]) -> str:
-    """A day's merchant-risk table's fingerprint, as `put_merchant_risk` stores it beside the table:
-    equal tables, equal digests, whatever order they were built in (a feed run again for a day
-    writes the same digest, and no reader reads the table again for it)."""
-    return hashlib.blake2b(orjson.dumps(sorted(table.items())), digest_size=16).hexdigest()
-
-
 class OnlineStore(ABC):
     """One interface, two engines (sqlite.py, redis.py). Cursors are opaque strings."""
 
@@ -126,7 +119,7 @@ class OnlineStore(ABC):
     def begin(self, txs: list[Tx]) -> Begun:
         """For each transaction with a recorded decision, that decision; for the others, in one
         atomic step: their cards' windows, and the transactions appended to their cards' history
-        (once per transaction_id)."""
+        (once per transaction_id). And the merchant risk of the batch's days and merchants."""
 
     @abstractmethod
     def record(self, decisions: list[Decision]) -> dict[str, Decision]:
@@ -149,12 +142,9 @@ class OnlineStore(ABC):
         """Replace `day`'s table whole (an empty one too: written, and no merchant has labels)."""
 
     @abstractmethod
-    def merchant_risk(self, day: date, merchants: Collection[str] | None = None) -> RiskTable:
+    def merchant_risk(self, day: date) -> RiskTable:
         """`day`'s table, or the latest earlier day's flagged stale_risk while it is not written.
-        With `merchants`, only their rows (a merchant without one has no labels, as in the whole
-        table): a call that scores a few transactions reads a few rows, however many merchants
-        there are. (No merchants: which table would answer, without reading it. A reader that
-        holds a table compares its day and digest to know whether to read it again.)"""
+        (Every merchant's row: the request path reads only its own merchants', with `begin`.)"""
 
     # -- the drain ----------------------------------------------------------------------------
 
@@ -261,6 +251,17 @@ def scrubbed(text: str) -> str:
 def past_of(tx: Tx) -> tuple:
     """A transaction as its card's history holds it (the fields of `Past`, in order)."""
     return (tx.ts, tx.amount, tx.device_id, tx.country, tx.channel, tx.transaction_id)
+
+
+def merchants_by_day(txs: Iterable[Tx]) -> dict[date, list[str]]:
+    """Event day -> the merchants of the transactions that day, each once: the merchant-risk rows
+    `begin` reads for a batch."""
+    from ml_assets.serving.features import event_day
+
+    days: dict[date, dict[str, None]] = {}
+    for tx in txs:
+        days.setdefault(event_day(tx.ts), {})[tx.merchant_id] = None
+    return {day: list(merchants) for day, merchants in days.items()}
 
 
 def windows_bounds(txs: Iterable[Tx], lookback: int) -> dict[str, tuple[int, int]]:

@@ -28,10 +28,9 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
 from typing import TYPE_CHECKING
 
-from ml_assets.serving.online_store import Begun, Call, Decision, OnlineStore, RiskTable
+from ml_assets.serving.online_store import Begun, Call, Decision, OnlineStore
 
 if TYPE_CHECKING:
     from ml_assets.serving.features import Tx
@@ -60,9 +59,6 @@ class GroupCommit:
 
     async def record(self, decisions: list[Decision]) -> dict[str, Decision]:
         return await self._call(Call("record", decisions))
-
-    async def merchant_risk(self, day: date) -> RiskTable:
-        return await self._call(Call("merchant_risk", day))
 
     @contextmanager
     def deciding(self) -> Iterator[None]:

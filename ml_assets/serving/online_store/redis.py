@@ -7,8 +7,7 @@ Keys (all under one hash tag, `{online}:`, so every script's keys live in one sl
   scored by ts, which lets `forget_before` find what to expire without visiting every card;
 - `decision`: transaction_id -> the recorded decision; `decided`: the same ids by scored_at;
   `queue`: the stream of decisions the drain reads (XADD ids are the cursors);
-- `risk:<day>`: merchant_id -> "labels:frauds"; `risk_days`: the written days by ordinal;
-  `risk_digest`: day -> its table's digest (online_store.risk_digest).
+- `risk:<day>`: merchant_id -> "labels:frauds"; `risk_days`: the written days by ordinal.
 
 Each request-path call is one Lua script, so it is atomic (Redis runs one script at a time) and
 costs one round trip. Durability is the server's: run it with `appendonly yes` and
@@ -39,28 +38,52 @@ from ml_assets.serving.online_store import (
     OnlineStore,
     RiskTable,
     StoreUnavailable,
+    merchants_by_day,
     past_of,
-    risk_digest,
 )
 
 log = logging.getLogger(__name__)
 P = "{online}:"
 
-# KEYS: decision, seen, by_ts, then one card key per card of the batch.
-# ARGV: lookback, then per transaction: id, card index (1-based among the card keys), ts, member.
-# Returns {flat [id, decision] of the retries, per card its window (empty when it had no new tx)}.
+# Put before BEGIN and RISK (as they are registered): the merchant risk that answers for the day
+# of `ordinal` (the latest written day up to it), as {its day or false, flat [merchant,
+# "labels:frauds", ...]}: the rows of the merchants ARGV[first..last] that have one (a merchant
+# without is left out, as in the whole table), or with `first` nil every row.
+RISK_OF = """
+local function risk_of(days_key, prefix, ordinal, first, last)
+  local found = redis.call('ZRANGE', days_key, ordinal, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
+  if not found then return {false, {}} end
+  local key = prefix .. 'risk:' .. found
+  if not first then return {found, redis.call('HGETALL', key)} end
+  local flat = {}
+  for i = first, last do
+    local v = redis.call('HGET', key, ARGV[i])
+    if v then
+      flat[#flat + 1] = ARGV[i]
+      flat[#flat + 1] = v
+    end
+  end
+  return {found, flat}
+end
+"""
+# KEYS: decision, seen, by_ts, risk_days, then one card key per card of the batch.
+# ARGV: lookback, the key prefix, the number of transactions, then per transaction: id, card index
+# (1-based among the card keys), ts, member; then per event day of the batch: its ordinal, how many
+# merchants, those merchants.
+# Returns {flat [id, decision] of the retries, per card its window (empty when it had no new tx),
+# per day its risk_of}.
 BEGIN = """
-local lookback = tonumber(ARGV[1])
+local lookback, n = tonumber(ARGV[1]), tonumber(ARGV[3])
 local recorded, lo, hi = {}, {}, {}
-for i = 2, #ARGV, 4 do
+for i = 4, 3 + 4 * n, 4 do
   local id, c, ts = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local d = redis.call('HGET', KEYS[1], id)
   if d then
     recorded[#recorded + 1] = id
     recorded[#recorded + 1] = d
   else
-    if redis.call('HSETNX', KEYS[2], id, KEYS[3 + c]) == 1 then
-      redis.call('ZADD', KEYS[3 + c], ARGV[i + 2], ARGV[i + 3])
+    if redis.call('HSETNX', KEYS[2], id, KEYS[4 + c]) == 1 then
+      redis.call('ZADD', KEYS[4 + c], ARGV[i + 2], ARGV[i + 3])
       redis.call('ZADD', KEYS[3], ARGV[i + 2], id)
     end
     if lo[c] == nil or ts < lo[c] then lo[c] = ts end
@@ -68,15 +91,21 @@ for i = 2, #ARGV, 4 do
   end
 end
 local windows = {}
-for c = 1, #KEYS - 3 do
+for c = 1, #KEYS - 4 do
   if lo[c] then
     -- redis.call writes a number argument with all its digits (tostring would round to 14).
-    windows[c] = redis.call('ZRANGE', KEYS[3 + c], lo[c] - lookback, hi[c], 'BYSCORE')
+    windows[c] = redis.call('ZRANGE', KEYS[4 + c], lo[c] - lookback, hi[c], 'BYSCORE')
   else
     windows[c] = {}
   end
 end
-return {recorded, windows}
+local risk, i = {}, 4 + 4 * n
+while i <= #ARGV do
+  local k = tonumber(ARGV[i + 1])
+  risk[#risk + 1] = risk_of(KEYS[4], ARGV[2], ARGV[i], i + 2, i + 1 + k)
+  i = i + 2 + k
+end
+return {recorded, windows, risk}
 """
 # KEYS: seen, by_ts, then one card key per transaction. ARGV: per transaction: id, ts, member.
 APPEND = """
@@ -130,25 +159,8 @@ if #old > 0 then
 end
 return {#ids, #old}
 """
-# KEYS: risk_days. ARGV: the day's ordinal, the key prefix, 'all' or 'some', then (some) the
-# merchants wanted. Returns {day iso or false, flat table, its digest}: the table as merchant,
-# "labels:frauds", ... (a merchant with no row is left out, as in the whole table).
-RISK = """
-local found = redis.call('ZRANGE', KEYS[1], ARGV[1], '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
-if not found then return {false, {}, ''} end
-local digest = redis.call('HGET', ARGV[2] .. 'risk_digest', found) or ''
-local key = ARGV[2] .. 'risk:' .. found
-if ARGV[3] == 'all' then return {found, redis.call('HGETALL', key), digest} end
-local flat = {}
-for i = 4, #ARGV do
-  local v = redis.call('HGET', key, ARGV[i])
-  if v then
-    flat[#flat + 1] = ARGV[i]
-    flat[#flat + 1] = v
-  end
-end
-return {found, flat, digest}
-"""
+# KEYS: risk_days. ARGV: the day's ordinal, the key prefix. Returns risk_of, every row.
+RISK = "return risk_of(KEYS[1], ARGV[2], ARGV[1])"
 CHUNK = 1000  # transactions per APPEND, ids per FORGET: a script blocks the server while it runs
 
 
@@ -157,6 +169,18 @@ def _member(tx) -> str:
     matters to nobody: `seen` makes appends idempotent. orjson: a sixth of json's time, and a
     window is read on every request.)"""
     return orjson.dumps(past_of(tx)).decode()
+
+
+def _risk_table(day: date, found: str | None, flat: list[str]) -> RiskTable:
+    """A risk_of reply for `day` as a RiskTable."""
+    if not found:
+        return RiskTable(None, {}, True)
+    table = {}
+    for m, value in zip(flat[::2], flat[1::2], strict=True):
+        labels, frauds = value.split(":")
+        table[m] = (int(labels), int(frauds))
+    found_day = date.fromisoformat(found)
+    return RiskTable(found_day, table, found_day != day)
 
 
 class _Prepared(NamedTuple):
@@ -190,7 +214,7 @@ class RedisStore(OnlineStore):
             retry=Retry(NoBackoff(), 0),
         )
         self._begin, self._append, self._record, self._forget, self._risk = (
-            self._r.register_script(s) for s in (BEGIN, APPEND, RECORD, FORGET, RISK)
+            self._r.register_script(s) for s in (RISK_OF + BEGIN, APPEND, RECORD, FORGET, RISK_OF + RISK)
         )
         self._warn_unless_durable()
 
@@ -227,8 +251,8 @@ class RedisStore(OnlineStore):
     def record(self, decisions):
         return self._call(self._record_call(decisions))
 
-    def merchant_risk(self, day, merchants=None):
-        return self._call(self._risk_call(day, merchants))
+    def merchant_risk(self, day):
+        return self._call(self._risk_call(day))
 
     def loop_calls(self) -> _LoopCalls:
         return _LoopCalls(self)
@@ -244,13 +268,16 @@ class RedisStore(OnlineStore):
 
         cards = list(dict.fromkeys(tx.card_id for tx in txs))
         index = {card: i for i, card in enumerate(cards, 1)}
-        argv: list = [self.lookback]
+        argv: list = [self.lookback, P, len(txs)]
         for tx in txs:
             argv += [tx.transaction_id, index[tx.card_id], tx.ts, _member(tx)]
-        keys = [P + "decision", P + "seen", P + "by_ts"] + [P + "card:" + c for c in cards]
+        days = merchants_by_day(txs)
+        for day, merchants in days.items():
+            argv += [day.toordinal(), len(merchants), *merchants]
+        keys = [P + "decision", P + "seen", P + "by_ts", P + "risk_days"] + [P + "card:" + c for c in cards]
 
         def parse(reply) -> Begun:
-            recorded, windows = reply
+            recorded, windows, risk = reply
             recorded = {recorded[i]: Decision.from_json(recorded[i + 1]) for i in range(0, len(recorded), 2)}
             new_cards = {tx.card_id for tx in txs if tx.transaction_id not in recorded}
             return Begun(
@@ -260,6 +287,7 @@ class RedisStore(OnlineStore):
                     for c, w in zip(cards, windows, strict=True)
                     if c in new_cards
                 },
+                {day: _risk_table(day, *r) for day, r in zip(days, risk, strict=True)},
             )
 
         return _Prepared(self._begin, keys, argv, parse)
@@ -274,22 +302,13 @@ class RedisStore(OnlineStore):
 
         return _Prepared(self._record, [P + "decision", P + "decided", P + "queue"], argv, parse)
 
-    def _risk_call(self, day, merchants=None) -> _Prepared:
+    def _risk_call(self, day) -> _Prepared:
         def parse(reply) -> RiskTable:
-            found, flat, digest = reply
-            if not found:
-                return RiskTable(None, {}, True)
-            table = {}
-            for m, value in zip(flat[::2], flat[1::2], strict=True):
-                labels, frauds = value.split(":")
-                table[m] = (int(labels), int(frauds))
-            found = date.fromisoformat(found)
-            return RiskTable(found, table, found != day, digest)
+            return _risk_table(day, *reply)
 
-        args = [day.toordinal(), P, "all"] if merchants is None else [day.toordinal(), P, "some", *merchants]
-        return _Prepared(self._risk, [P + "risk_days"], args, parse)
+        return _Prepared(self._risk, [P + "risk_days"], [day.toordinal(), P], parse)
 
-    _PREPARE = {"begin": _begin_call, "record": _record_call, "merchant_risk": _risk_call}
+    _PREPARE = {"begin": _begin_call, "record": _record_call}
 
     # -- merchant risk ------------------------------------------------------------------------
 
@@ -301,7 +320,6 @@ class RedisStore(OnlineStore):
             if table:
                 pipe.hset(key, mapping={m: f"{labels}:{frauds}" for m, (labels, frauds) in table.items()})
             pipe.zadd(P + "risk_days", {day.isoformat(): day.toordinal()})
-            pipe.hset(P + "risk_digest", day.isoformat(), risk_digest(table))
             pipe.execute()
 
     # -- the drain ----------------------------------------------------------------------------
@@ -385,7 +403,7 @@ class _LoopCalls:
             )  # fmt: skip
         # A batch's arguments and replies (JSON for each of its transactions, windows, decisions)
         # are made and read in a worker thread: the loop keeps serving single rows meanwhile.
-        rows = sum(len(arg) for method, arg in calls if method != "merchant_risk")
+        rows = sum(len(arg) for _, arg in calls)
         offload = _on_loop if rows <= INLINE_ROWS else asyncio.to_thread
         prepared = await offload(lambda: [store._PREPARE[method](store, arg) for method, arg in calls])
         with store._errors():

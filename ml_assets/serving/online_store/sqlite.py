@@ -39,8 +39,8 @@ from ml_assets.serving.online_store import (
     OnlineStore,
     RiskTable,
     StoreUnavailable,
+    merchants_by_day,
     past_of,
-    risk_digest,
     windows_bounds,
 )
 
@@ -73,9 +73,8 @@ CREATE TABLE IF NOT EXISTS decisions (
 DROP INDEX IF EXISTS decisions_scored_at;
 CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL);
 
--- A day is written even when its table is empty: risk_days says which days are, with the digest
--- of each one's table (online_store.risk_digest). (Stores made before get the column.)
-CREATE TABLE IF NOT EXISTS risk_days (day TEXT PRIMARY KEY, digest TEXT NOT NULL DEFAULT '');
+-- A day is written even when its table is empty: risk_days says which days are.
+CREATE TABLE IF NOT EXISTS risk_days (day TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS merchant_risk (
     day TEXT NOT NULL,
     merchant_id TEXT NOT NULL,
@@ -147,9 +146,6 @@ class SqliteStore(OnlineStore):
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(SCHEMA)  # each statement IF (NOT) EXISTS: again is harmless
-                with _transaction(self._db):  # one process adds the column; the others see it
-                    if "digest" not in {c[1] for c in self._db.execute("PRAGMA table_info(risk_days)")}:
-                        self._db.execute("ALTER TABLE risk_days ADD COLUMN digest TEXT NOT NULL DEFAULT ''")
                 return
             except sqlite3.OperationalError as e:
                 if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
@@ -203,9 +199,9 @@ class SqliteStore(OnlineStore):
         with self._write() as db:
             return self._record(db, decisions)
 
-    def merchant_risk(self, day, merchants=None):
+    def merchant_risk(self, day):
         with self._read() as db:
-            return self._merchant_risk(db, day, merchants)
+            return self._merchant_risk(db, day)
 
     def loop_calls(self) -> _LoopCalls:
         return _LoopCalls(self)
@@ -258,7 +254,10 @@ class SqliteStore(OnlineStore):
                 lo_card, hi_card = bounds[card]
                 if lo_card <= past[0] <= hi_card:  # the chunk's range is wider than this card's
                     windows[card].append(Past(*past))
-        return Begun(recorded, windows)
+        risk = {
+            day: self._merchant_risk(db, day, merchants) for day, merchants in merchants_by_day(txs).items()
+        }
+        return Begun(recorded, windows, risk)
 
     def _record(self, db: sqlite3.Connection, decisions) -> dict[str, Decision]:
         payloads = [d.to_json() for d in decisions]
@@ -282,10 +281,9 @@ class SqliteStore(OnlineStore):
         db.executemany("INSERT INTO queue (payload) VALUES (?)", queued)
         return out
 
-    def _merchant_risk(self, db: sqlite3.Connection, day: date, merchants=None) -> RiskTable:
-        found, digest = db.execute(
-            "SELECT day, digest FROM risk_days WHERE day <= ? ORDER BY day DESC LIMIT 1", (day.isoformat(),)
-        ).fetchone() or (None, "")
+    def _merchant_risk(self, db: sqlite3.Connection, day: date, merchants: list | None = None) -> RiskTable:
+        """`day`'s table (with `merchants`, only their rows), or the latest earlier day's, stale."""
+        (found,) = db.execute("SELECT max(day) FROM risk_days WHERE day <= ?", (day.isoformat(),)).fetchone()
         if found is None:
             return RiskTable(None, {}, True)
         select = "SELECT merchant_id, labels, frauds FROM merchant_risk WHERE day = ?"
@@ -300,21 +298,20 @@ class SqliteStore(OnlineStore):
                 )
                 table.update((m, (labels, frauds)) for m, labels, frauds in rows)
         found = date.fromisoformat(found)
-        return RiskTable(found, table, found != day, digest)
+        return RiskTable(found, table, found != day)
 
-    _IN_TRANSACTION = {"begin": _begin, "record": _record, "merchant_risk": _merchant_risk}
+    _IN_TRANSACTION = {"begin": _begin, "record": _record}
 
     # -- merchant risk ------------------------------------------------------------------------
 
     def put_merchant_risk(self, day, table):
-        iso = day.isoformat()
         with self._write() as db:
-            db.execute("DELETE FROM merchant_risk WHERE day = ?", (iso,))
+            db.execute("DELETE FROM merchant_risk WHERE day = ?", (day.isoformat(),))
             db.executemany(
                 "INSERT INTO merchant_risk VALUES (?, ?, ?, ?)",
-                [(iso, m, labels, frauds) for m, (labels, frauds) in table.items()],
+                [(day.isoformat(), m, labels, frauds) for m, (labels, frauds) in table.items()],
             )
-            db.execute("INSERT OR REPLACE INTO risk_days VALUES (?, ?)", (iso, risk_digest(table)))
+            db.execute("INSERT OR IGNORE INTO risk_days (day) VALUES (?)", (day.isoformat(),))
 
     # -- the drain ----------------------------------------------------------------------------
 
