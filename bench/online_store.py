@@ -69,7 +69,7 @@ class DictStore:
                     bisect.insort(past, p, key=_ts)
                 lo = bisect.bisect_left(past, t.ts - self.lookback, key=_ts)
                 windows[t.card_id] = past[lo : bisect.bisect_right(past, t.ts, key=_ts)]
-            return Begun(recorded, windows)
+            return Begun(recorded, windows, {})  # no risk (the engines look up a day none is written for)
 
     def record(self, decisions):
         with self.lock:

@@ -85,7 +85,7 @@ class Begun(NamedTuple):
     # Event day of each of the batch's transactions -> that day's merchant risk, as
     # `merchant_risk(day)` gives it but with only the rows of the batch's merchants of that day:
     # a request reads a few rows, however many merchants the table holds.
-    risk: dict[date, RiskTable] = {}
+    risk: dict[date, RiskTable]
 
 
 class Call(NamedTuple):

@@ -281,7 +281,9 @@ class SqliteStore(OnlineStore):
         db.executemany("INSERT INTO queue (payload) VALUES (?)", queued)
         return out
 
-    def _merchant_risk(self, db: sqlite3.Connection, day: date, merchants: list | None = None) -> RiskTable:
+    def _merchant_risk(
+        self, db: sqlite3.Connection, day: date, merchants: list[str] | None = None
+    ) -> RiskTable:
         """`day`'s table (with `merchants`, only their rows), or the latest earlier day's, stale."""
         (found,) = db.execute("SELECT max(day) FROM risk_days WHERE day <= ?", (day.isoformat(),)).fetchone()
         if found is None:
@@ -290,7 +292,7 @@ class SqliteStore(OnlineStore):
         if merchants is None:
             table = {m: (labels, frauds) for m, labels, frauds in db.execute(select, (found,))}
         else:
-            merchants, table = list(merchants), {}
+            table = {}
             for i in range(0, len(merchants), CHUNK):
                 chunk = merchants[i : i + CHUNK]
                 rows = db.execute(
