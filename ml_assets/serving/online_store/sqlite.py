@@ -182,12 +182,7 @@ class SqliteStore(OnlineStore):
     def _recorded(db: sqlite3.Connection, transaction_ids: list[str]) -> dict[str, str]:
         """transaction_id -> its recorded decision's payload, for those of `transaction_ids` that
         have one."""
-        out = {}
-        for i in range(0, len(transaction_ids), CHUNK):
-            chunk = transaction_ids[i : i + CHUNK]
-            marks = ",".join("?" * len(chunk))
-            out.update(db.execute(f"{RECORDED} ({marks})", chunk))
-        return out
+        return dict(_rows_in(db, RECORDED, transaction_ids))
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -290,15 +285,10 @@ class SqliteStore(OnlineStore):
             return RiskTable(None, {}, True)
         select = "SELECT merchant_id, labels, frauds FROM merchant_risk WHERE day = ?"
         if merchants is None:
-            table = {m: (labels, frauds) for m, labels, frauds in db.execute(select, (found,))}
+            rows = db.execute(select, (found,))
         else:
-            table = {}
-            for i in range(0, len(merchants), CHUNK):
-                chunk = merchants[i : i + CHUNK]
-                rows = db.execute(
-                    f"{select} AND merchant_id IN ({','.join('?' * len(chunk))})", (found, *chunk)
-                )
-                table.update((m, (labels, frauds)) for m, labels, frauds in rows)
+            rows = _rows_in(db, f"{select} AND merchant_id IN", merchants, found)
+        table = {m: (labels, frauds) for m, labels, frauds in rows}
         found = date.fromisoformat(found)
         return RiskTable(found, table, found != day)
 
@@ -345,6 +335,14 @@ class SqliteStore(OnlineStore):
     def close(self):
         with self._lock:
             self._db.close()
+
+
+def _rows_in(db: sqlite3.Connection, sql: str, values: list, *before) -> Iterator[tuple]:
+    """The rows of `sql`, which ends in `IN`, for every one of `values` (after the parameters
+    `before`), in statements of at most CHUNK of them."""
+    for i in range(0, len(values), CHUNK):
+        chunk = values[i : i + CHUNK]
+        yield from db.execute(f"{sql} ({','.join('?' * len(chunk))})", (*before, *chunk))
 
 
 @contextmanager
