@@ -316,7 +316,7 @@ def test_the_run_history_shows_every_step(scenario):
     """Every run the scenario caused is in the instance, and every step it started succeeded; the
     killed run's unfinished steps succeeded in its retry. A run the daemon asked for on its own
     meanwhile (the retraining sensor, on what monitoring measured of this small world) is in the
-    history with every step it started ended, and is listed."""
+    history, queued, running or with every step it started ended, and is listed."""
     import dagster as dg
 
     if scenario.notes.get("failed"):
@@ -344,7 +344,11 @@ def test_the_run_history_shows_every_step(scenario):
             assert started and started <= succeeded, (run.job_name, started - succeeded)
         else:
             assert "dagster/sensor_name" in run.tags or "dagster/schedule_name" in run.tags, run.tags
-            assert run.is_finished or run.status == dg.DagsterRunStatus.STARTED, run.status
+            # Still in the run queue or running when the scenario ends is fine: the daemon asked
+            # for it on its own time (CI once found a retraining run still QUEUED here).
+            S = dg.DagsterRunStatus
+            unfinished_yet = {S.QUEUED, S.NOT_STARTED, S.STARTING, S.STARTED}
+            assert run.is_finished or run.status in unfinished_yet, run.status
             if run.is_finished:
                 assert all(s.end_time for s in stats), [s.step_key for s in stats if not s.end_time]
     retry = scenario.notes["retry_run"]
