@@ -15,6 +15,10 @@ the servers), and does the same work: validate, compute the features online, sco
 - the baseline, the service at BASELINE_COMMIT: card history loaded from bronze into its memory,
   decisions buffered in memory (lost on kill -9), run from that commit's tree (`git archive`) with
   this environment;
+- the ceiling: that baseline as 2 processes on one port (bench/in_memory_processes.py), each with
+  its own memory and so only half of each card's history: not a service, but what a second
+  process gives on this box at this load with no store between them, to read the engines'
+  2-worker ratio against;
 - mlflow serves the registered pyfunc (ml_assets.serving.mlflow_model), which reads each request's
   cards' history from bronze; fewer requests, it is far slower.
 
@@ -59,6 +63,7 @@ BESIDE_BATCHES, BESIDE_DAYS, BESIDE_CLIENTS = 8, 14, 4
 MANY_MERCHANTS = 100_000
 ROUNDS = 4  # the single-row load, interleaved across servers
 MLFLOW = "mlflow models serve 1w"
+CEILING = "in-memory 2p"  # the baseline as 2 processes, each its own memory: what a second one gives
 BASELINE_COMMIT = "af6dcc1"  # the service before the online store: state in its memory
 GOAL_P99_MS, GOAL_WORKERS, GOAL_DURABLE, GOAL_BESIDE_P99_MS = 10.0, 1.3, 0.8, 50.0
 REPO = Path(__file__).resolve().parents[1]
@@ -425,6 +430,28 @@ def _serve(cmd: list[str], env: dict, root: Path, label: str, workers: int = 1, 
     return _Server(proc, port, "/predict", [proc.pid, *pids], workers)
 
 
+def _in_memory_processes(env: dict, root: Path, n: int) -> _Server:
+    """The in-memory baseline as `n` processes on one port (bench/in_memory_processes.py), once
+    every one of them listens."""
+    port = _free_port()
+    script = Path(__file__).with_name("in_memory_processes.py")
+    cmd, health = [sys.executable, str(script), str(port), str(n)], f"http://127.0.0.1:{port}/health"
+    proc = _start(cmd, env, health, root / f"in-memory-{n}p.log", cwd=root / "baseline")
+    deadline = time.monotonic() + 180
+    while _listening(port) < n:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            _stop(proc)
+            raise SystemExit(f"{n} in-memory processes did not all listen on {port}")
+        time.sleep(0.2)
+    return _Server(proc, port, "/predict", [proc.pid])
+
+
+def _listening(port: int) -> int:
+    """How many sockets listen on this TCP port (Linux's /proc/net/tcp: state 0A is LISTEN)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(f"{port:04X}" == x.split()[1].split(":")[1] and x.split()[3] == "0A" for x in lines)
+
+
 def _many_merchants(url: str, last: date) -> None:
     """MANY_MERCHANTS more merchants in the risk table of every day a beside batch spans (and the
     day before), beside the merchants the feed wrote."""
@@ -509,6 +536,7 @@ def main() -> dict:
                     servers["in-memory"] = _serve(
                         serve, baseline_env, root, "in-memory", cwd=root / "baseline"
                     )
+                    servers[CEILING] = _in_memory_processes(baseline_env, root, 2)
                 for label, url in stores.items():
                     _feed(url, root, days)
                     n = int(label.split()[1][0])
@@ -527,7 +555,7 @@ def main() -> dict:
                     label: _store_calls(server) for label, server in servers.items() if label in stores
                 }
                 for label, server in servers.items():
-                    if label != MLFLOW:
+                    if label not in (MLFLOW, CEILING):
                         figures["ours"][label] = _batches(server, ours)
                 for label in ("sqlite 1w", "redis 1w"):
                     _many_merchants(stores[label], days[-1])
@@ -654,7 +682,12 @@ def _report(f: dict) -> None:
             f"  {label}: one worker's store calls so far {g['calls']} in {g['commits']} commits"
             f" ({g['calls'] / max(g['commits'], 1):.1f} a commit)"
         )
-    base, mlflow = single.get("in-memory"), single[MLFLOW]
+    base, mlflow, ceiling = single.get("in-memory"), single[MLFLOW], single.get(CEILING)
+    if ceiling:
+        # Two processes with no store between them: what any second worker can give on this box.
+        text = line(f"{CEILING}: throughput (the ceiling)", ceiling["per_s"], "req/s", base["per_s"], "1p")
+        print(text + _aim(ceiling["per_s"] >= GOAL_WORKERS * base["per_s"], f">= {GOAL_WORKERS}x"))
+        print(_by_round(ceiling, base, GOAL_WORKERS))
     for engine in ("sqlite", "redis"):
         one, two = single[f"{engine} 1w"], single[f"{engine} 2w"]
         for n, s in ((1, one), (2, two)):
@@ -669,6 +702,9 @@ def _report(f: dict) -> None:
             + _aim(ok, f">= {GOAL_WORKERS}x")
         )
         print(_by_round(two, one, GOAL_WORKERS))
+        if ceiling:
+            scaling, most = two["per_s"] / one["per_s"], ceiling["per_s"] / base["per_s"]
+            print(f"    against the ceiling's {most:.2f}x: {scaling / most:.0%} of what a second one gives")
         if base:
             ok = one["per_s"] >= GOAL_DURABLE * base["per_s"]
             text = line(f"{engine} 1w: throughput", one["per_s"], "req/s", base["per_s"], "in-memory")
