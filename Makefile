@@ -109,9 +109,12 @@ redis-server:
 	  || { if [ -n "$$CI" ]; then echo "redis-server: not installed and could not be (CI is set): the online store's tests need it" >&2; exit 1; \
 	       else echo "redis-server: not installed (no apt-get, or no permission): the Redis tests will skip"; fi; }
 
+# A worker process per core (pytest-xdist): one process kept about 0.8 of 2 cores busy, most of
+# the rest waiting for servers, daemons and subprocesses. --dist loadfile keeps a module's tests in
+# one worker, in file order: they share the module's world and may build on each other's state.
 test: lint chromium redis-server
 	$(VENV)/bin/dg check defs
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto --dist loadfile
 
 # The production topology on one box (ml_assets/stack.py): every part in the background on
 # 127.0.0.1, its state under $(ML_ASSETS_DATA_DIR)/stack. `stack` returns once each part is
