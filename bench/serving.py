@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from datetime import date, datetime, timedelta
@@ -174,13 +175,14 @@ def _free_port() -> int:
 def _start(
     cmd: list[str], env: dict, health_url: str, log: Path, workers: int = 1, cwd: Path | None = None
 ) -> subprocess.Popen:
-    """Start a server in a process group of its own; return once it is healthy, with `workers`
-    distinct processes answering /health when more than one. Stopped by `_stop` (its group)."""
+    """Start a server in a process group of its own; return once it is healthy and `workers`
+    sockets listen on its port (a worker listens once its app has started). Stopped by `_stop`
+    (its group)."""
     with log.open("wb") as err:
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, cwd=cwd
         )
-    pids: set[int] = set()
+    port, listening = urllib.parse.urlsplit(health_url).port, 0
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline:
@@ -188,20 +190,23 @@ def _start(
                 raise SystemExit(f"{cmd[:4]} exited: {log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(health_url, timeout=2) as r:
-                    if r.status == 200:
-                        if workers == 1:
-                            return proc
-                        with urllib.request.urlopen(f"{health_url}/details", timeout=2) as d:
-                            pids.add(json.load(d)["pid"])
-                        if len(pids) >= workers:
-                            return proc
+                    listening = _listening(port)
+                    if r.status == 200 and listening >= workers:
+                        return proc
             except OSError:
                 time.sleep(0.3)
             time.sleep(0.05)
-        raise SystemExit(f"{cmd[:4]} did not become healthy ({len(pids)} of {workers} workers answered)")
+        raise SystemExit(f"{cmd[:4]} did not become healthy ({listening} of {workers} workers listen)")
     except BaseException:
         _stop(proc)
         raise
+
+
+def _listening(port: int) -> int:
+    """How many sockets listen on this loopback TCP port (Linux's /proc/net/tcp: local address,
+    then state; 0A is LISTEN)."""
+    fields = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+    return sum(f[1].endswith(f":{port:04X}") and f[3] == "0A" for f in fields)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -436,20 +441,9 @@ def _in_memory_processes(env: dict, root: Path, n: int) -> _Server:
     port = _free_port()
     script = Path(__file__).with_name("in_memory_processes.py")
     cmd, health = [sys.executable, str(script), str(port), str(n)], f"http://127.0.0.1:{port}/health"
-    proc = _start(cmd, env, health, root / f"in-memory-{n}p.log", cwd=root / "baseline")
-    deadline = time.monotonic() + 180
-    while _listening(port) < n:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            _stop(proc)
-            raise SystemExit(f"{n} in-memory processes did not all listen on {port}")
-        time.sleep(0.2)
+    proc = _start(cmd, env, health, root / f"in-memory-{n}p.log", n, cwd=root / "baseline")
+    # workers stays 1: the baseline has no /health/details to say which process holds a connection.
     return _Server(proc, port, "/predict", [proc.pid])
-
-
-def _listening(port: int) -> int:
-    """How many sockets listen on this TCP port (Linux's /proc/net/tcp: state 0A is LISTEN)."""
-    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(f"{port:04X}" == x.split()[1].split(":")[1] and x.split()[3] == "0A" for x in lines)
 
 
 def _many_merchants(url: str, last: date) -> None:
