@@ -112,9 +112,10 @@ redis-server:
 # A worker process per core (pytest-xdist): one process kept about 0.8 of 2 cores busy, most of
 # the rest waiting for servers, daemons and subprocesses. --dist loadfile keeps a module's tests in
 # one worker, in file order: they share the module's world and may build on each other's state.
+# --no-loadscope-reorder: the modules in the order conftest.py gives them, the longest first.
 test: lint chromium redis-server
 	$(VENV)/bin/dg check defs
-	$(VENV)/bin/pytest -n auto --dist loadfile
+	$(VENV)/bin/pytest -n auto --dist loadfile --no-loadscope-reorder
 
 # The production topology on one box (ml_assets/stack.py): every part in the background on
 # 127.0.0.1, its state under $(ML_ASSETS_DATA_DIR)/stack. `stack` returns once each part is
