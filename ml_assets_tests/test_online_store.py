@@ -717,6 +717,25 @@ def test_redis_down_raises_store_unavailable_and_recovers(redis_server):
         assert s.read_decisions()[0] == [decision(1), decision(2)]
 
 
+def test_the_event_loops_redis_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
+    """The loop's connection packs with hiredis, redis-py's asyncio one in Python: the same bytes
+    for what the store sends (text in any script, ints past 64 bits, floats, a command of two
+    words such as SCRIPT LOAD, which the NOSCRIPT reload sends) and for a pipeline of them."""
+    from redis.asyncio.connection import Connection
+
+    from ml_assets.serving.online_store.redis import _HiredisPackedConnection
+
+    commands = [
+        ("EVALSHA", "a" * 40, 2, "{online}:card:é€𝟘", "k", "ü\r\n", -5, 2**63, 0.30000000000000004, 1e20),
+        ("SCRIPT LOAD", "return redis.call('PING')"),
+        ("XADD", "{online}:queue", "*", "d", '{"score": 0.1}'),
+        ("HSET", b"\x00\xff", bytearray(b"x"), memoryview(b"yz")),
+    ]
+    for command in [*([c] for c in commands), commands]:
+        packed = b"".join(_HiredisPackedConnection().pack_commands(command))
+        assert packed == b"".join(Connection().pack_commands(command)), command
+
+
 def test_default_url_and_factory(data_dir, monkeypatch):
     from ml_assets.lib import paths
 

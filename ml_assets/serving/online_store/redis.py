@@ -27,8 +27,10 @@ from urllib.parse import urlsplit
 
 import orjson
 import redis
+from redis.asyncio.connection import Connection as AsyncConnection
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
+from redis.connection import HiredisRespSerializer
 from redis.retry import Retry
 
 from ml_assets.serving.online_store import (
@@ -381,6 +383,18 @@ def _parsed(prepared: list[_Prepared], replies: list) -> list:
     return out
 
 
+class _HiredisPackedConnection(AsyncConnection):
+    """redis-py's asyncio connection packs commands in Python; its sync one packs them with hiredis
+    (C). Packed by hiredis, the event loop's pipelines cost less: in two same-run comparisons,
+    CPU per request 2.01 against 2.08 and 2.12 against 2.41 ms (1 worker), 2.29 against 2.48 and
+    2.55 against 2.67 (2 workers); throughput 1.06-1.09x and 1.05-1.07x."""
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args):
+        return self._serializer.pack(*args)
+
+
 class _LoopCalls:
     """The service's request path (`RedisStore.loop_calls`), on its event loop: a group of calls
     is one pipeline (not MULTI: each script is atomic on its own) sent by redis-py's asyncio
@@ -400,6 +414,7 @@ class _LoopCalls:
             self._r = AsyncRedis.from_url(
                 store._url, decode_responses=True, socket_timeout=store._timeout_s,
                 socket_connect_timeout=store._timeout_s, retry=AsyncRetry(NoBackoff(), 0),
+                connection_class=_HiredisPackedConnection,
             )  # fmt: skip
         # A batch's arguments and replies (JSON for each of its transactions, windows, decisions)
         # are made and read in a worker thread: the loop keeps serving single rows meanwhile.
