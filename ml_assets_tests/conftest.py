@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 # LightGBM's OpenMP threads spin while they wait for each other: two trainings at once on two cores
-# (two pytest-xdist workers, or two runs of one test) then spend most of their time spinning
-# against each other. Measured here, 150 rounds on 100,000 rows with 2 threads each: alone 2.2 s;
-# two at once 9.9 s each, and 4.4 s each with passive waits (alone 2.7 s). Set before anything loads
-# libgomp, for this process and every process the tests start.
+# (two pytest-xdist workers, or two runs of one test) spin against each other (the README's training
+# section has the figures). Set before anything loads libgomp, for this process and every process
+# the tests start.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ml_assets.lib.settings import SETTINGS, replace_environment  # noqa: E402
